@@ -1,0 +1,383 @@
+//! Typed engine configuration: `flowengine.toml`, then `FLOWENGINE_<KEY>` environment overrides,
+//! validated once at load so a bad key fails at start with a message that names it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use bytesize::ByteSize;
+use datafusion::config::ConfigOptions;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{EngineError, Result};
+
+/// Default file looked up in the working directory when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "flowengine.toml";
+
+/// The engine's user-facing configuration.
+///
+/// ```toml
+/// memory_limit = "60%"          # or "8GiB"; the DataFusion memory pool size
+/// memory_pool = "greedy"        # or "fair" (fair share among spilling operators)
+/// spill_dir = "/var/tmp/flowengine-spill"
+/// max_spill_size = "100GiB"
+/// target_partitions = 2         # default: number of cores
+/// batch_size = 8192
+///
+/// [datafusion]                  # any DataFusion setting, validated at start
+/// "datafusion.execution.parquet.compression" = "zstd(1)"
+/// ```
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Size of the memory pool: bytes (`"4GiB"`, `1073741824`) or a share of physical RAM (`"50%"`).
+    /// Default: 50% of physical memory, leaving headroom for allocations the pool does not track.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<MemoryLimit>,
+    /// How the pool shares memory between operators.
+    #[serde(default)]
+    pub memory_pool: MemoryPoolKind,
+    /// Directory for spill files. Default: the system temporary directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill_dir: Option<PathBuf>,
+    /// Maximum disk space spill files may use. Default: DataFusion's (100 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_spill_size: Option<ByteSize>,
+    /// Parallelism of plans. Default: number of cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_partitions: Option<usize>,
+    /// Rows per record batch. Default: 8192.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// Raw DataFusion settings (`datafusion.*` keys), applied after FlowEngine's own defaults.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub datafusion: BTreeMap<String, String>,
+}
+
+/// Memory pool sharing policy.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryPoolKind {
+    /// First come, first served (datafusion-cli's default).
+    #[default]
+    Greedy,
+    /// Each spilling operator gets a fair share.
+    Fair,
+}
+
+impl FromStr for MemoryPoolKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "greedy" => Ok(Self::Greedy),
+            "fair" => Ok(Self::Fair),
+            other => Err(format!("unknown memory pool `{other}`; expected greedy or fair")),
+        }
+    }
+}
+
+/// A memory size, absolute or relative to physical RAM.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryLimit {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl MemoryLimit {
+    /// Resolve to bytes against the machine's physical memory.
+    pub fn to_bytes(self, physical: u64) -> u64 {
+        match self {
+            MemoryLimit::Bytes(b) => b,
+            MemoryLimit::Percent(p) => ((physical as f64) * p / 100.0) as u64,
+        }
+    }
+}
+
+impl FromStr for MemoryLimit {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{s}` is not a percentage"))?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(format!("`{s}` must be a percentage in (0, 100]"));
+            }
+            return Ok(MemoryLimit::Percent(p));
+        }
+        let bytes = s
+            .parse::<ByteSize>()
+            .map_err(|e| format!("`{s}` is not a size like 512MiB or 4GB: {e}"))?;
+        if bytes.as_u64() == 0 {
+            return Err("memory limit must be greater than zero".into());
+        }
+        Ok(MemoryLimit::Bytes(bytes.as_u64()))
+    }
+}
+
+impl std::fmt::Display for MemoryLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemoryLimit::Bytes(b) => write!(f, "{}", ByteSize(*b).display().iec()),
+            MemoryLimit::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for MemoryLimit {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for MemoryLimit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(0) => Err(serde::de::Error::custom(
+                "memory limit must be greater than zero",
+            )),
+            Raw::Int(b) => Ok(MemoryLimit::Bytes(b)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Where the configuration came from, for `config check`.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: EngineConfig,
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// Environment variables that overrode file values.
+    pub env_overrides: Vec<String>,
+}
+
+impl EngineConfig {
+    /// Load `path` (or `./flowengine.toml` when it exists), apply `FLOWENGINE_*` overrides from
+    /// `env`, and validate. An explicitly named file that does not exist is an error.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<LoadedConfig> {
+        let (mut config, file) = match path {
+            Some(p) => (Self::from_file(p)?, Some(p.to_path_buf())),
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_FILE);
+                if default.is_file() {
+                    (Self::from_file(default)?, Some(default.to_path_buf()))
+                } else {
+                    (EngineConfig::default(), None)
+                }
+            }
+        };
+        let env_overrides = config.apply_env(env)?;
+        config.validate(
+            file.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "defaults".into()),
+        )?;
+        Ok(LoadedConfig {
+            config,
+            file,
+            env_overrides,
+        })
+    }
+
+    /// Parse a TOML file (unknown keys are errors).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| EngineError::ReadConfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parse TOML text; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| EngineError::InvalidConfig {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Apply `FLOWENGINE_<KEY>` overrides; returns the names of the variables used.
+    pub fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Vec<String>> {
+        let mut used = Vec::new();
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("FLOWENGINE_") else {
+                continue;
+            };
+            let bad = |message: String| EngineError::InvalidConfig {
+                origin: format!("environment variable {name}"),
+                message,
+            };
+            match key {
+                "MEMORY_LIMIT" => self.memory_limit = Some(value.parse().map_err(bad)?),
+                "MEMORY_POOL" => self.memory_pool = value.parse().map_err(bad)?,
+                "SPILL_DIR" => self.spill_dir = Some(PathBuf::from(&value)),
+                "MAX_SPILL_SIZE" => {
+                    self.max_spill_size = Some(
+                        value
+                            .parse::<ByteSize>()
+                            .map_err(|e| bad(format!("`{value}` is not a size: {e}")))?,
+                    )
+                }
+                "TARGET_PARTITIONS" => {
+                    self.target_partitions = Some(
+                        value
+                            .parse()
+                            .map_err(|_| bad(format!("`{value}` is not a positive integer")))?,
+                    )
+                }
+                "BATCH_SIZE" => {
+                    self.batch_size = Some(
+                        value
+                            .parse()
+                            .map_err(|_| bad(format!("`{value}` is not a positive integer")))?,
+                    )
+                }
+                // Other FLOWENGINE_* variables belong to other parts (secrets, CLI flags).
+                _ => continue,
+            }
+            used.push(name);
+        }
+        used.sort();
+        Ok(used)
+    }
+
+    /// Check values that serde cannot: ranges and DataFusion keys.
+    pub fn validate(&self, origin: String) -> Result<()> {
+        let bad = |message: String| EngineError::InvalidConfig {
+            origin: origin.clone(),
+            message,
+        };
+        if self.target_partitions == Some(0) {
+            return Err(bad("target_partitions must be at least 1".into()));
+        }
+        if self.batch_size == Some(0) {
+            return Err(bad("batch_size must be at least 1".into()));
+        }
+        let mut options = ConfigOptions::new();
+        for (key, value) in &self.datafusion {
+            options
+                .set(key, value)
+                .map_err(|e| bad(format!("[datafusion] key `{key}` = `{value}`: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The pool size this configuration asks for, in bytes.
+    pub fn memory_limit_bytes(&self) -> u64 {
+        self.memory_limit
+            .unwrap_or(MemoryLimit::Percent(50.0))
+            .to_bytes(physical_memory())
+    }
+
+    /// Number of partitions plans use.
+    pub fn effective_target_partitions(&self) -> usize {
+        self.target_partitions.unwrap_or_else(num_cores)
+    }
+
+    /// Rows per batch.
+    pub fn effective_batch_size(&self) -> usize {
+        self.batch_size.unwrap_or(8192)
+    }
+
+    /// The configuration with every default filled in, as TOML (for `config check`).
+    pub fn effective_toml(&self) -> String {
+        let mut effective = self.clone();
+        effective.memory_limit = Some(self.memory_limit.unwrap_or(MemoryLimit::Percent(50.0)));
+        effective.target_partitions = Some(self.effective_target_partitions());
+        effective.batch_size = Some(self.effective_batch_size());
+        if effective.spill_dir.is_none() {
+            effective.spill_dir = Some(std::env::temp_dir());
+        }
+        toml::to_string(&effective).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Number of cores available to this process.
+pub fn num_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Physical memory in bytes (from /proc/meminfo; 8 GiB when unknown).
+pub fn physical_memory() -> u64 {
+    const FALLBACK: u64 = 8 << 30;
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(FALLBACK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_and_env() {
+        let mut c = EngineConfig::from_toml(
+            "memory_limit = \"2GiB\"\nbatch_size = 4096\n[datafusion]\n\"datafusion.execution.parquet.pushdown_filters\" = \"true\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.memory_limit, Some(MemoryLimit::Bytes(2 << 30)));
+        let used = c
+            .apply_env([("FLOWENGINE_BATCH_SIZE".to_string(), "1024".to_string())])
+            .unwrap();
+        assert_eq!(used, vec!["FLOWENGINE_BATCH_SIZE"]);
+        assert_eq!(c.batch_size, Some(1024));
+        c.validate("t".into()).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = EngineConfig::from_toml("bach_size = 3\n", "x.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("bach_size"), "{msg}");
+        assert!(msg.contains("x.toml"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = EngineConfig::from_toml("memory_limit = \"lots\"\n", "x.toml").unwrap_err();
+        assert!(err.to_string().contains("lots"), "{err}");
+        let err = EngineConfig::from_toml("memory_limit = \"150%\"\n", "x.toml").unwrap_err();
+        assert!(err.to_string().contains("150%"), "{err}");
+        let mut c = EngineConfig::default();
+        let err = c
+            .apply_env([("FLOWENGINE_TARGET_PARTITIONS".into(), "many".into())])
+            .unwrap_err();
+        assert!(err.to_string().contains("FLOWENGINE_TARGET_PARTITIONS"), "{err}");
+        let c = EngineConfig::from_toml("[datafusion]\n\"datafusion.nope\" = \"1\"\n", "x").unwrap();
+        let err = c.validate("x".into()).unwrap_err();
+        assert!(err.to_string().contains("datafusion.nope"), "{err}");
+        let c = EngineConfig::from_toml("batch_size = 0\n", "x").unwrap();
+        assert!(c.validate("x".into()).unwrap_err().to_string().contains("batch_size"));
+    }
+
+    #[test]
+    fn percent_limit_resolves() {
+        assert_eq!(MemoryLimit::Percent(50.0).to_bytes(1000), 500);
+        assert_eq!("512MiB".parse::<MemoryLimit>().unwrap(), MemoryLimit::Bytes(512 << 20));
+    }
+}

@@ -1,0 +1,22 @@
+//! FlowEngine core: typed configuration, the DataFusion session, and the pipeline runner.
+//!
+//! The engine never speaks gRPC or HTTP. It builds a DataFusion [`SessionContext`](datafusion::prelude::SessionContext)
+//! from an [`EngineConfig`], lets connector families register themselves through the one
+//! [`Connector`] extension point, and runs `.sql` pipelines statement by statement with
+//! [`pipeline::Runner`].
+
+pub mod config;
+pub mod connector;
+pub mod error;
+pub mod pipeline;
+pub mod progress;
+pub mod session;
+pub mod staging;
+
+pub use config::EngineConfig;
+pub use connector::{Connector, ConnectorRegistry, ParamSpec};
+pub use error::{EngineError, Result};
+pub use session::Engine;
+
+/// Re-export so downstream crates use exactly the engine's DataFusion.
+pub use datafusion;

@@ -1,0 +1,372 @@
+//! Planning and executing one pipeline statement: parse with positions, plan, classify, then run
+//! DDL directly and queries/writes as a physical plan whose stream the caller drives.
+//!
+//! Writes (`COPY`, `INSERT`) execute in a staged session view (see [`crate::staging`]) and only
+//! become visible when the caller [`Execution::finish`]es them after the stream is drained.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, UInt64Array};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::file_format::format_as_file_type;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{
+    DdlStatement, EmptyRelation, LogicalPlan, LogicalPlanBuilder, Statement as PlanStatement,
+};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, displayable, execute_stream};
+use datafusion::prelude::SessionContext;
+
+use crate::error::{EngineError, Result};
+use crate::pipeline::split::PipelineStatement;
+use crate::session::Engine;
+use crate::staging::WriteTxn;
+
+/// What a statement does, which decides how it runs and what `--dry-run` skips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementClass {
+    /// Catalog or session changes (`CREATE EXTERNAL TABLE`, `CREATE VIEW`, `SET`, `DROP`).
+    Ddl,
+    /// `CREATE TABLE ... AS SELECT`: materialises a query into memory.
+    CreateTableAs,
+    /// `COPY ... TO`, `INSERT INTO`: writes to a sink.
+    Write,
+    /// Anything returning rows (`SELECT`, `VALUES`, `SHOW`, `EXPLAIN`, `DESCRIBE`).
+    Query,
+}
+
+/// A planned statement.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub statement: PipelineStatement,
+    /// Human-readable kind, e.g. `COPY`, `CREATE EXTERNAL TABLE`, `QUERY`.
+    pub kind: String,
+    pub class: StatementClass,
+    pub logical: LogicalPlan,
+}
+
+/// The result of starting a statement.
+pub enum Started {
+    /// Completed without producing rows (DDL).
+    Done,
+    /// `--dry-run`: planned, not executed.
+    Planned { physical: Option<Arc<dyn ExecutionPlan>> },
+    /// Executing: drain `stream`, then call [`Execution::finish`].
+    Running(Execution),
+}
+
+/// An executing statement.
+pub struct Execution {
+    pub physical: Arc<dyn ExecutionPlan>,
+    pub stream: SendableRecordBatchStream,
+    pub class: StatementClass,
+    txn: Option<Arc<WriteTxn>>,
+}
+
+impl Execution {
+    /// Commit staged writes after the stream was drained without error.
+    pub async fn finish(self) -> Result<()> {
+        if let Some(txn) = self.txn {
+            txn.commit().await.map_err(|e| {
+                EngineError::from(DataFusionError::ObjectStore(Box::new(e)).context(
+                    "committing written files (renaming staged files into place)",
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Discard staged writes after a failure.
+    pub async fn abort(self) {
+        if let Some(txn) = self.txn {
+            txn.rollback().await;
+        }
+    }
+}
+
+/// Rows affected, from the single `count` batch DataFusion's writes return.
+pub fn rows_affected(batches: &[RecordBatch]) -> Option<u64> {
+    let batch = batches.first()?;
+    let col = batch.column_by_name("count")?;
+    let counts = col.as_any().downcast_ref::<UInt64Array>()?;
+    (!counts.is_empty()).then(|| counts.value(0))
+}
+
+/// File format of `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Csv,
+    Json,
+    Parquet,
+}
+
+impl OutputFormat {
+    /// From a file name's extension.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let ext = path.rsplit('.').next()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(Self::Csv),
+            "json" | "ndjson" | "jsonl" => Some(Self::Json),
+            "parquet" => Some(Self::Parquet),
+            _ => None,
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            Self::Csv => "csv",
+            Self::Json => "json",
+            Self::Parquet => "parquet",
+        }
+    }
+}
+
+impl Engine {
+    /// Parse and plan one statement. Errors name the statement's file, line and column.
+    pub async fn prepare(&self, statement: &PipelineStatement) -> Result<Prepared> {
+        let state = self.context().state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let fail = |kind: &str, e: DataFusionError| EngineError::Statement {
+            location: statement.location.clone(),
+            index: statement.index,
+            kind: kind.to_string(),
+            source: Box::new(e),
+        };
+        let parsed = state
+            .sql_to_statement(&statement.positioned_sql(), &dialect)
+            .map_err(|e| fail("parse", e))?;
+        let guess = leading_keywords(&statement.sql);
+        let logical = state
+            .statement_to_plan(parsed)
+            .await
+            .map_err(|e| fail(&guess, e))?;
+        let (kind, class) = classify(&logical);
+        Ok(Prepared {
+            statement: statement.clone(),
+            kind,
+            class,
+            logical,
+        })
+    }
+
+    /// Run a prepared statement. With `dry_run`, only DDL runs (so later statements can be
+    /// planned); CTAS creates an empty table of the right schema; writes and queries are planned.
+    pub async fn start(&self, prepared: &Prepared, dry_run: bool) -> Result<Started> {
+        let fail = |e: DataFusionError| prepared.error(e);
+        match prepared.class {
+            StatementClass::Ddl => {
+                let df = self
+                    .context()
+                    .execute_logical_plan(prepared.logical.clone())
+                    .await
+                    .map_err(fail)?;
+                // EXECUTE of a prepared statement comes back as a query to run.
+                if matches!(df.logical_plan(), LogicalPlan::EmptyRelation(_)) || dry_run {
+                    return Ok(Started::Done);
+                }
+                let physical = df.create_physical_plan().await.map_err(fail)?;
+                let stream =
+                    execute_stream(Arc::clone(&physical), Arc::new(df.task_ctx())).map_err(fail)?;
+                Ok(Started::Running(Execution {
+                    physical,
+                    stream,
+                    class: StatementClass::Query,
+                    txn: None,
+                }))
+            }
+            StatementClass::CreateTableAs => {
+                let plan = if dry_run {
+                    empty_ctas(&prepared.logical)
+                } else {
+                    prepared.logical.clone()
+                };
+                self.context()
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(fail)?;
+                Ok(if dry_run {
+                    Started::Planned { physical: None }
+                } else {
+                    Started::Done
+                })
+            }
+            StatementClass::Write | StatementClass::Query => {
+                let txn = (prepared.class == StatementClass::Write).then(|| Arc::new(WriteTxn::new()));
+                let ctx = match &txn {
+                    Some(txn) => self.staged_context(txn),
+                    None => self.context().clone(),
+                };
+                self.run_physical(&ctx, prepared, txn, dry_run).await
+            }
+        }
+    }
+
+    async fn run_physical(
+        &self,
+        ctx: &SessionContext,
+        prepared: &Prepared,
+        txn: Option<Arc<WriteTxn>>,
+        dry_run: bool,
+    ) -> Result<Started> {
+        let fail = |e: DataFusionError| prepared.error(e);
+        let df = ctx
+            .execute_logical_plan(prepared.logical.clone())
+            .await
+            .map_err(fail)?;
+        let physical = df.create_physical_plan().await.map_err(fail)?;
+        if dry_run {
+            return Ok(Started::Planned {
+                physical: Some(physical),
+            });
+        }
+        let stream = execute_stream(Arc::clone(&physical), Arc::new(df.task_ctx())).map_err(fail)?;
+        Ok(Started::Running(Execution {
+            physical,
+            stream,
+            class: prepared.class,
+            txn,
+        }))
+    }
+
+    /// Turn a query into a write of its result to one file at `path` (format from the extension).
+    pub fn output_to_file(&self, prepared: &Prepared, path: &str) -> Result<Prepared> {
+        let format = OutputFormat::from_path(path).ok_or_else(|| {
+            prepared.error(DataFusionError::Plan(format!(
+                "cannot tell the output format of `{path}`: use a .csv, .json or .parquet file name"
+            )))
+        })?;
+        let state = self.context().state();
+        let factory = state
+            .get_file_format_factory(format.extension())
+            .ok_or_else(|| prepared.error(DataFusionError::Plan(format!("no {format:?} writer"))))?;
+        let mut options = HashMap::new();
+        if format == OutputFormat::Csv {
+            options.insert("format.has_header".to_string(), "true".to_string());
+        }
+        let plan = LogicalPlanBuilder::copy_to(
+            prepared.logical.clone(),
+            path.to_string(),
+            format_as_file_type(factory),
+            options,
+            vec![],
+        )
+        .and_then(|b| b.build())
+        .map_err(|e| prepared.error(e))?;
+        Ok(Prepared {
+            statement: prepared.statement.clone(),
+            kind: format!("{} -> {path}", prepared.kind),
+            class: StatementClass::Write,
+            logical: plan,
+        })
+    }
+
+    /// The optimized logical plan and the physical plan, for `--explain`.
+    pub async fn explain(&self, prepared: &Prepared) -> Result<String> {
+        let state = self.context().state();
+        let mut out = String::new();
+        match prepared.class {
+            StatementClass::Ddl => {
+                out.push_str(&format!("{}\n", prepared.logical.display_indent()));
+            }
+            _ => {
+                let optimized = state.optimize(&prepared.logical).map_err(|e| prepared.error(e))?;
+                out.push_str("logical plan:\n");
+                out.push_str(&format!("{}\n", optimized.display_indent()));
+                if prepared.class != StatementClass::CreateTableAs {
+                    let physical = state
+                        .create_physical_plan(&prepared.logical)
+                        .await
+                        .map_err(|e| prepared.error(e))?;
+                    out.push_str("physical plan:\n");
+                    out.push_str(&format!("{}", displayable(physical.as_ref()).indent(true)));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Prepared {
+    /// Wrap an error with this statement's location and kind.
+    pub fn error(&self, e: DataFusionError) -> EngineError {
+        EngineError::Statement {
+            location: self.statement.location.clone(),
+            index: self.statement.index,
+            kind: self.kind.clone(),
+            source: Box::new(e),
+        }
+    }
+}
+
+fn classify(plan: &LogicalPlan) -> (String, StatementClass) {
+    use StatementClass::*;
+    match plan {
+        LogicalPlan::Ddl(ddl) => {
+            let kind = match ddl {
+                DdlStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE",
+                DdlStatement::CreateMemoryTable(t) => {
+                    if matches!(t.input.as_ref(), LogicalPlan::EmptyRelation(_)) {
+                        "CREATE TABLE"
+                    } else {
+                        return ("CREATE TABLE AS".into(), CreateTableAs);
+                    }
+                }
+                DdlStatement::CreateView(_) => "CREATE VIEW",
+                DdlStatement::CreateCatalogSchema(_) => "CREATE SCHEMA",
+                DdlStatement::CreateCatalog(_) => "CREATE DATABASE",
+                DdlStatement::CreateIndex(_) => "CREATE INDEX",
+                DdlStatement::DropTable(_) => "DROP TABLE",
+                DdlStatement::DropView(_) => "DROP VIEW",
+                DdlStatement::DropCatalogSchema(_) => "DROP SCHEMA",
+                DdlStatement::CreateFunction(_) => "CREATE FUNCTION",
+                DdlStatement::DropFunction(_) => "DROP FUNCTION",
+            };
+            (kind.into(), Ddl)
+        }
+        LogicalPlan::Statement(s) => {
+            let kind = match s {
+                PlanStatement::SetVariable(_) => "SET",
+                PlanStatement::ResetVariable(_) => "RESET",
+                PlanStatement::Prepare(_) => "PREPARE",
+                PlanStatement::Execute(_) => "EXECUTE",
+                PlanStatement::Deallocate(_) => "DEALLOCATE",
+                _ => "STATEMENT",
+            };
+            (kind.into(), Ddl)
+        }
+        LogicalPlan::Dml(dml) => (dml.op.to_string().to_uppercase(), Write),
+        LogicalPlan::Copy(_) => ("COPY".into(), Write),
+        LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => ("EXPLAIN".into(), Query),
+        LogicalPlan::DescribeTable(_) => ("DESCRIBE".into(), Query),
+        _ => ("QUERY".into(), Query),
+    }
+}
+
+/// A CTAS whose input is replaced by an empty relation of the same schema.
+fn empty_ctas(plan: &LogicalPlan) -> LogicalPlan {
+    match plan {
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(t)) => {
+            let mut t = t.clone();
+            t.input = Arc::new(LogicalPlan::EmptyRelation(EmptyRelation {
+                produce_one_row: false,
+                schema: Arc::clone(t.input.schema()),
+            }));
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(t))
+        }
+        other => other.clone(),
+    }
+}
+
+/// The first keywords of a statement, for errors raised before it could be classified.
+fn leading_keywords(sql: &str) -> String {
+    let words: Vec<&str> = sql
+        .split_whitespace()
+        .take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
+        .take(3)
+        .collect();
+    if words.is_empty() {
+        "statement".into()
+    } else {
+        words.join(" ").to_uppercase()
+    }
+}

@@ -1,0 +1,138 @@
+//! Building the DataFusion session from an [`EngineConfig`] and the connector registry, and the
+//! per-statement session views that stage writes (see [`crate::staging`]).
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::{
+    FairSpillPool, GreedyMemoryPool, MemoryPool, TrackConsumersPool,
+};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::config::{EngineConfig, MemoryPoolKind};
+use crate::connector::ConnectorRegistry;
+use crate::error::{EngineError, Result};
+use crate::staging::{StagingRegistry, WriteTxn};
+
+/// A configured DataFusion session: the catalog and runtime every statement of a run shares.
+#[derive(Clone)]
+pub struct Engine {
+    ctx: SessionContext,
+    config: EngineConfig,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("session_id", &self.ctx.session_id())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Build the session: runtime (memory pool, spill directory), settings, connectors.
+    pub fn try_new(config: &EngineConfig, connectors: &ConnectorRegistry) -> Result<Self> {
+        let build_err = |e| EngineError::BuildSession {
+            source: Box::new(e),
+        };
+        let runtime = build_runtime(config).map_err(build_err)?;
+        let session_config = session_config(config).map_err(build_err)?;
+        let builder = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_runtime_env(runtime)
+            .with_default_features();
+        let state = connectors.register_all(builder)?.build();
+        Ok(Self {
+            ctx: SessionContext::new_with_state(state),
+            config: config.clone(),
+        })
+    }
+
+    /// The shared session context (catalog, functions, runtime).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// A context sharing this session's catalog, settings and memory pool whose object stores
+    /// stage every write in `txn`, so a failed statement leaves no output behind.
+    pub fn staged_context(&self, txn: &Arc<WriteTxn>) -> SessionContext {
+        let state = self.ctx.state();
+        let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
+            .with_object_store_registry(Arc::new(StagingRegistry::new(
+                Arc::clone(&state.runtime_env().object_store_registry),
+                Arc::clone(txn),
+            )))
+            .build_arc();
+        let runtime = match runtime {
+            Ok(r) => r,
+            // Building from an existing runtime cannot fail in practice; fall back to the
+            // unstaged runtime rather than losing the statement.
+            Err(_) => Arc::clone(state.runtime_env()),
+        };
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_runtime_env(runtime)
+            .build();
+        SessionContext::new_with_state(state)
+    }
+}
+
+fn build_runtime(config: &EngineConfig) -> datafusion::error::Result<Arc<RuntimeEnv>> {
+    let limit = usize::try_from(config.memory_limit_bytes()).unwrap_or(usize::MAX);
+    let track = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
+    let pool: Arc<dyn MemoryPool> = match config.memory_pool {
+        MemoryPoolKind::Greedy => Arc::new(TrackConsumersPool::new(
+            GreedyMemoryPool::new(limit),
+            track,
+        )),
+        MemoryPoolKind::Fair => Arc::new(TrackConsumersPool::new(FairSpillPool::new(limit), track)),
+    };
+    let mut builder = RuntimeEnvBuilder::new().with_memory_pool(pool);
+    if let Some(dir) = &config.spill_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            datafusion::error::DataFusionError::Configuration(format!(
+                "cannot create spill_dir {}: {e}",
+                dir.display()
+            ))
+        })?;
+        builder = builder.with_temp_file_path(dir);
+    }
+    if let Some(max) = config.max_spill_size {
+        builder = builder.with_max_temp_directory_size(max.as_u64());
+    }
+    builder.build_arc()
+}
+
+/// FlowEngine's DataFusion settings: defaults chosen for pipelines, then the user's `[datafusion]`.
+fn session_config(config: &EngineConfig) -> datafusion::error::Result<SessionConfig> {
+    let mut sc = SessionConfig::new()
+        .with_information_schema(true)
+        .with_target_partitions(config.effective_target_partitions())
+        .with_batch_size(config.effective_batch_size());
+    let opts = sc.options_mut();
+    for (key, value) in FLOWENGINE_DEFAULTS {
+        opts.set(key, value)?;
+    }
+    for (key, value) in &config.datafusion {
+        opts.set(key, value)?;
+    }
+    Ok(sc)
+}
+
+/// DataFusion settings FlowEngine changes from DataFusion's defaults, and why.
+pub const FLOWENGINE_DEFAULTS: &[(&str, &str)] = &[
+    // Pipelines read CSV with headers far more often than without.
+    ("datafusion.catalog.has_header", "true"),
+    // Evaluate filters inside the Parquet decoder (late materialisation) and reorder them.
+    ("datafusion.execution.parquet.pushdown_filters", "true"),
+    ("datafusion.execution.parquet.reorder_filters", "true"),
+    // Sensible on-disk defaults for written Parquet: zstd level 1 is fast and compact.
+    ("datafusion.execution.parquet.compression", "zstd(1)"),
+    // Hive-style partition directories are discovered without declaring them.
+    ("datafusion.execution.listing_table_factory_infer_partitions", "true"),
+];

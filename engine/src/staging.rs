@@ -1,0 +1,343 @@
+//! Atomic file sinks: every object a statement writes lands under a hidden staging name next to
+//! its target and is renamed into place only when the statement succeeds.
+//!
+//! A statement that writes runs against a [`StagingRegistry`], which wraps each object store of
+//! the session in a [`StagingObjectStore`] bound to one [`WriteTxn`]. Reads pass straight through.
+//! [`WriteTxn::commit`] renames the staged objects to their targets (atomic per file on local
+//! disks, `copy`+`delete` elsewhere); [`WriteTxn::rollback`] deletes them, and directories the
+//! statement created. A process killed mid-write leaves only `.<name>.flowengine-<id>.inprogress`
+//! files, which no reader takes for output (listing tables filter by extension).
+
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+};
+use url::Url;
+
+/// Marker in staged object names; anything containing it is an unfinished write.
+pub const STAGING_MARKER: &str = ".flowengine-";
+
+/// One staged object: where it is now and where it goes on commit.
+#[derive(Debug, Clone)]
+struct Staged {
+    store: Arc<dyn ObjectStore>,
+    staged: Path,
+    target: Path,
+}
+
+#[derive(Debug, Default)]
+struct TxnState {
+    staged: Vec<Staged>,
+    /// Local directories that did not exist before this statement wrote into them.
+    created_dirs: Vec<PathBuf>,
+    finished: bool,
+}
+
+/// The set of objects one statement writes.
+#[derive(Debug)]
+pub struct WriteTxn {
+    id: String,
+    state: Mutex<TxnState>,
+}
+
+impl Default for WriteTxn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WriteTxn {
+    pub fn new() -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            state: Mutex::new(TxnState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TxnState> {
+        // A poisoned lock only means another writer panicked; the list itself stays valid.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The hidden name `target` is written under until commit.
+    fn staging_path(&self, target: &Path) -> Path {
+        let file = target.filename().unwrap_or("part");
+        let staged_name = format!(".{file}{STAGING_MARKER}{}.inprogress", self.id);
+        let mut parts: Vec<_> = target.parts().collect();
+        parts.pop();
+        parts.push(staged_name.as_str().into());
+        Path::from_iter(parts)
+    }
+
+    fn record(&self, store: Arc<dyn ObjectStore>, staged: Path, target: Path) {
+        let mut state = self.lock();
+        if !state.staged.iter().any(|s| s.staged == staged) {
+            state.staged.push(Staged {
+                store,
+                staged,
+                target,
+            });
+        }
+    }
+
+    fn record_created_dirs(&self, dirs: Vec<PathBuf>) {
+        let mut state = self.lock();
+        for d in dirs {
+            if !state.created_dirs.contains(&d) {
+                state.created_dirs.push(d);
+            }
+        }
+    }
+
+    /// Number of objects written so far.
+    pub fn staged_count(&self) -> usize {
+        self.lock().staged.len()
+    }
+
+    /// Move every staged object to its target. On a failed rename, the rest are rolled back.
+    pub async fn commit(&self) -> object_store::Result<usize> {
+        let staged = {
+            let mut state = self.lock();
+            state.finished = true;
+            std::mem::take(&mut state.staged)
+        };
+        let n = staged.len();
+        for (i, s) in staged.iter().enumerate() {
+            if let Err(e) = s.store.rename(&s.staged, &s.target).await {
+                for rest in &staged[i..] {
+                    let _ = rest.store.delete(&rest.staged).await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Delete every staged object and the directories this statement created.
+    pub async fn rollback(&self) {
+        let (staged, dirs) = {
+            let mut state = self.lock();
+            state.finished = true;
+            (
+                std::mem::take(&mut state.staged),
+                std::mem::take(&mut state.created_dirs),
+            )
+        };
+        for s in staged {
+            let _ = s.store.delete(&s.staged).await;
+        }
+        // Deepest first; remove_dir only succeeds on empty directories, so data is never removed.
+        let mut dirs = dirs;
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = tokio::fs::remove_dir(&d).await;
+        }
+    }
+}
+
+impl Drop for WriteTxn {
+    fn drop(&mut self) {
+        // A transaction dropped without commit or rollback (a cancelled statement) must not leave
+        // staged files behind: delete them synchronously where they are local.
+        let state = self.lock();
+        if !state.finished {
+            for s in &state.staged {
+                let local = PathBuf::from(format!("/{}", s.staged));
+                let _ = std::fs::remove_file(local);
+            }
+        }
+    }
+}
+
+/// An object store whose writes are staged in a [`WriteTxn`].
+#[derive(Debug)]
+pub struct StagingObjectStore {
+    inner: Arc<dyn ObjectStore>,
+    txn: Arc<WriteTxn>,
+    /// `file://` store: paths map to `/<path>` and directory creation is tracked.
+    local: bool,
+}
+
+impl StagingObjectStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, txn: Arc<WriteTxn>, local: bool) -> Self {
+        Self { inner, txn, local }
+    }
+
+    async fn stage(&self, target: &Path) -> Path {
+        let staged = self.txn.staging_path(target);
+        if self.local {
+            let mut created = Vec::new();
+            let mut dir = PathBuf::from(format!("/{target}"));
+            while dir.pop() {
+                if tokio::fs::metadata(&dir).await.is_ok() {
+                    break;
+                }
+                created.push(dir.clone());
+            }
+            self.txn.record_created_dirs(created);
+        }
+        self.txn
+            .record(Arc::clone(&self.inner), staged.clone(), target.clone());
+        staged
+    }
+}
+
+impl fmt::Display for StagingObjectStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Staging({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for StagingObjectStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let staged = self.stage(location).await;
+        self.inner.put_opts(&staged, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let staged = self.stage(location).await;
+        self.inner.put_multipart_opts(&staged, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
+    }
+}
+
+/// A per-statement view of the session's object store registry that stages writes.
+#[derive(Debug)]
+pub struct StagingRegistry {
+    inner: Arc<dyn ObjectStoreRegistry>,
+    txn: Arc<WriteTxn>,
+}
+
+impl StagingRegistry {
+    pub fn new(inner: Arc<dyn ObjectStoreRegistry>, txn: Arc<WriteTxn>) -> Self {
+        Self { inner, txn }
+    }
+}
+
+impl ObjectStoreRegistry for StagingRegistry {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.inner.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        self.inner.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        let inner = self.inner.get_store(url)?;
+        Ok(Arc::new(StagingObjectStore::new(
+            inner,
+            Arc::clone(&self.txn),
+            url.scheme() == "file",
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::local::LocalFileSystem;
+
+    #[tokio::test]
+    async fn commit_moves_and_rollback_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let fs: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let target = Path::from_filesystem_path(root.join("a/b/out.csv")).unwrap();
+
+        let txn = Arc::new(WriteTxn::new());
+        let store = StagingObjectStore::new(Arc::clone(&fs), Arc::clone(&txn), true);
+        store.put(&target, "x\n".into()).await.unwrap();
+        assert!(!root.join("a/b/out.csv").exists(), "not visible before commit");
+        txn.commit().await.unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("a/b/out.csv")).unwrap(), "x\n");
+
+        let txn = Arc::new(WriteTxn::new());
+        let store = StagingObjectStore::new(Arc::clone(&fs), Arc::clone(&txn), true);
+        let t2 = Path::from_filesystem_path(root.join("c/d/out.csv")).unwrap();
+        store.put(&t2, "y\n".into()).await.unwrap();
+        txn.rollback().await;
+        assert!(!root.join("c").exists(), "created directories removed");
+        assert!(root.join("a/b/out.csv").exists(), "earlier data untouched");
+    }
+}

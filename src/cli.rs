@@ -1,0 +1,123 @@
+//! Command-line arguments (clap). Every flag has a `FLOWENGINE_*` environment equivalent where
+//! it makes sense, and its doc comment is its `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// FlowEngine: SQL pipelines and queries over files, databases and streams, on Apache DataFusion.
+#[derive(Debug, Parser)]
+#[command(name = "flowengine", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Configuration file (default: ./flowengine.toml when present).
+    #[arg(long, global = true, env = "FLOWENGINE_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Log engine activity (info level) to stderr. FLOWENGINE_LOG takes tracing filter syntax.
+    #[arg(long, short = 'v', global = true)]
+    pub(crate) verbose: bool,
+    /// Write logs as JSON lines.
+    #[arg(long, global = true, env = "FLOWENGINE_LOG_JSON")]
+    pub(crate) log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a SQL pipeline file: statements in order, one summary line each on stderr.
+    Run(RunArgs),
+    /// Run SQL from -c, stdin, or an interactive shell on a terminal.
+    Sql(SqlArgs),
+    /// Inspect configuration.
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The pipeline file.
+    #[arg(value_name = "PIPELINE.sql")]
+    pub(crate) pipeline: PathBuf,
+    /// Set a variable used as ${NAME} in the pipeline (repeatable). Unset names fall back to the environment.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub(crate) vars: Vec<(String, String)>,
+    /// Plan every statement without executing writes or queries (DDL still runs, so later statements plan).
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Print each statement's logical and physical plan.
+    #[arg(long)]
+    pub(crate) explain: bool,
+    /// Write the trailing query's result to this file (.csv, .json or .parquet) instead of printing it.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub(crate) output: Option<String>,
+    #[command(flatten)]
+    pub(crate) display: DisplayArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SqlArgs {
+    /// SQL to run (one or more statements); repeatable. Without it, SQL comes from stdin.
+    #[arg(long, short = 'c', value_name = "SQL")]
+    pub(crate) command: Vec<String>,
+    /// Pipeline files run first to set up tables (repeatable).
+    #[arg(long, value_name = "FILE.sql")]
+    pub(crate) init: Vec<PathBuf>,
+    /// Set a variable used as ${NAME} (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub(crate) vars: Vec<(String, String)>,
+    #[command(flatten)]
+    pub(crate) display: DisplayArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub(crate) struct DisplayArgs {
+    /// How query results are printed.
+    #[arg(long, short = 'f', value_enum, default_value_t = Format::Table, env = "FLOWENGINE_FORMAT")]
+    pub(crate) format: Format,
+    /// Rows shown by the table format (all rows are still counted; csv/json print everything).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub(crate) max_rows: usize,
+    /// No per-statement summary lines on stderr.
+    #[arg(long, short = 'q')]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigArgs {
+    #[command(subcommand)]
+    pub(crate) command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Validate the configuration and print the effective values (defaults filled in).
+    Check,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
+    let name = name.trim();
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!("`{name}` is not a valid variable name"));
+    }
+    Ok((name.to_string(), value.to_string()))
+}

@@ -1,0 +1,40 @@
+//! One module per subcommand.
+
+pub(crate) mod config;
+pub(crate) mod run;
+pub(crate) mod sql;
+
+use engine::config::LoadedConfig;
+use engine::{Engine, EngineConfig};
+
+use crate::cli::GlobalArgs;
+
+/// Load configuration (file + environment) and build the engine with every connector.
+pub(crate) fn build_engine(global: &GlobalArgs) -> anyhow::Result<(Engine, LoadedConfig)> {
+    let loaded = EngineConfig::load(global.config.as_deref(), std::env::vars())?;
+    let engine = Engine::try_new(&loaded.config, &connectors::registry())?;
+    Ok((engine, loaded))
+}
+
+/// Variable lookup: `--var` values first, then the environment.
+pub(crate) fn var_lookup(vars: &[(String, String)]) -> impl Fn(&str) -> Option<String> + '_ {
+    move |name: &str| {
+        vars.iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok())
+    }
+}
+
+/// The session's SQL dialect name (for splitting statements).
+pub(crate) fn dialect(engine: &Engine) -> String {
+    engine
+        .context()
+        .state()
+        .config()
+        .options()
+        .sql_parser
+        .dialect
+        .to_string()
+}

@@ -1,0 +1,36 @@
+//! `flowengine run PIPELINE.sql`: every statement in order in one session; stop at the first failure.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use engine::pipeline::Pipeline;
+
+use crate::cli::{GlobalArgs, RunArgs};
+use crate::exec::{Rows, StatementOptions, run_statement};
+
+pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
+    let (engine, _) = super::build_engine(global)?;
+    let lookup = super::var_lookup(&args.vars);
+    let pipeline = Pipeline::from_file(&args.pipeline, &lookup, &super::dialect(&engine))?;
+    if pipeline.statements.is_empty() {
+        return Err(crate::UsageError(format!(
+            "{} contains no SQL statements",
+            pipeline.file
+        ))
+        .into());
+    }
+    let total = pipeline.statements.len();
+    for statement in &pipeline.statements {
+        let last = statement.index == total;
+        let opts = StatementOptions {
+            dry_run: args.dry_run,
+            explain: args.explain,
+            output: if last { args.output.as_deref() } else { None },
+            rows: if last { Rows::Print } else { Rows::Count },
+            summary: !args.display.quiet,
+            total,
+        };
+        run_statement(&engine, statement, &args.display, &opts).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

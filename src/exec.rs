@@ -1,0 +1,218 @@
+//! Running statements for the CLI: plan, optionally explain, execute with progress, print or
+//! count the rows, commit writes, and report one summary line per statement on stderr.
+//! A panic inside DataFusion becomes an error for that statement, never a crash.
+
+use std::io::Write;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use datafusion::arrow::record_batch::RecordBatch;
+use engine::Engine;
+use engine::pipeline::runner::rows_affected;
+use engine::pipeline::{PipelineStatement, Prepared, Started, StatementClass};
+use futures::{FutureExt, StreamExt};
+
+use crate::cli::DisplayArgs;
+use crate::output::ResultPrinter;
+use crate::progress::Progress;
+
+/// What to do with the rows of a query statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rows {
+    /// Print them (to stdout, in the display format).
+    Print,
+    /// Only count them.
+    Count,
+}
+
+/// Per-run settings.
+pub(crate) struct StatementOptions<'a> {
+    pub(crate) dry_run: bool,
+    pub(crate) explain: bool,
+    /// Write this statement's query result to a file instead of printing it.
+    pub(crate) output: Option<&'a str>,
+    pub(crate) rows: Rows,
+    /// Print a summary line on stderr.
+    pub(crate) summary: bool,
+    /// Number of statements in the run, for `[i/N]`.
+    pub(crate) total: usize,
+}
+
+/// Run one statement end to end. Errors carry the statement's location.
+pub(crate) async fn run_statement(
+    engine: &Engine,
+    statement: &PipelineStatement,
+    display: &DisplayArgs,
+    opts: &StatementOptions<'_>,
+) -> Result<()> {
+    let started = Instant::now();
+    let work = run_inner(engine, statement, display, opts);
+    let outcome = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        Err(anyhow!(
+            "{}: statement {} failed with an internal error (panic: {what}); this is a bug, please report it",
+            statement.location,
+            statement.index
+        ))
+    });
+    match outcome {
+        Ok(report) => {
+            if opts.summary {
+                eprintln!(
+                    "{}",
+                    summary_line(statement, opts.total, &report, started.elapsed())
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if opts.summary {
+                eprintln!(
+                    "[{}/{}] {}  FAILED  {}",
+                    statement.index,
+                    opts.total,
+                    statement.location,
+                    fmt_duration(started.elapsed())
+                );
+            }
+            Err(e)
+        }
+    }
+}
+
+struct Report {
+    kind: String,
+    detail: String,
+}
+
+async fn run_inner(
+    engine: &Engine,
+    statement: &PipelineStatement,
+    display: &DisplayArgs,
+    opts: &StatementOptions<'_>,
+) -> Result<Report> {
+    let mut prepared = engine.prepare(statement).await?;
+    if let Some(path) = opts.output {
+        if prepared.class != StatementClass::Query {
+            return Err(prepared
+                .error(datafusion::error::DataFusionError::Plan(format!(
+                    "--output needs the pipeline to end with a query, but its last statement is {}",
+                    prepared.kind
+                )))
+                .into());
+        }
+        prepared = engine.output_to_file(&prepared, path)?;
+    }
+    if opts.explain {
+        let text = engine.explain(&prepared).await?;
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "-- [{}] {} {}\n{text}",
+            statement.index, statement.location, prepared.kind
+        )?;
+    }
+    let kind = prepared.kind.clone();
+    let detail = match engine.start(&prepared, opts.dry_run).await? {
+        Started::Done => "ok".to_string(),
+        Started::Planned { .. } => "planned (dry run)".to_string(),
+        Started::Running(execution) => drive(execution, &prepared, display, opts).await?,
+    };
+    Ok(Report { kind, detail })
+}
+
+async fn drive(
+    mut execution: engine::pipeline::Execution,
+    prepared: &Prepared,
+    display: &DisplayArgs,
+    opts: &StatementOptions<'_>,
+) -> Result<String> {
+    let progress = Progress::start(
+        &execution.physical,
+        format!("[{}/{}] {}", prepared.statement.index, opts.total, prepared.kind),
+        opts.summary,
+    );
+    let schema = execution.stream.schema();
+    let printing = execution.class == StatementClass::Query && opts.rows == Rows::Print;
+    let mut printer = printing.then(|| {
+        ResultPrinter::new(std::io::stdout().lock(), display.format, display.max_rows)
+    });
+    let mut counted: u64 = 0;
+    let mut write_batches: Vec<RecordBatch> = Vec::new();
+    let mut failure = None;
+    while let Some(next) = execution.stream.next().await {
+        match next {
+            Ok(batch) => {
+                if execution.class == StatementClass::Write {
+                    write_batches.push(batch);
+                } else if let Some(p) = printer.as_mut() {
+                    if let Err(e) = p.push(&batch) {
+                        failure = Some(e);
+                        break;
+                    }
+                } else {
+                    counted += batch.num_rows() as u64;
+                }
+            }
+            Err(e) => {
+                failure = Some(prepared.error(e).into());
+                break;
+            }
+        }
+    }
+    drop(progress);
+    if let Some(e) = failure {
+        execution.abort().await;
+        return Err(e);
+    }
+    let is_write = execution.class == StatementClass::Write;
+    execution.finish().await?;
+    if is_write {
+        let n = rows_affected(&write_batches).unwrap_or(0);
+        return Ok(format!("{} rows written", group(n)));
+    }
+    let rows = match printer {
+        Some(p) => p.finish(Some(RecordBatch::new_empty(schema)))?,
+        None => counted,
+    };
+    Ok(format!("{} rows", group(rows)))
+}
+
+fn summary_line(
+    statement: &PipelineStatement,
+    total: usize,
+    report: &Report,
+    elapsed: Duration,
+) -> String {
+    format!(
+        "[{}/{}] {}  {}  {}  {}",
+        statement.index,
+        total,
+        statement.location,
+        report.kind,
+        report.detail,
+        fmt_duration(elapsed)
+    )
+}
+
+fn fmt_duration(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+/// 1234567 -> "1,234,567".
+pub(crate) fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,100 @@
+//! The `flowengine` command line: argument parsing, output and exit codes. All engine logic
+//! lives in the `engine` crate; connectors come from the `connectors` crate.
+//!
+//! Exit codes: 0 success, 1 a statement or pipeline failed, 2 usage or configuration error.
+
+mod cli;
+mod commands;
+mod exec;
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+/// An error the user fixes by changing how they call us (exit code 2).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_tracing(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.downcast_ref::<UsageError>().is_some()
+                || matches!(
+                    e.downcast_ref::<engine::EngineError>(),
+                    Some(
+                        engine::EngineError::InvalidConfig { .. }
+                            | engine::EngineError::ReadConfig { .. }
+                            | engine::EngineError::ReadPipeline { .. }
+                    )
+                );
+            eprintln!("error: {}", render_error(&e));
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => commands::run::run(&cli.global, args).await,
+        Command::Sql(args) => commands::sql::run(&cli.global, args).await,
+        Command::Config(args) => commands::config::run(&cli.global, args),
+    }
+}
+
+/// The error and its causes, each cause once (DataFusion often repeats its source in Display).
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(&format!("\n  caused by: {text}"));
+        }
+    }
+    out
+}
+
+fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FLOWENGINE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(if cli.global.verbose { "info" } else { "warn" }));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if cli.global.log_json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,3 @@
+-- a typo in the second statement
+SELECT 1;
+SELEC 2 FROM nowhere;
