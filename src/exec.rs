@@ -55,7 +55,7 @@ pub(crate) async fn run_statement(
             .or_else(|| panic.downcast_ref::<&str>().copied())
             .unwrap_or("unknown panic");
         Err(anyhow!(
-            "{}: statement {} failed with an internal error (panic: {what}); this is a bug, please report it",
+            "{}: statement {} failed with an internal error ({what}); the input may be corrupt, or this is a bug to report",
             statement.location,
             statement.index
         ))

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&cli);
+    install_panic_hook();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,6 +77,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The error and its causes, each cause once (DataFusion often repeats its source in Display).
 fn render_error(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
+    if e.downcast_ref::<engine::EngineError>().is_some() {
+        // Engine errors already embed their cause in their message.
+        return out;
+    }
     for cause in e.chain().skip(1) {
         let text = cause.to_string();
         if !out.contains(&text) {
@@ -97,4 +102,20 @@ fn init_tracing(cli: &Cli) {
     } else {
         builder.try_init()
     };
+}
+
+/// A panic inside a query (for example a corrupt file tripping a decoder) is turned into an
+/// error for that statement by the executor; print it as one line instead of a raw backtrace,
+/// unless FLOWENGINE_BACKTRACE is set.
+fn install_panic_hook() {
+    if std::env::var_os("FLOWENGINE_BACKTRACE").is_some() {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!("internal error{location}; set FLOWENGINE_BACKTRACE=1 for a backtrace");
+    }));
 }

@@ -6,6 +6,7 @@ pub mod tsv;
 
 use std::sync::Arc;
 
+use datafusion::datasource::listing_table_factory::ListingTableFactory;
 use datafusion::error::Result;
 use datafusion::execution::SessionStateBuilder;
 use engine::{Connector, ParamSpec};
@@ -46,6 +47,11 @@ impl Connector for FilesConnector {
             .file_formats()
             .get_or_insert_with(Vec::new)
             .push(Arc::new(tsv::TsvFormatFactory));
+        // `STORED AS TSV` resolves through the table factory map, keyed by the upper-case name.
+        builder
+            .table_factories()
+            .get_or_insert_with(Default::default)
+            .insert("TSV".into(), Arc::new(ListingTableFactory::new()));
         Ok(builder)
     }
 }

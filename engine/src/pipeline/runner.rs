@@ -160,6 +160,9 @@ impl Engine {
                     .execute_logical_plan(prepared.logical.clone())
                     .await
                     .map_err(fail)?;
+                if let LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) = &prepared.logical {
+                    self.check_not_empty(cmd).await.map_err(fail)?;
+                }
                 // EXECUTE of a prepared statement comes back as a query to run.
                 if matches!(df.logical_plan(), LogicalPlan::EmptyRelation(_)) || dry_run {
                     return Ok(Started::Done);
@@ -226,6 +229,29 @@ impl Engine {
             class: prepared.class,
             txn,
         }))
+    }
+
+    /// A table whose schema was inferred with no columns (an empty file, a header-only
+    /// directory) is useless and would silently yield nothing: reject it with a clear error.
+    async fn check_not_empty(
+        &self,
+        cmd: &datafusion::logical_expr::CreateExternalTable,
+    ) -> datafusion::error::Result<()> {
+        if !cmd.schema.fields().is_empty() {
+            return Ok(());
+        }
+        let table = self.context().table_provider(cmd.name.clone()).await?;
+        if table.schema().fields().is_empty() {
+            let _ = self.context().deregister_table(cmd.name.clone());
+            return Err(DataFusionError::Plan(format!(
+                "no columns could be inferred for table `{}` from {} (empty file?); \
+                 declare the columns, e.g. CREATE EXTERNAL TABLE {} (id INT, ...) ...",
+                cmd.name,
+                cmd.locations.join(", "),
+                cmd.name
+            )));
+        }
+        Ok(())
     }
 
     /// Turn a query into a write of its result to one file at `path` (format from the extension).
@@ -364,9 +390,9 @@ fn leading_keywords(sql: &str) -> String {
         .take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
         .take(3)
         .collect();
-    if words.is_empty() {
-        "statement".into()
-    } else {
-        words.join(" ").to_uppercase()
+    match words.first().map(|w| w.to_ascii_uppercase()).as_deref() {
+        None => "statement".into(),
+        Some("SELECT" | "WITH" | "VALUES" | "FROM") => "QUERY".into(),
+        Some(_) => words.join(" ").to_uppercase(),
     }
 }
