@@ -134,14 +134,16 @@ async fn drive(
 ) -> Result<String> {
     let progress = Progress::start(
         &execution.physical,
-        format!("[{}/{}] {}", prepared.statement.index, opts.total, prepared.kind),
+        format!(
+            "[{}/{}] {}",
+            prepared.statement.index, opts.total, prepared.kind
+        ),
         opts.summary,
     );
     let schema = execution.stream.schema();
     let printing = execution.class == StatementClass::Query && opts.rows == Rows::Print;
-    let mut printer = printing.then(|| {
-        ResultPrinter::new(std::io::stdout().lock(), display.format, display.max_rows)
-    });
+    let mut printer = printing
+        .then(|| ResultPrinter::new(std::io::stdout().lock(), display.format, display.max_rows));
     let mut counted: u64 = 0;
     let mut write_batches: Vec<RecordBatch> = Vec::new();
     let mut failure = None;
@@ -209,7 +211,7 @@ pub(crate) fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -51,7 +51,11 @@ fn tree(dir: &Path) -> Vec<String> {
 fn parquet_rows(path: &Path) -> i64 {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let f = std::fs::File::open(path).unwrap();
-    SerializedFileReader::new(f).unwrap().metadata().file_metadata().num_rows()
+    SerializedFileReader::new(f)
+        .unwrap()
+        .metadata()
+        .file_metadata()
+        .num_rows()
 }
 
 // ---------------------------------------------------------------- examples
@@ -67,19 +71,37 @@ fn quickstart_writes_parquet_and_prints_summary() {
     let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
     // One summary line per statement.
-    assert_eq!(stderr.lines().filter(|l| l.starts_with('[')).count(), 6, "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with('[')).count(),
+        6,
+        "{stderr}"
+    );
     assert!(stderr.contains("COPY"), "{stderr}");
     // Expected rows: orders that are not cancelled (computed independently from the CSV).
     let csv = std::fs::read_to_string(repo("sql-examples/data/orders.csv")).unwrap();
-    let expected = csv.lines().skip(1).filter(|l| !l.ends_with(",cancelled")).count();
-    assert!(stderr.contains(&format!("{expected} rows written")), "{stderr}");
+    let expected = csv
+        .lines()
+        .skip(1)
+        .filter(|l| !l.ends_with(",cancelled"))
+        .count();
+    assert!(
+        stderr.contains(&format!("{expected} rows written")),
+        "{stderr}"
+    );
     let parquet = out.path().join("quickstart/order_facts.parquet");
     assert_eq!(parquet_rows(&parquet), expected as i64);
     // The summary table lists every country and sums to the expected order count.
     let total: usize = stdout
         .lines()
         .filter(|l| l.starts_with("| ") && !l.contains("country"))
-        .map(|l| l.split('|').nth(2).unwrap().trim().parse::<usize>().unwrap())
+        .map(|l| {
+            l.split('|')
+                .nth(2)
+                .unwrap()
+                .trim()
+                .parse::<usize>()
+                .unwrap()
+        })
         .sum();
     assert_eq!(total, expected, "{stdout}");
     assert!(stdout.contains("| DE "), "{stdout}");
@@ -99,7 +121,11 @@ fn every_example_runs() {
     assert!(examples.len() >= 5, "{examples:?}");
     for example in examples {
         let text = std::fs::read_to_string(&example).unwrap();
-        assert!(text.starts_with("-- "), "{} must start with a comment saying what it shows", example.display());
+        assert!(
+            text.starts_with("-- "),
+            "{} must start with a comment saying what it shows",
+            example.display()
+        );
         let out = tempfile::tempdir().unwrap();
         flowengine()
             .arg("run")
@@ -115,25 +141,54 @@ fn every_example_runs() {
 fn partitioned_example_writes_hive_directories() {
     let out = tempfile::tempdir().unwrap();
     let assert = flowengine()
-        .args(["run", "sql-examples/partitioned_parquet.sql", "--format", "csv", "--var"])
+        .args([
+            "run",
+            "sql-examples/partitioned_parquet.sql",
+            "--format",
+            "csv",
+            "--var",
+        ])
         .arg(format!("OUT_DIR={}", out.path().display()))
         .assert()
         .success();
     let files = tree(&out.path().join("orders_by_month"));
-    assert!(files.iter().any(|f| f.starts_with("order_month=2024-03/status=paid/") && f.ends_with(".parquet")), "{files:?}");
-    assert!(files.iter().all(|f| f.starts_with("order_month=2024-")), "{files:?}");
-    let total: i64 = files.iter().map(|f| parquet_rows(&out.path().join("orders_by_month").join(f))).sum();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("order_month=2024-03/status=paid/") && f.ends_with(".parquet")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().all(|f| f.starts_with("order_month=2024-")),
+        "{files:?}"
+    );
+    let total: i64 = files
+        .iter()
+        .map(|f| parquet_rows(&out.path().join("orders_by_month").join(f)))
+        .sum();
     assert_eq!(total, 1000);
     let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
-    assert!(stdout.starts_with("order_month,status,orders,items\n"), "{stdout}");
-    assert!(stdout.lines().skip(1).all(|l| l.starts_with("2024-03,")), "{stdout}");
+    assert!(
+        stdout.starts_with("order_month,status,orders,items\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().skip(1).all(|l| l.starts_with("2024-03,")),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn cleanup_example_accounts_for_every_row() {
     let out = tempfile::tempdir().unwrap();
     let assert = flowengine()
-        .args(["run", "sql-examples/csv_cleanup.sql", "--format", "json", "--var"])
+        .args([
+            "run",
+            "sql-examples/csv_cleanup.sql",
+            "--format",
+            "json",
+            "--var",
+        ])
         .arg(format!("OUT_DIR={}", out.path().display()))
         .assert()
         .success();
@@ -143,7 +198,10 @@ fn cleanup_example_accounts_for_every_row() {
     let clean = v["clean_rows"].as_i64().unwrap();
     assert_eq!(input, 300);
     let tsv = std::fs::read_to_string(out.path().join("cleanup/events_clean.tsv")).unwrap();
-    assert!(tsv.lines().next().unwrap().contains("event_id\tuser_email"), "{tsv}");
+    assert!(
+        tsv.lines().next().unwrap().contains("event_id\tuser_email"),
+        "{tsv}"
+    );
     assert_eq!(tsv.lines().count() as i64 - 1, clean);
     let rejected = std::fs::read_to_string(out.path().join("cleanup/events_rejected.csv")).unwrap();
     assert_eq!(rejected.lines().count() as i64 - 1, input - clean);
@@ -167,7 +225,11 @@ fn dry_run_plans_without_writing() {
 #[test]
 fn explain_prints_plans() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_pipeline(dir.path(), "e.sql", "CREATE VIEW v AS SELECT 1 AS a;\nSELECT a + 1 FROM v;\n");
+    let p = write_pipeline(
+        dir.path(),
+        "e.sql",
+        "CREATE VIEW v AS SELECT 1 AS a;\nSELECT a + 1 FROM v;\n",
+    );
     flowengine()
         .arg("run")
         .arg(&p)
@@ -200,7 +262,11 @@ fn variables_come_from_flags_then_environment() {
 #[test]
 fn output_file_formats() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_pipeline(dir.path(), "o.sql", "SELECT * FROM (VALUES (1, 'a'), (2, 'b'), (3, NULL)) AS t(id, name);\n");
+    let p = write_pipeline(
+        dir.path(),
+        "o.sql",
+        "SELECT * FROM (VALUES (1, 'a'), (2, 'b'), (3, NULL)) AS t(id, name);\n",
+    );
     for ext in ["csv", "json", "parquet"] {
         let target = dir.path().join(format!("result.{ext}"));
         flowengine()
@@ -232,7 +298,11 @@ fn output_file_formats() {
 #[test]
 fn quiet_and_table_row_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_pipeline(dir.path(), "q.sql", "SELECT * FROM generate_series(1, 500) AS t(n);\n");
+    let p = write_pipeline(
+        dir.path(),
+        "q.sql",
+        "SELECT * FROM generate_series(1, 500) AS t(n);\n",
+    );
     flowengine()
         .arg("run")
         .arg(&p)
@@ -248,7 +318,13 @@ fn quiet_and_table_row_limit() {
 #[test]
 fn sql_command_and_stdin() {
     flowengine()
-        .args(["sql", "--format", "csv", "-c", "SELECT 1 AS x; SELECT 2 AS y"])
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT 1 AS x; SELECT 2 AS y",
+        ])
         .assert()
         .success()
         .stdout("x\n1\ny\n2\n");
@@ -259,8 +335,18 @@ fn sql_command_and_stdin() {
         .success()
         .stdout("{\"answer\":42}\n");
     flowengine()
-        .args(["sql", "--init", "sql-examples/quickstart.sql", "--format", "csv", "--var"])
-        .arg(format!("OUT_DIR={}", tempfile::tempdir().unwrap().path().display()))
+        .args([
+            "sql",
+            "--init",
+            "sql-examples/quickstart.sql",
+            "--format",
+            "csv",
+            "--var",
+        ])
+        .arg(format!(
+            "OUT_DIR={}",
+            tempfile::tempdir().unwrap().path().display()
+        ))
         .args(["-c", "SELECT count(*) AS n FROM customers"])
         .assert()
         .success()
@@ -283,7 +369,9 @@ fn config_check_shows_effective_values_and_rejects_bad_keys() {
         .stdout(predicate::str::contains("memory_limit = \"1.0 GiB\""))
         .stdout(predicate::str::contains("target_partitions = 3"))
         .stdout(predicate::str::contains("batch_size = 4096"))
-        .stdout(predicate::str::contains("overridden by environment: FLOWENGINE_TARGET_PARTITIONS"));
+        .stdout(predicate::str::contains(
+            "overridden by environment: FLOWENGINE_TARGET_PARTITIONS",
+        ));
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "batch_size = 10\nmemory_limt = \"1GiB\"\n").unwrap();
@@ -295,13 +383,19 @@ fn config_check_shows_effective_values_and_rejects_bad_keys() {
         .stderr(predicate::str::contains("memory_limt"))
         .stderr(predicate::str::contains("bad.toml"));
 
-    std::fs::write(&bad, "[datafusion]\n\"datafusion.execution.no_such_thing\" = \"1\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[datafusion]\n\"datafusion.execution.no_such_thing\" = \"1\"\n",
+    )
+    .unwrap();
     flowengine()
         .args(["config", "check", "--config"])
         .arg(&bad)
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("datafusion.execution.no_such_thing"));
+        .stderr(predicate::str::contains(
+            "datafusion.execution.no_such_thing",
+        ));
 
     flowengine()
         .args(["config", "check"])
@@ -357,10 +451,19 @@ fn failing_statement_is_located_and_stops_the_pipeline() {
         .assert()
         .code(1);
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
-    assert!(stderr.contains("third_of_five.sql:4:1: statement 3 (QUERY) failed"), "{stderr}");
-    assert!(stderr.contains("[3/5]") && stderr.contains("FAILED"), "{stderr}");
+    assert!(
+        stderr.contains("third_of_five.sql:4:1: statement 3 (QUERY) failed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("[3/5]") && stderr.contains("FAILED"),
+        "{stderr}"
+    );
     assert!(stderr.contains("no_such_column"), "{stderr}");
-    assert!(stderr.contains("[2/5]") && !stderr.contains("[4/5]"), "{stderr}");
+    assert!(
+        stderr.contains("[2/5]") && !stderr.contains("[4/5]"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -372,40 +475,76 @@ fn bad_input_corpus_gives_clear_errors() {
     let cases: Vec<(String, Vec<&str>)> = vec![
         // ragged rows: caught while inferring the schema, with the file and line
         (
-            format!("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}';\nSELECT * FROM t;", b("ragged.csv")),
-            vec!["statement 1 (CREATE EXTERNAL TABLE)", "ragged.csv", "line 3"],
+            format!(
+                "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}';\nSELECT * FROM t;",
+                b("ragged.csv")
+            ),
+            vec![
+                "statement 1 (CREATE EXTERNAL TABLE)",
+                "ragged.csv",
+                "line 3",
+            ],
         ),
         // ... or while reading, when the schema is declared
         (
-            format!("CREATE EXTERNAL TABLE t (id INT, name VARCHAR, amount INT) STORED AS CSV LOCATION '{}';\nSELECT * FROM t;", b("ragged.csv")),
-            vec!["case1.sql:2:1: statement 2 (QUERY)", "line 3", "expected 3 got 2"],
+            format!(
+                "CREATE EXTERNAL TABLE t (id INT, name VARCHAR, amount INT) STORED AS CSV LOCATION '{}';\nSELECT * FROM t;",
+                b("ragged.csv")
+            ),
+            vec![
+                "case1.sql:2:1: statement 2 (QUERY)",
+                "line 3",
+                "expected 3 got 2",
+            ],
         ),
         (
-            format!("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}';\nSELECT * FROM t;", b("invalid_utf8.csv")),
+            format!(
+                "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}';\nSELECT * FROM t;",
+                b("invalid_utf8.csv")
+            ),
             vec!["invalid_utf8.csv", "utf-8", "line 3"],
         ),
         (
-            format!("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}';\nSELECT * FROM t;", b("empty.csv")),
+            format!(
+                "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}';\nSELECT * FROM t;",
+                b("empty.csv")
+            ),
             vec!["statement 1", "no columns could be inferred", "empty.csv"],
         ),
         (
             "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/definitely/missing/file.csv';".into(),
-            vec!["/definitely/missing/file.csv", "statement 1 (CREATE EXTERNAL TABLE)", "no files found"],
+            vec![
+                "/definitely/missing/file.csv",
+                "statement 1 (CREATE EXTERNAL TABLE)",
+                "no files found",
+            ],
         ),
         (
-            format!("CREATE EXTERNAL TABLE t (id INT, amount INT) STORED AS CSV LOCATION '{}';\nSELECT sum(amount) FROM t;", b("wrong_types.csv")),
+            format!(
+                "CREATE EXTERNAL TABLE t (id INT, amount INT) STORED AS CSV LOCATION '{}';\nSELECT sum(amount) FROM t;",
+                b("wrong_types.csv")
+            ),
             vec!["statement 2 (QUERY)", "'abc'", "int32", "line 2"],
         ),
         (
-            format!("CREATE EXTERNAL TABLE t (id INT, day DATE) STORED AS CSV LOCATION '{}';\nSELECT * FROM t;", b("bad_date.csv")),
+            format!(
+                "CREATE EXTERNAL TABLE t (id INT, day DATE) STORED AS CSV LOCATION '{}';\nSELECT * FROM t;",
+                b("bad_date.csv")
+            ),
             vec!["statement 2", "2024-13-45", "date32"],
         ),
         (
-            format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{}';\nSELECT * FROM t;", b("corrupt.parquet")),
+            format!(
+                "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{}';\nSELECT * FROM t;",
+                b("corrupt.parquet")
+            ),
             vec!["case7.sql:1:1: statement 1"],
         ),
         (
-            format!("CREATE EXTERNAL TABLE t (id INT, name VARCHAR) STORED AS JSON LOCATION '{}';\nSELECT * FROM t;", b("truncated.json")),
+            format!(
+                "CREATE EXTERNAL TABLE t (id INT, name VARCHAR) STORED AS JSON LOCATION '{}';\nSELECT * FROM t;",
+                b("truncated.json")
+            ),
             vec!["statement 2", "json error", "truncated record"],
         ),
     ];
@@ -413,19 +552,37 @@ fn bad_input_corpus_gives_clear_errors() {
         let p = write_pipeline(dir.path(), &format!("case{i}.sql"), sql);
         let assert = flowengine().arg("run").arg(&p).assert().code(1);
         let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_lowercase();
-        assert!(stderr.contains(&format!("case{i}.sql:")), "case {i}: no location\n{stderr}");
+        assert!(
+            stderr.contains(&format!("case{i}.sql:")),
+            "case {i}: no location\n{stderr}"
+        );
         for e in expected {
-            assert!(stderr.contains(&e.to_lowercase()), "case {i}: expected `{e}` in\n{stderr}");
+            assert!(
+                stderr.contains(&e.to_lowercase()),
+                "case {i}: expected `{e}` in\n{stderr}"
+            );
         }
         assert!(!stderr.contains("panicked"), "case {i} panicked\n{stderr}");
     }
 
     // Pipeline-level bad input.
     let pipeline_cases = [
-        ("syntax_error.sql", vec!["syntax_error.sql:3:1", "SELEC", "Line: 3, Column: 1"]),
-        ("undefined_var.sql", vec!["undefined_var.sql:2:16", "NOT_DEFINED_ANYWHERE", "--var"]),
-        ("unterminated_string.sql", vec!["unterminated_string.sql:2:8", "Unterminated string"]),
-        ("invalid_utf8.sql", vec!["invalid_utf8.sql:2:1", "not valid UTF-8"]),
+        (
+            "syntax_error.sql",
+            vec!["syntax_error.sql:3:1", "SELEC", "Line: 3, Column: 1"],
+        ),
+        (
+            "undefined_var.sql",
+            vec!["undefined_var.sql:2:16", "NOT_DEFINED_ANYWHERE", "--var"],
+        ),
+        (
+            "unterminated_string.sql",
+            vec!["unterminated_string.sql:2:8", "Unterminated string"],
+        ),
+        (
+            "invalid_utf8.sql",
+            vec!["invalid_utf8.sql:2:1", "not valid UTF-8"],
+        ),
     ];
     for (file, expected) in pipeline_cases {
         let assert = flowengine().arg("run").arg(bad(file)).assert().code(1);
@@ -472,7 +629,11 @@ fn failed_copy_leaves_no_partial_output() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("not-a-number"));
-    assert_eq!(tree(&out), vec!["existing.txt".to_string()], "single-file sink left files");
+    assert_eq!(
+        tree(&out),
+        vec!["existing.txt".to_string()],
+        "single-file sink left files"
+    );
 
     // Partitioned directory output: nothing may appear, not even empty partition directories.
     let sql = format!(
@@ -488,7 +649,11 @@ fn failed_copy_leaves_no_partial_output() {
         .env("FLOWENGINE_BATCH_SIZE", "1024")
         .assert()
         .code(1);
-    assert_eq!(tree(&out), vec!["existing.txt".to_string()], "partitioned sink left files");
+    assert_eq!(
+        tree(&out),
+        vec!["existing.txt".to_string()],
+        "partitioned sink left files"
+    );
     assert!(!out.join("parts").exists());
 
     // INSERT INTO an external table: the table keeps exactly its old contents.
@@ -503,7 +668,12 @@ fn failed_copy_leaves_no_partial_output() {
         table = table.display()
     );
     let p = write_pipeline(dir.path(), "insert.sql", &sql);
-    flowengine().arg("run").arg(&p).env("FLOWENGINE_BATCH_SIZE", "1024").assert().code(1);
+    flowengine()
+        .arg("run")
+        .arg(&p)
+        .env("FLOWENGINE_BATCH_SIZE", "1024")
+        .assert()
+        .code(1);
     assert_eq!(tree(&table), vec!["old.csv".to_string()]);
 
     // The same statements succeed once the bad row is gone, replacing the file atomically.
@@ -525,7 +695,11 @@ fn failed_copy_leaves_no_partial_output() {
         .assert()
         .success()
         .stdout("n\n3\n");
-    assert!(tree(&table).iter().all(|f| !f.contains(".flowengine-")), "{:?}", tree(&table));
+    assert!(
+        tree(&table).iter().all(|f| !f.contains(".flowengine-")),
+        "{:?}",
+        tree(&table)
+    );
 }
 
 /// arrow-csv accepts a quote left open at the end of a file and yields rows instead of an error

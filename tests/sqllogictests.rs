@@ -29,11 +29,13 @@ struct FlowEngineDb {
 
 impl FlowEngineDb {
     fn new(test_dir: &Path) -> Result<Self, SltError> {
-        let mut config = EngineConfig::default();
         // Deterministic plans and output order for tests, independent of the machine's cores.
-        config.target_partitions = Some(4);
-        let engine =
-            Engine::try_new(&config, &connectors::registry()).map_err(|e| SltError(e.to_string()))?;
+        let config = EngineConfig {
+            target_partitions: Some(4),
+            ..Default::default()
+        };
+        let engine = Engine::try_new(&config, &connectors::registry())
+            .map_err(|e| SltError(e.to_string()))?;
         let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         Ok(Self {
             engine,
@@ -174,7 +176,12 @@ fn main() -> std::process::ExitCode {
     let mut files = Vec::new();
     slt_files(&root, &mut files);
     files.sort();
-    files.retain(|f| filters.is_empty() || filters.iter().any(|p| f.to_string_lossy().contains(p.as_str())));
+    files.retain(|f| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|p| f.to_string_lossy().contains(p.as_str()))
+    });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -182,7 +189,11 @@ fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     let (mut passed, mut failed) = (0, 0);
     for file in &files {
-        let name = file.strip_prefix(&root).unwrap_or(file).display().to_string();
+        let name = file
+            .strip_prefix(&root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
         let scratch = tempfile::tempdir().expect("scratch dir");
         let scratch_path = scratch.path().to_path_buf();
         let result = runtime.block_on(async {
@@ -202,7 +213,10 @@ fn main() -> std::process::ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             } else {
-                runner.run_file_async(file).await.map_err(|e| e.display(true).to_string())
+                runner
+                    .run_file_async(file)
+                    .await
+                    .map_err(|e| e.display(true).to_string())
             }
         });
         match result {

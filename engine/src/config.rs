@@ -71,7 +71,9 @@ impl FromStr for MemoryPoolKind {
         match s.to_ascii_lowercase().as_str() {
             "greedy" => Ok(Self::Greedy),
             "fair" => Ok(Self::Fair),
-            other => Err(format!("unknown memory pool `{other}`; expected greedy or fair")),
+            other => Err(format!(
+                "unknown memory pool `{other}`; expected greedy or fair"
+            )),
         }
     }
 }
@@ -367,17 +369,29 @@ mod tests {
         let err = c
             .apply_env([("FLOWENGINE_TARGET_PARTITIONS".into(), "many".into())])
             .unwrap_err();
-        assert!(err.to_string().contains("FLOWENGINE_TARGET_PARTITIONS"), "{err}");
-        let c = EngineConfig::from_toml("[datafusion]\n\"datafusion.nope\" = \"1\"\n", "x").unwrap();
+        assert!(
+            err.to_string().contains("FLOWENGINE_TARGET_PARTITIONS"),
+            "{err}"
+        );
+        let c =
+            EngineConfig::from_toml("[datafusion]\n\"datafusion.nope\" = \"1\"\n", "x").unwrap();
         let err = c.validate("x".into()).unwrap_err();
         assert!(err.to_string().contains("datafusion.nope"), "{err}");
         let c = EngineConfig::from_toml("batch_size = 0\n", "x").unwrap();
-        assert!(c.validate("x".into()).unwrap_err().to_string().contains("batch_size"));
+        assert!(
+            c.validate("x".into())
+                .unwrap_err()
+                .to_string()
+                .contains("batch_size")
+        );
     }
 
     #[test]
     fn percent_limit_resolves() {
         assert_eq!(MemoryLimit::Percent(50.0).to_bytes(1000), 500);
-        assert_eq!("512MiB".parse::<MemoryLimit>().unwrap(), MemoryLimit::Bytes(512 << 20));
+        assert_eq!(
+            "512MiB".parse::<MemoryLimit>().unwrap(),
+            MemoryLimit::Bytes(512 << 20)
+        );
     }
 }

@@ -44,7 +44,9 @@ pub enum EngineError {
         message: String,
     },
 
-    #[error("{location}: undefined variable `${{{name}}}`; pass it with --var {name}=VALUE or set it in the environment")]
+    #[error(
+        "{location}: undefined variable `${{{name}}}`; pass it with --var {name}=VALUE or set it in the environment"
+    )]
     UndefinedVariable {
         location: SourceLocation,
         name: String,

@@ -86,10 +86,9 @@ fn build_runtime(config: &EngineConfig) -> datafusion::error::Result<Arc<Runtime
     let limit = usize::try_from(config.memory_limit_bytes()).unwrap_or(usize::MAX);
     let track = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
     let pool: Arc<dyn MemoryPool> = match config.memory_pool {
-        MemoryPoolKind::Greedy => Arc::new(TrackConsumersPool::new(
-            GreedyMemoryPool::new(limit),
-            track,
-        )),
+        MemoryPoolKind::Greedy => {
+            Arc::new(TrackConsumersPool::new(GreedyMemoryPool::new(limit), track))
+        }
         MemoryPoolKind::Fair => Arc::new(TrackConsumersPool::new(FairSpillPool::new(limit), track)),
     };
     let mut builder = RuntimeEnvBuilder::new().with_memory_pool(pool);
@@ -134,5 +133,8 @@ pub const FLOWENGINE_DEFAULTS: &[(&str, &str)] = &[
     // Sensible on-disk defaults for written Parquet: zstd level 1 is fast and compact.
     ("datafusion.execution.parquet.compression", "zstd(1)"),
     // Hive-style partition directories are discovered without declaring them.
-    ("datafusion.execution.listing_table_factory_infer_partitions", "true"),
+    (
+        "datafusion.execution.listing_table_factory_infer_partitions",
+        "true",
+    ),
 ];

@@ -328,9 +328,15 @@ mod tests {
         let txn = Arc::new(WriteTxn::new());
         let store = StagingObjectStore::new(Arc::clone(&fs), Arc::clone(&txn), true);
         store.put(&target, "x\n".into()).await.unwrap();
-        assert!(!root.join("a/b/out.csv").exists(), "not visible before commit");
+        assert!(
+            !root.join("a/b/out.csv").exists(),
+            "not visible before commit"
+        );
         txn.commit().await.unwrap();
-        assert_eq!(std::fs::read_to_string(root.join("a/b/out.csv")).unwrap(), "x\n");
+        assert_eq!(
+            std::fs::read_to_string(root.join("a/b/out.csv")).unwrap(),
+            "x\n"
+        );
 
         let txn = Arc::new(WriteTxn::new());
         let store = StagingObjectStore::new(Arc::clone(&fs), Arc::clone(&txn), true);

@@ -13,11 +13,9 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
     let lookup = super::var_lookup(&args.vars);
     let pipeline = Pipeline::from_file(&args.pipeline, &lookup, &super::dialect(&engine))?;
     if pipeline.statements.is_empty() {
-        return Err(crate::UsageError(format!(
-            "{} contains no SQL statements",
-            pipeline.file
-        ))
-        .into());
+        return Err(
+            crate::UsageError(format!("{} contains no SQL statements", pipeline.file)).into(),
+        );
     }
     let total = pipeline.statements.len();
     for statement in &pipeline.statements {

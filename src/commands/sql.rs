@@ -77,15 +77,22 @@ async fn shell(
     dialect: &str,
 ) -> Result<ExitCode> {
     let mut editor = DefaultEditor::new().context("starting the line editor")?;
-    let history = std::env::var_os("HOME")
-        .map(|h| std::path::PathBuf::from(h).join(".flowengine_history"));
+    let history =
+        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".flowengine_history"));
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
-    eprintln!("FlowEngine {} SQL shell. \\? for help, \\q to quit.", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "FlowEngine {} SQL shell. \\? for help, \\q to quit.",
+        env!("CARGO_PKG_VERSION")
+    );
     let mut buffer = String::new();
     loop {
-        let prompt = if buffer.is_empty() { "flowengine> " } else { "         -> " };
+        let prompt = if buffer.is_empty() {
+            "flowengine> "
+        } else {
+            "         -> "
+        };
         let line = tokio::task::block_in_place(|| editor.readline(prompt));
         match line {
             Ok(line) => {

@@ -69,7 +69,13 @@ impl Pipeline {
         })?;
         let dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { std::path::Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    std::path::Path::new(".")
+                } else {
+                    p
+                }
+            })
             .and_then(|p| p.canonicalize().ok())
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| ".".into());

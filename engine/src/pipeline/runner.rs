@@ -14,7 +14,9 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{
     DdlStatement, EmptyRelation, LogicalPlan, LogicalPlanBuilder, Statement as PlanStatement,
 };
-use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, displayable, execute_stream};
+use datafusion::physical_plan::{
+    ExecutionPlan, SendableRecordBatchStream, displayable, execute_stream,
+};
 use datafusion::prelude::SessionContext;
 
 use crate::error::{EngineError, Result};
@@ -50,7 +52,9 @@ pub enum Started {
     /// Completed without producing rows (DDL).
     Done,
     /// `--dry-run`: planned, not executed.
-    Planned { physical: Option<Arc<dyn ExecutionPlan>> },
+    Planned {
+        physical: Option<Arc<dyn ExecutionPlan>>,
+    },
     /// Executing: drain `stream`, then call [`Execution::finish`].
     Running(Execution),
 }
@@ -68,9 +72,10 @@ impl Execution {
     pub async fn finish(self) -> Result<()> {
         if let Some(txn) = self.txn {
             txn.commit().await.map_err(|e| {
-                EngineError::from(DataFusionError::ObjectStore(Box::new(e)).context(
-                    "committing written files (renaming staged files into place)",
-                ))
+                EngineError::from(
+                    DataFusionError::ObjectStore(Box::new(e))
+                        .context("committing written files (renaming staged files into place)"),
+                )
             })?;
         }
         Ok(())
@@ -160,7 +165,8 @@ impl Engine {
                     .execute_logical_plan(prepared.logical.clone())
                     .await
                     .map_err(fail)?;
-                if let LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) = &prepared.logical {
+                if let LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) = &prepared.logical
+                {
                     self.check_not_empty(cmd).await.map_err(fail)?;
                 }
                 // EXECUTE of a prepared statement comes back as a query to run.
@@ -194,7 +200,8 @@ impl Engine {
                 })
             }
             StatementClass::Write | StatementClass::Query => {
-                let txn = (prepared.class == StatementClass::Write).then(|| Arc::new(WriteTxn::new()));
+                let txn =
+                    (prepared.class == StatementClass::Write).then(|| Arc::new(WriteTxn::new()));
                 let ctx = match &txn {
                     Some(txn) => self.staged_context(txn),
                     None => self.context().clone(),
@@ -222,7 +229,8 @@ impl Engine {
                 physical: Some(physical),
             });
         }
-        let stream = execute_stream(Arc::clone(&physical), Arc::new(df.task_ctx())).map_err(fail)?;
+        let stream =
+            execute_stream(Arc::clone(&physical), Arc::new(df.task_ctx())).map_err(fail)?;
         Ok(Started::Running(Execution {
             physical,
             stream,
@@ -264,7 +272,9 @@ impl Engine {
         let state = self.context().state();
         let factory = state
             .get_file_format_factory(format.extension())
-            .ok_or_else(|| prepared.error(DataFusionError::Plan(format!("no {format:?} writer"))))?;
+            .ok_or_else(|| {
+                prepared.error(DataFusionError::Plan(format!("no {format:?} writer")))
+            })?;
         let mut options = HashMap::new();
         if format == OutputFormat::Csv {
             options.insert("format.has_header".to_string(), "true".to_string());
@@ -295,7 +305,9 @@ impl Engine {
                 out.push_str(&format!("{}\n", prepared.logical.display_indent()));
             }
             _ => {
-                let optimized = state.optimize(&prepared.logical).map_err(|e| prepared.error(e))?;
+                let optimized = state
+                    .optimize(&prepared.logical)
+                    .map_err(|e| prepared.error(e))?;
                 out.push_str("logical plan:\n");
                 out.push_str(&format!("{}\n", optimized.display_indent()));
                 if prepared.class != StatementClass::CreateTableAs {
