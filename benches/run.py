@@ -399,7 +399,8 @@ def main():
     versions = [f"DuckDB {engines[1].version}"]
     for e in engines[2:]:
         versions.append(f"{e.name} {e.version}")
-    lines.append("Engines: FlowEngine (this repo, release build), " + ", ".join(versions) +
+    fe_label = "release build" if not args.binary else f"binary {args.binary}"
+    lines.append(f"Engines: FlowEngine (this repo, {fe_label}), " + ", ".join(versions) +
                  ". Each run alternates engines; figures are medians of the runs.\n")
     if not args.skip_etl:
         lines.append(f"## ETL: lineitem.csv -> cast/derive/filter -> Parquet (zstd), SF{args.sf:g}\n")

@@ -62,7 +62,7 @@ pub(crate) struct RunArgs {
 #[derive(Debug, Args)]
 pub(crate) struct SqlArgs {
     /// SQL to run (one or more statements); repeatable. Without it, SQL comes from stdin.
-    #[arg(long, short = 'c', value_name = "SQL")]
+    #[arg(long, short = 'c', value_name = "SQL", allow_hyphen_values = true)]
     pub(crate) command: Vec<String>,
     /// Pipeline files run first to set up tables (repeatable).
     #[arg(long, value_name = "FILE.sql")]

@@ -10,7 +10,7 @@ use anyhow::{Result, anyhow};
 use datafusion::arrow::record_batch::RecordBatch;
 use engine::Engine;
 use engine::pipeline::runner::rows_affected;
-use engine::pipeline::{PipelineStatement, Prepared, Started, StatementClass};
+use engine::pipeline::{DryRun, PipelineStatement, Prepared, Started, StatementClass};
 use futures::{FutureExt, StreamExt};
 
 use crate::cli::DisplayArgs;
@@ -28,7 +28,6 @@ pub(crate) enum Rows {
 
 /// Per-run settings.
 pub(crate) struct StatementOptions<'a> {
-    pub(crate) dry_run: bool,
     pub(crate) explain: bool,
     /// Write this statement's query result to a file instead of printing it.
     pub(crate) output: Option<&'a str>,
@@ -39,15 +38,17 @@ pub(crate) struct StatementOptions<'a> {
     pub(crate) total: usize,
 }
 
-/// Run one statement end to end. Errors carry the statement's location.
+/// Run one statement end to end. Errors carry the statement's location. With `dry_run`, the
+/// statement is only planned (see [`DryRun`]).
 pub(crate) async fn run_statement(
     engine: &Engine,
     statement: &PipelineStatement,
     display: &DisplayArgs,
     opts: &StatementOptions<'_>,
+    dry_run: Option<&mut DryRun>,
 ) -> Result<()> {
     let started = Instant::now();
-    let work = run_inner(engine, statement, display, opts);
+    let work = run_inner(engine, statement, display, opts, dry_run);
     let outcome = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<String>()
@@ -95,6 +96,7 @@ async fn run_inner(
     statement: &PipelineStatement,
     display: &DisplayArgs,
     opts: &StatementOptions<'_>,
+    dry_run: Option<&mut DryRun>,
 ) -> Result<Report> {
     let mut prepared = engine.prepare(statement).await?;
     if let Some(path) = opts.output {
@@ -118,7 +120,7 @@ async fn run_inner(
         )?;
     }
     let kind = prepared.kind.clone();
-    let detail = match engine.start(&prepared, opts.dry_run).await? {
+    let detail = match engine.start(&prepared, dry_run).await? {
         Started::Done => "ok".to_string(),
         Started::Planned { .. } => "planned (dry run)".to_string(),
         Started::Running(execution) => drive(execution, &prepared, display, opts).await?,

@@ -15,6 +15,10 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An error the user fixes by changing how they call us (exit code 2).
 #[derive(Debug)]
 pub(crate) struct UsageError(pub(crate) String);

@@ -220,6 +220,24 @@ fn dry_run_plans_without_writing() {
         .success()
         .stderr(predicate::str::contains("planned (dry run)"));
     assert!(tree(out.path()).is_empty(), "{:?}", tree(out.path()));
+
+    // A pipeline that reads back what it wrote still plans: the skipped write's schema is used.
+    for example in ["quickstart", "partitioned_parquet"] {
+        flowengine()
+            .args([
+                "run",
+                &format!("sql-examples/{example}.sql"),
+                "--dry-run",
+                "--explain",
+                "--var",
+            ])
+            .arg(format!("OUT_DIR={}", out.path().display()))
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("physical plan:"))
+            .stderr(predicate::str::contains("planned (dry run)"));
+    }
+    assert!(tree(out.path()).is_empty(), "{:?}", tree(out.path()));
 }
 
 #[test]

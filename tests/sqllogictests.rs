@@ -53,7 +53,7 @@ impl FlowEngineDb {
         let mut last = DBOutput::StatementComplete(0);
         for statement in &pipeline.statements {
             let prepared = self.engine.prepare(statement).await.map_err(err)?;
-            last = match self.engine.start(&prepared, false).await.map_err(err)? {
+            last = match self.engine.start(&prepared, None).await.map_err(err)? {
                 Started::Done | Started::Planned { .. } => DBOutput::StatementComplete(0),
                 Started::Running(mut execution) => {
                     let schema = execution.stream.schema();

@@ -323,7 +323,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         let fs: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
-        let target = Path::from_filesystem_path(root.join("a/b/out.csv")).unwrap();
+        let target = Path::from_absolute_path(root.join("a/b/out.csv")).unwrap();
 
         let txn = Arc::new(WriteTxn::new());
         let store = StagingObjectStore::new(Arc::clone(&fs), Arc::clone(&txn), true);
@@ -340,7 +340,7 @@ mod tests {
 
         let txn = Arc::new(WriteTxn::new());
         let store = StagingObjectStore::new(Arc::clone(&fs), Arc::clone(&txn), true);
-        let t2 = Path::from_filesystem_path(root.join("c/d/out.csv")).unwrap();
+        let t2 = Path::from_absolute_path(root.join("c/d/out.csv")).unwrap();
         store.put(&t2, "y\n".into()).await.unwrap();
         txn.rollback().await;
         assert!(!root.join("c").exists(), "created directories removed");

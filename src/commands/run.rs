@@ -18,17 +18,17 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
         );
     }
     let total = pipeline.statements.len();
+    let mut dry_run = args.dry_run.then(engine::pipeline::DryRun::new);
     for statement in &pipeline.statements {
         let last = statement.index == total;
         let opts = StatementOptions {
-            dry_run: args.dry_run,
             explain: args.explain,
             output: if last { args.output.as_deref() } else { None },
             rows: if last { Rows::Print } else { Rows::Count },
             summary: !args.display.quiet,
             total,
         };
-        run_statement(&engine, statement, &args.display, &opts).await?;
+        run_statement(&engine, statement, &args.display, &opts, dry_run.as_mut()).await?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -50,14 +50,13 @@ async fn run_pipeline(
     let total = pipeline.statements.len();
     for statement in &pipeline.statements {
         let opts = StatementOptions {
-            dry_run: false,
             explain: false,
             output: None,
             rows,
             summary: summary && !display.quiet,
             total,
         };
-        run_statement(engine, statement, display, &opts).await?;
+        run_statement(engine, statement, display, &opts, None).await?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ pub mod vars;
 
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 
-pub use runner::{Execution, OutputFormat, Prepared, Started, StatementClass};
+pub use runner::{DryRun, Execution, OutputFormat, Prepared, Started, StatementClass};
 pub use split::PipelineStatement;
 pub use vars::VarLookup;
 

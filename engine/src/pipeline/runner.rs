@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, UInt64Array};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::DFSchema;
 use datafusion::datasource::file_format::format_as_file_type;
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{
     DdlStatement, EmptyRelation, LogicalPlan, LogicalPlanBuilder, Statement as PlanStatement,
@@ -45,6 +47,54 @@ pub struct Prepared {
     pub kind: String,
     pub class: StatementClass,
     pub logical: LogicalPlan,
+}
+
+/// What a dry run remembers about the writes it skipped, so that a later
+/// `CREATE EXTERNAL TABLE` over their output (a common write-then-read-back step) can still be
+/// planned: the table is declared with the schema the write would have produced.
+#[derive(Debug, Default)]
+pub struct DryRun {
+    skipped_writes: HashMap<String, (Arc<DFSchema>, Vec<String>)>,
+}
+
+impl DryRun {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn key(location: &str) -> String {
+        ListingTableUrl::parse(location)
+            .map(|u| u.as_str().trim_end_matches('/').to_string())
+            .unwrap_or_else(|_| location.trim_end_matches('/').to_string())
+    }
+
+    fn remember(&mut self, plan: &LogicalPlan) {
+        if let LogicalPlan::Copy(copy) = plan
+            && let Ok(schema) = DFSchema::try_from(copy.input.schema().as_arrow().clone())
+        {
+            self.skipped_writes.insert(
+                Self::key(&copy.output_url),
+                (Arc::new(schema), copy.partition_by.clone()),
+            );
+        }
+    }
+
+    /// The plan to run instead of `plan` in a dry run.
+    fn rewrite(&self, plan: &LogicalPlan) -> LogicalPlan {
+        if let LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) = plan
+            && cmd.schema.fields().is_empty()
+            && let [location] = cmd.locations.as_slice()
+            && let Some((schema, partitions)) = self.skipped_writes.get(&Self::key(location))
+        {
+            let mut cmd = cmd.clone();
+            cmd.schema = Arc::clone(schema);
+            if cmd.table_partition_cols.is_empty() {
+                cmd.table_partition_cols = partitions.clone();
+            }
+            return LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd));
+        }
+        plan.clone()
+    }
 }
 
 /// The result of starting a statement.
@@ -154,18 +204,33 @@ impl Engine {
         })
     }
 
-    /// Run a prepared statement. With `dry_run`, only DDL runs (so later statements can be
+    /// Run a prepared statement. With a [`DryRun`], only DDL runs (so later statements can be
     /// planned); CTAS creates an empty table of the right schema; writes and queries are planned.
-    pub async fn start(&self, prepared: &Prepared, dry_run: bool) -> Result<Started> {
+    pub async fn start(
+        &self,
+        prepared: &Prepared,
+        mut dry_run: Option<&mut DryRun>,
+    ) -> Result<Started> {
         let fail = |e: DataFusionError| prepared.error(e);
+        let plan = match &dry_run {
+            Some(d) => d.rewrite(&prepared.logical),
+            None => prepared.logical.clone(),
+        };
+        if prepared.class == StatementClass::Write
+            && let Some(d) = dry_run.as_deref_mut()
+        {
+            d.remember(&prepared.logical);
+        }
+        let dry_run = dry_run.is_some();
         match prepared.class {
             StatementClass::Ddl => {
                 let df = self
                     .context()
-                    .execute_logical_plan(prepared.logical.clone())
+                    .execute_logical_plan(plan)
                     .await
                     .map_err(fail)?;
                 if let LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) = &prepared.logical
+                    && !dry_run
                 {
                     self.check_not_empty(cmd).await.map_err(fail)?;
                 }
