@@ -79,7 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The error and its causes, each cause once (DataFusion often repeats its source in Display).
-fn render_error(e: &anyhow::Error) -> String {
+pub(crate) fn render_error(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
     if e.downcast_ref::<engine::EngineError>().is_some() {
         // Engine errors already embed their cause in their message.

@@ -28,7 +28,8 @@ impl Progress {
                 bar: None,
             };
         }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        // Hidden until SHOW_AFTER, so quick statements draw nothing at all.
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
         bar.set_style(
             ProgressStyle::with_template("{spinner} {prefix} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -40,6 +41,7 @@ impl Progress {
         let started = Instant::now();
         let task = tokio::spawn(async move {
             tokio::time::sleep(SHOW_AFTER).await;
+            shown.set_draw_target(ProgressDrawTarget::stderr());
             loop {
                 let snap = progress::snapshot(&plan);
                 shown.set_message(describe(&snap, input, started.elapsed()));
@@ -60,11 +62,12 @@ fn describe(snap: &progress::ProgressSnapshot, input: InputSize, elapsed: Durati
         parts.push(format!("{} read", HumanBytes(snap.bytes_scanned)));
     }
     if input.files > 0 {
+        // Scans split large files into byte ranges; count ranges, not files.
         parts.push(format!(
-            "{}/{} files of {}",
+            "input {} ({}/{} scan ranges done)",
+            HumanBytes(input.bytes),
             snap.files_done.min(input.files),
-            input.files,
-            HumanBytes(input.bytes)
+            input.files
         ));
     }
     parts.push(format!("{:.1}s", elapsed.as_secs_f64()));

@@ -371,6 +371,50 @@ fn sql_command_and_stdin() {
         .stdout("n\n60\n");
 }
 
+/// On a terminal `sql` is an interactive shell (rustyline): run it under a pseudo-terminal.
+#[test]
+fn interactive_shell_on_a_terminal() {
+    let home = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("flowengine");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &format!("{} sql", bin.display()), "/dev/null"])
+        .env("HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            // One line at a time, as a person types: the line editor discards input typed ahead
+            // of its prompt when it switches the terminal mode.
+            for line in [
+                "CREATE VIEW v AS",
+                "SELECT 41 + 1 AS answer;",
+                "SELECT * FROM v;",
+                "SELECT nope;",
+                "\\q",
+            ] {
+                std::thread::sleep(std::time::Duration::from_millis(400));
+                stdin.write_all(line.as_bytes())?;
+                stdin.write_all(b"\n")?;
+                stdin.flush()?;
+            }
+            drop(stdin);
+            child.wait_with_output()
+        })
+        .expect("`script` (util-linux) runs the shell under a pty");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("flowengine> "), "{text}");
+    assert!(text.contains("| 42     |"), "{text}");
+    assert!(
+        text.contains("No field named nope"),
+        "errors are shown and the shell goes on: {text}"
+    );
+    let history = std::fs::read_to_string(home.path().join(".flowengine_history")).unwrap();
+    assert!(history.contains("SELECT * FROM v;"), "{history}");
+}
+
 // ---------------------------------------------------------------- configuration
 
 #[test]

@@ -165,6 +165,6 @@ async fn run_shell_sql(
     }
     .await;
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", crate::render_error(&e));
     }
 }
