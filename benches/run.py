@@ -52,6 +52,15 @@ FROM lineitem
 WHERE l_shipdate >= DATE '1993-01-01' AND l_discount > 0.01"""
 
 
+def datafusion_etl_sql(csv_path, out_path):
+    """The ETL as a DataFusion SQL script (FlowEngine, datafusion-cli)."""
+    cols = ", ".join(f"{c} {t}" for c, t in LINEITEM_COLUMNS)
+    return (f"CREATE EXTERNAL TABLE lineitem ({cols}) STORED AS CSV LOCATION '{csv_path}' "
+            f"OPTIONS ('format.has_header' 'true');\n"
+            f"COPY ({ETL_SELECT}) TO '{out_path}' STORED AS PARQUET "
+            f"OPTIONS ('format.compression' 'zstd(1)');\n")
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -96,11 +105,7 @@ class FlowEngine:
         return r, times
 
     def etl(self, csv_path, out_path, workdir):
-        cols = ", ".join(f"{c} {t}" for c, t in LINEITEM_COLUMNS)
-        text = (f"CREATE EXTERNAL TABLE lineitem ({cols}) STORED AS CSV LOCATION '{csv_path}' "
-                f"OPTIONS ('format.has_header' 'true');\n"
-                f"COPY ({ETL_SELECT}) TO '{out_path}' STORED AS PARQUET "
-                f"OPTIONS ('format.compression' 'zstd(1)');\n")
+        text = datafusion_etl_sql(csv_path, out_path)
         r, times = self._run(text, workdir)
         # The COPY statement's own time, as DuckDB's and DataFusion's are timed in-process
         # around the COPY alone (process start and table registration excluded everywhere).
@@ -184,11 +189,7 @@ class DataFusionCli:
         return [float(x) for x in re.findall(r"Elapsed (\d+\.\d+) seconds", r.stdout)]
 
     def etl(self, csv_path, out_path, workdir):
-        cols = ", ".join(f"{c} {t}" for c, t in LINEITEM_COLUMNS)
-        text = (f"CREATE EXTERNAL TABLE lineitem ({cols}) STORED AS CSV LOCATION '{csv_path}' "
-                f"OPTIONS ('format.has_header' 'true');\n"
-                f"COPY ({ETL_SELECT}) TO '{out_path}' STORED AS PARQUET "
-                f"OPTIONS ('format.compression' 'zstd(1)');\n")
+        text = datafusion_etl_sql(csv_path, out_path)
         return self._run(text, workdir)[-1], None
 
     def tpch(self, parquet_dir, queries, workdir):

@@ -58,18 +58,32 @@ fn parquet_rows(path: &Path) -> i64 {
         .num_rows()
 }
 
+/// Run `sql-examples/NAME.sql` with `OUT_DIR=out`; returns (stdout, stderr).
+fn run_example(name: &str, format: &str, out: &Path) -> (String, String) {
+    let assert = flowengine()
+        .args([
+            "run",
+            &format!("sql-examples/{name}.sql"),
+            "--format",
+            format,
+            "--var",
+        ])
+        .arg(format!("OUT_DIR={}", out.display()))
+        .assert()
+        .success();
+    let o = assert.get_output();
+    (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
 // ---------------------------------------------------------------- examples
 
 #[test]
 fn quickstart_writes_parquet_and_prints_summary() {
     let out = tempfile::tempdir().unwrap();
-    let assert = flowengine()
-        .args(["run", "sql-examples/quickstart.sql", "--var"])
-        .arg(format!("OUT_DIR={}", out.path().display()))
-        .assert()
-        .success();
-    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
-    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    let (stdout, stderr) = run_example("quickstart", "table", out.path());
     // One summary line per statement.
     assert_eq!(
         stderr.lines().filter(|l| l.starts_with('[')).count(),
@@ -140,17 +154,7 @@ fn every_example_runs() {
 #[test]
 fn partitioned_example_writes_hive_directories() {
     let out = tempfile::tempdir().unwrap();
-    let assert = flowengine()
-        .args([
-            "run",
-            "sql-examples/partitioned_parquet.sql",
-            "--format",
-            "csv",
-            "--var",
-        ])
-        .arg(format!("OUT_DIR={}", out.path().display()))
-        .assert()
-        .success();
+    let (stdout, _) = run_example("partitioned_parquet", "csv", out.path());
     let files = tree(&out.path().join("orders_by_month"));
     assert!(
         files
@@ -167,7 +171,6 @@ fn partitioned_example_writes_hive_directories() {
         .map(|f| parquet_rows(&out.path().join("orders_by_month").join(f)))
         .sum();
     assert_eq!(total, 1000);
-    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
     assert!(
         stdout.starts_with("order_month,status,orders,items\n"),
         "{stdout}"
@@ -181,18 +184,7 @@ fn partitioned_example_writes_hive_directories() {
 #[test]
 fn cleanup_example_accounts_for_every_row() {
     let out = tempfile::tempdir().unwrap();
-    let assert = flowengine()
-        .args([
-            "run",
-            "sql-examples/csv_cleanup.sql",
-            "--format",
-            "json",
-            "--var",
-        ])
-        .arg(format!("OUT_DIR={}", out.path().display()))
-        .assert()
-        .success();
-    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+    let (stdout, _) = run_example("csv_cleanup", "json", out.path());
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let input = v["input_rows"].as_i64().unwrap();
     let clean = v["clean_rows"].as_i64().unwrap();
