@@ -473,6 +473,47 @@ fn config_settings_apply_to_the_session() {
         .stdout("name,value\ndatafusion.execution.batch_size,1234\ndatafusion.execution.target_partitions,3\n");
 }
 
+/// The configured memory limit bounds the DataFusion memory pool: a sort far larger than the
+/// limit spills to `spill_dir` and completes; an aggregate that cannot spill fails cleanly.
+#[test]
+fn memory_limit_spills_or_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mem.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "memory_limit = \"16MiB\"\nspill_dir = \"{}\"\n",
+            dir.path().join("spill").display()
+        ),
+    )
+    .unwrap();
+    // 4M rows (32 MB of values) sorted under a 16 MiB pool: only possible by spilling.
+    let sorted = dir.path().join("sorted.csv");
+    flowengine()
+        .args(["sql", "--config"])
+        .arg(&cfg)
+        .arg("-c")
+        .arg(format!(
+            "COPY (SELECT value AS v FROM generate_series(1, 4000000) ORDER BY random()) TO '{}'",
+            sorted.display()
+        ))
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&sorted).unwrap();
+    assert_eq!(text.lines().count(), 4_000_001);
+    flowengine()
+        .args(["sql", "--config"])
+        .arg(&cfg)
+        .args([
+            "-c",
+            "SELECT array_length(array_agg(value)) FROM generate_series(1, 8000000)",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("Resources exhausted"))
+        .stderr(predicate::str::contains("pool_size: 16.0 MB"));
+}
+
 // ---------------------------------------------------------------- exit codes and errors
 
 #[test]
