@@ -817,3 +817,49 @@ fn unterminated_quote_is_an_error() {
         .code(1)
         .stderr(predicate::str::contains("unterminated"));
 }
+
+/// Ctrl-C cancels the running statement; its staged output is deleted, nothing is committed.
+#[test]
+fn interrupt_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let p = write_pipeline(
+        dir.path(),
+        "long.sql",
+        &format!(
+            "COPY (SELECT value, md5(CAST(value AS VARCHAR)) AS h FROM generate_series(1, 200000000)) TO '{}/big.csv';\n",
+            out.display()
+        ),
+    );
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("flowengine"))
+        .arg("run")
+        .arg(&p)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the statement is writing (its staging file exists), then interrupt.
+    let started = std::time::Instant::now();
+    while tree(&out).is_empty() && started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!tree(&out).is_empty(), "the COPY never started writing");
+    assert!(
+        tree(&out).iter().all(|f| f.contains(".flowengine-")),
+        "{:?}",
+        tree(&out)
+    );
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("interrupted"));
+    assert!(tree(&out).is_empty(), "left behind: {:?}", tree(&out));
+    assert!(!out.exists(), "the directory the statement created is removed too");
+}

@@ -33,6 +33,29 @@ struct Staged {
     store: Arc<dyn ObjectStore>,
     staged: Path,
     target: Path,
+    /// On the local file system (`/<staged>`).
+    local: bool,
+}
+
+/// Remove a local staged file and the partial-upload parts object_store keeps next to it
+/// (`<name>#<n>`), which an interrupted multipart upload can leave behind.
+fn remove_local_staged(staged: &Path) {
+    let file = PathBuf::from(format!("/{staged}"));
+    let _ = std::fs::remove_file(&file);
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let prefix = format!("{name}#");
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -79,13 +102,14 @@ impl WriteTxn {
         Path::from_iter(parts)
     }
 
-    fn record(&self, store: Arc<dyn ObjectStore>, staged: Path, target: Path) {
+    fn record(&self, store: Arc<dyn ObjectStore>, staged: Path, target: Path, local: bool) {
         let mut state = self.lock();
         if !state.staged.iter().any(|s| s.staged == staged) {
             state.staged.push(Staged {
                 store,
                 staged,
                 target,
+                local,
             });
         }
     }
@@ -134,7 +158,12 @@ impl WriteTxn {
             )
         };
         for s in staged {
-            let _ = s.store.delete(&s.staged).await;
+            if s.local {
+                let path = s.staged.clone();
+                let _ = tokio::task::spawn_blocking(move || remove_local_staged(&path)).await;
+            } else {
+                let _ = s.store.delete(&s.staged).await;
+            }
         }
         // Deepest first; remove_dir only succeeds on empty directories, so data is never removed.
         let mut dirs = dirs;
@@ -151,9 +180,13 @@ impl Drop for WriteTxn {
         // staged files behind: delete them synchronously where they are local.
         let state = self.lock();
         if !state.finished {
-            for s in &state.staged {
-                let local = PathBuf::from(format!("/{}", s.staged));
-                let _ = std::fs::remove_file(local);
+            for s in state.staged.iter().filter(|s| s.local) {
+                remove_local_staged(&s.staged);
+            }
+            let mut dirs = state.created_dirs.clone();
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for d in dirs {
+                let _ = std::fs::remove_dir(d);
             }
         }
     }
@@ -186,8 +219,12 @@ impl StagingObjectStore {
             }
             self.txn.record_created_dirs(created);
         }
-        self.txn
-            .record(Arc::clone(&self.inner), staged.clone(), target.clone());
+        self.txn.record(
+            Arc::clone(&self.inner),
+            staged.clone(),
+            target.clone(),
+            self.local,
+        );
         staged
     }
 }

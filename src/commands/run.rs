@@ -28,7 +28,18 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
             summary: !args.display.quiet,
             total,
         };
-        run_statement(&engine, statement, &args.display, &opts, dry_run.as_mut()).await?;
+        // Ctrl-C cancels the running statement: dropping it drops its staged writes, so an
+        // interrupted sink leaves nothing behind.
+        tokio::select! {
+            result = run_statement(&engine, statement, &args.display, &opts, dry_run.as_mut()) => result?,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!(
+                    "interrupted: statement {} at {} was cancelled; nothing it wrote was committed",
+                    statement.index, statement.location
+                );
+                return Ok(ExitCode::from(130));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
