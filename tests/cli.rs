@@ -861,5 +861,8 @@ fn interrupt_leaves_no_output() {
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("interrupted"));
     assert!(tree(&out).is_empty(), "left behind: {:?}", tree(&out));
-    assert!(!out.exists(), "the directory the statement created is removed too");
+    assert!(
+        !out.exists(),
+        "the directory the statement created is removed too"
+    );
 }
