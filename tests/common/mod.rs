@@ -1,0 +1,78 @@
+//! Helpers shared by the CLI end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+pub(crate) fn flowengine() -> Command {
+    let mut cmd = Command::cargo_bin("flowengine").expect("binary built");
+    // Tests must not pick up a developer's flowengine.toml or FLOWENGINE_* settings.
+    cmd.env_remove("FLOWENGINE_CONFIG");
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+pub(crate) fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+pub(crate) fn bad(p: &str) -> PathBuf {
+    repo("tests/bad_inputs").join(p)
+}
+
+pub(crate) fn write_pipeline(dir: &Path, name: &str, sql: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, sql).unwrap();
+    p
+}
+
+/// Files below `dir`, relative, sorted.
+pub(crate) fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(root, &p, out);
+                } else {
+                    out.push(p.strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+pub(crate) fn parquet_rows(path: &Path) -> i64 {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let f = std::fs::File::open(path).unwrap();
+    SerializedFileReader::new(f)
+        .unwrap()
+        .metadata()
+        .file_metadata()
+        .num_rows()
+}
+
+/// Run `sql-examples/NAME.sql` with `OUT_DIR=out`; returns (stdout, stderr).
+pub(crate) fn run_example(name: &str, format: &str, out: &Path) -> (String, String) {
+    let assert = flowengine()
+        .args([
+            "run",
+            &format!("sql-examples/{name}.sql"),
+            "--format",
+            format,
+            "--var",
+        ])
+        .arg(format!("OUT_DIR={}", out.display()))
+        .assert()
+        .success();
+    let o = assert.get_output();
+    (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
