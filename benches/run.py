@@ -13,6 +13,7 @@ engines, median of several runs.
 import argparse
 import datetime
 import decimal
+import json
 import math
 import os
 import platform
@@ -66,7 +67,10 @@ def log(msg):
 
 
 def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+    r = subprocess.run(cmd, text=True, capture_output=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({r.returncode}): {r.stderr[-3000:]}")
+    return r
 
 
 # ---------------------------------------------------------------- data
@@ -233,6 +237,45 @@ class DataFusionPython:
         return times
 
 
+class FreshProcess:
+    """Runs an in-process engine's timed work (ETL, the 22 queries) in a new Python process per
+    run, as FlowEngine and datafusion-cli run as new processes: no engine keeps a warm heap
+    from earlier runs. Result checks stay in this process (they are not timed)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.version = inner.version
+
+    def _worker(self, task, payload):
+        r = run([sys.executable, str(Path(__file__).resolve()), "--worker", self.name, "--task", task],
+                input=json.dumps(payload))
+        return json.loads(r.stdout)
+
+    def etl(self, csv_path, out_path, workdir):
+        secs, rows = self._worker("etl", {"csv": str(csv_path), "out": str(out_path), "work": str(workdir)})
+        return secs, rows
+
+    def tpch(self, parquet_dir, queries, workdir):
+        return self._worker("tpch", {"pq": str(parquet_dir), "queries": queries, "work": str(workdir)})
+
+    def results(self, parquet_dir, query):
+        return self.inner.results(parquet_dir, query)
+
+
+IN_PROCESS = {"duckdb": lambda: DuckDB(), "datafusion-python": lambda: DataFusionPython()}
+
+
+def worker(name, task):
+    payload = json.loads(sys.stdin.read())
+    engine = IN_PROCESS[name]()
+    if task == "etl":
+        out = engine.etl(payload["csv"], payload["out"], payload["work"])
+    else:
+        out = engine.tpch(payload["pq"], [tuple(q) for q in payload["queries"]], payload["work"])
+    print(json.dumps(out))
+
+
 # ---------------------------------------------------------------- comparison
 
 def norm(v):
@@ -323,6 +366,8 @@ def svg_chart(qnames, series, path):
 
 
 def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "--worker" and sys.argv[3] == "--task":
+        return worker(sys.argv[2], sys.argv[4])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sf", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=3)
@@ -343,12 +388,12 @@ def main():
     base = generate(Path(args.data_dir), args.sf)
     csv_dir, pq_dir = base / "csv", base / "parquet"
 
-    engines = [FlowEngine(binary), DuckDB()]
+    engines = [FlowEngine(binary), FreshProcess(DuckDB())]
     dfcli = shutil.which("datafusion-cli")
     if dfcli:
         engines.append(DataFusionCli(dfcli))
     try:
-        engines.append(DataFusionPython())
+        engines.append(FreshProcess(DataFusionPython()))
     except ImportError:
         pass
     names = [e.name for e in engines]
@@ -405,7 +450,9 @@ def main():
         versions.append(f"{e.name} {e.version}")
     fe_label = "release build" if not args.binary else f"binary {args.binary}"
     lines.append(f"Engines: FlowEngine (this repo, {fe_label}), " + ", ".join(versions) +
-                 ". Each run alternates engines; figures are medians of the runs.\n")
+                 ". Each run alternates engines and starts every engine as a new process; statements are "
+                 "timed inside the engine (startup and table registration excluded); figures are "
+                 "medians of the runs.\n")
     if not args.skip_etl:
         lines.append(f"## ETL: lineitem.csv -> cast/derive/filter -> Parquet (zstd), SF{args.sf:g}\n")
         lines.append(f"{input_rows:,} input rows read, {etl_rows:,} rows written; rows/s counts input rows.\n")
