@@ -185,6 +185,18 @@ fn bad_input_corpus_gives_clear_errors() {
 
 // ---------------------------------------------------------------- atomic sinks
 
+/// Run `sql` as a pipeline in small batches (so output is written before the failure) and
+/// expect it to fail.
+fn run_failing(dir: &Path, name: &str, sql: &str) -> assert_cmd::assert::Assert {
+    let p = write_pipeline(dir, name, sql);
+    flowengine()
+        .arg("run")
+        .arg(&p)
+        .env("FLOWENGINE_BATCH_SIZE", "1024")
+        .assert()
+        .code(1)
+}
+
 /// A CSV whose last row cannot be cast: the failure comes after earlier batches were written.
 fn late_failing_csv(dir: &Path) -> PathBuf {
     let mut text = String::from("id,value\n");
@@ -210,14 +222,7 @@ fn failed_copy_leaves_no_partial_output() {
         input = input.display(),
         out = out.display()
     );
-    let p = write_pipeline(dir.path(), "single.sql", &sql);
-    flowengine()
-        .arg("run")
-        .arg(&p)
-        .env("FLOWENGINE_BATCH_SIZE", "1024")
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("not-a-number"));
+    run_failing(dir.path(), "single.sql", &sql).stderr(predicate::str::contains("not-a-number"));
     assert_eq!(
         tree(&out),
         vec!["existing.txt".to_string()],
@@ -231,13 +236,7 @@ fn failed_copy_leaves_no_partial_output() {
         input = input.display(),
         out = out.display()
     );
-    let p = write_pipeline(dir.path(), "parts.sql", &sql);
-    flowengine()
-        .arg("run")
-        .arg(&p)
-        .env("FLOWENGINE_BATCH_SIZE", "1024")
-        .assert()
-        .code(1);
+    run_failing(dir.path(), "parts.sql", &sql);
     assert_eq!(
         tree(&out),
         vec!["existing.txt".to_string()],
@@ -256,13 +255,7 @@ fn failed_copy_leaves_no_partial_output() {
         input = input.display(),
         table = table.display()
     );
-    let p = write_pipeline(dir.path(), "insert.sql", &sql);
-    flowengine()
-        .arg("run")
-        .arg(&p)
-        .env("FLOWENGINE_BATCH_SIZE", "1024")
-        .assert()
-        .code(1);
+    run_failing(dir.path(), "insert.sql", &sql);
     assert_eq!(tree(&table), vec!["old.csv".to_string()]);
 
     // The same statements succeed once the bad row is gone, replacing the file atomically.
