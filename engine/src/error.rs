@@ -85,14 +85,3 @@ impl From<DataFusionError> for EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
-
-/// Strip DataFusion's wrapping (contexts, shared and external errors) to the message a user needs,
-/// keeping every distinct layer of context.
-pub fn describe_datafusion_error(e: &DataFusionError) -> String {
-    // DataFusion's Display already includes the chain for Context/External; strip noisy backtraces.
-    let text = e.to_string();
-    match text.find("\n\nbacktrace:") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
-}

@@ -61,24 +61,18 @@ impl Engine {
 
     /// A context sharing this session's catalog, settings and memory pool whose object stores
     /// stage every write in `txn`, so a failed statement leaves no output behind.
-    pub fn staged_context(&self, txn: &Arc<WriteTxn>) -> SessionContext {
+    pub fn staged_context(&self, txn: &Arc<WriteTxn>) -> datafusion::error::Result<SessionContext> {
         let state = self.ctx.state();
         let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
             .with_object_store_registry(Arc::new(StagingRegistry::new(
                 Arc::clone(&state.runtime_env().object_store_registry),
                 Arc::clone(txn),
             )))
-            .build_arc();
-        let runtime = match runtime {
-            Ok(r) => r,
-            // Building from an existing runtime cannot fail in practice; fall back to the
-            // unstaged runtime rather than losing the statement.
-            Err(_) => Arc::clone(state.runtime_env()),
-        };
+            .build_arc()?;
         let state = SessionStateBuilder::new_from_existing(state)
             .with_runtime_env(runtime)
             .build();
-        SessionContext::new_with_state(state)
+        Ok(SessionContext::new_with_state(state))
     }
 }
 

@@ -123,11 +123,6 @@ impl WriteTxn {
         }
     }
 
-    /// Number of objects written so far.
-    pub fn staged_count(&self) -> usize {
-        self.lock().staged.len()
-    }
-
     /// Move every staged object to its target. On a failed rename, the rest are rolled back.
     pub async fn commit(&self) -> object_store::Result<usize> {
         let staged = {

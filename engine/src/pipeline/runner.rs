@@ -268,7 +268,8 @@ impl Engine {
                 let txn =
                     (prepared.class == StatementClass::Write).then(|| Arc::new(WriteTxn::new()));
                 let ctx = match &txn {
-                    Some(txn) => self.staged_context(txn),
+                    // Never fall back to unstaged writes: a write without its staging is an error.
+                    Some(txn) => self.staged_context(txn).map_err(fail)?,
                     None => self.context().clone(),
                 };
                 self.run_physical(&ctx, prepared, txn, dry_run).await

@@ -29,17 +29,6 @@ impl PipelineStatement {
         s.push_str(&self.sql);
         s
     }
-
-    /// First line of the statement, shortened, for summaries.
-    pub fn headline(&self, width: usize) -> String {
-        let one_line: String = self.sql.split_whitespace().collect::<Vec<_>>().join(" ");
-        if one_line.chars().count() <= width {
-            one_line
-        } else {
-            let cut: String = one_line.chars().take(width.saturating_sub(1)).collect();
-            format!("{cut}…")
-        }
-    }
 }
 
 /// Split `text` (already variable-substituted) into statements. `file` names it in errors.
