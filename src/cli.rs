@@ -36,6 +36,26 @@ pub(crate) enum Command {
     Sql(SqlArgs),
     /// Inspect configuration.
     Config(ConfigArgs),
+    /// Serve the catalog over Arrow Flight SQL (BI tools, ADBC, JDBC, notebooks), with an admin
+    /// HTTP endpoint for /health, /ready and /metrics.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// SQL file run at start-up to build the served catalog (external tables, views);
+    /// repeatable, run in order.
+    #[arg(long = "catalog", value_name = "FILE.sql")]
+    pub(crate) catalogs: Vec<PathBuf>,
+    /// Flight SQL address (overrides [server] bind; port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT", env = "FLOWENGINE_BIND")]
+    pub(crate) bind: Option<String>,
+    /// Admin HTTP address for /health, /ready, /metrics, or "off" (overrides [server] admin_bind).
+    #[arg(long, value_name = "HOST:PORT", env = "FLOWENGINE_ADMIN_BIND")]
+    pub(crate) admin_bind: Option<String>,
+    /// Set a variable used as ${NAME} in the catalog files (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub(crate) vars: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]

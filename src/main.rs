@@ -75,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => commands::run::run(&cli.global, args).await,
         Command::Sql(args) => commands::sql::run(&cli.global, args).await,
         Command::Config(args) => commands::config::run(&cli.global, args),
+        Command::Serve(args) => commands::serve::run(&cli.global, args).await,
     }
 }
 
@@ -96,10 +97,18 @@ pub(crate) fn render_error(e: &anyhow::Error) -> String {
 
 fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FLOWENGINE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(if cli.global.verbose { "info" } else { "warn" }));
+    let filter = EnvFilter::try_from_env("FLOWENGINE_LOG").unwrap_or_else(|_| {
+        // A server logs one line per query by default; the CLI stays quiet.
+        let serving = matches!(cli.command, Command::Serve(_));
+        EnvFilter::new(if cli.global.verbose || serving {
+            "info"
+        } else {
+            "warn"
+        })
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if cli.global.log_json {
         builder.json().try_init()

@@ -10,6 +10,7 @@ use datafusion::config::ConfigOptions;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{EngineError, Result};
+use crate::server_config::ServerConfig;
 
 /// Lower bound of the default `target_partitions`.
 const MIN_DEFAULT_PARTITIONS: usize = 4;
@@ -55,6 +56,9 @@ pub struct EngineConfig {
     /// Raw DataFusion settings (`datafusion.*` keys), applied after FlowEngine's own defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub datafusion: BTreeMap<String, String>,
+    /// `flowengine serve` settings.
+    #[serde(default, skip_serializing_if = "ServerConfig::is_default")]
+    pub server: ServerConfig,
 }
 
 /// Memory pool sharing policy.
@@ -273,6 +277,7 @@ impl EngineConfig {
         if self.batch_size == Some(0) {
             return Err(bad("batch_size must be at least 1".into()));
         }
+        self.server.validate().map_err(bad)?;
         let mut options = ConfigOptions::new();
         for (key, value) in &self.datafusion {
             options

@@ -9,13 +9,16 @@ pub mod config;
 pub mod connector;
 pub mod error;
 pub mod pipeline;
+pub mod placeholders;
 pub mod progress;
+pub mod server_config;
 pub mod session;
 pub mod staging;
 
 pub use config::EngineConfig;
 pub use connector::{Connector, ConnectorRegistry, ParamSpec};
 pub use error::{EngineError, Result};
+pub use server_config::ServerConfig;
 pub use session::Engine;
 
 /// Re-export so downstream crates use exactly the engine's DataFusion.

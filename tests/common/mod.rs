@@ -1,6 +1,8 @@
 //! Helpers shared by the CLI end-to-end tests.
 #![allow(dead_code)]
 
+pub(crate) mod server;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;

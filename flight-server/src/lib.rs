@@ -1,0 +1,201 @@
+//! FlowEngine's Arrow Flight SQL server (`flowengine serve`) and its admin HTTP endpoint.
+//!
+//! * [`service`]: the Flight SQL handlers (queries, prepared statements with stateless handles,
+//!   updates, bulk ingest, metadata, cancellation) on arrow-flight's `FlightSqlService`;
+//! * [`flight_service`]: the gRPC service, adding `PollFlightInfo` for long queries;
+//! * [`exec`]: running one statement with admission control, timeout, cancellation, panic
+//!   isolation, metrics and a log line;
+//! * [`admin`]: `/health`, `/ready`, `/metrics`.
+//!
+//! Planning and execution go through [`engine::Engine`]; this crate only speaks the protocols.
+
+mod admin;
+mod error;
+mod exec;
+mod flight_service;
+mod handles;
+mod metadata;
+mod metrics;
+mod service;
+mod sql_info;
+mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use engine::Engine;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::flight_service::FlowFlightService;
+use crate::service::FlowSqlService;
+use crate::state::ServerState;
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Flight SQL server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A bound, not yet serving, server. Bind first (so port errors show at once and the admin
+/// endpoint answers `/health` while the catalog loads), then [`Server::set_ready`], then
+/// [`Server::run`].
+pub struct Server {
+    state: Arc<ServerState>,
+    flight: TcpListener,
+    flight_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    admin_stop: CancellationToken,
+}
+
+impl Server {
+    /// Bind the Flight SQL and admin listeners from the engine's `[server]` configuration and
+    /// start the admin endpoint.
+    pub async fn bind(engine: Arc<Engine>) -> Result<Self, ServeError> {
+        let config = engine.config().server.clone();
+        let flight = TcpListener::bind(&config.bind)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: "Flight SQL",
+                addr: config.bind.clone(),
+                source,
+            })?;
+        let flight_addr = flight.local_addr().map_err(|source| ServeError::Bind {
+            what: "Flight SQL",
+            addr: config.bind.clone(),
+            source,
+        })?;
+        let state = Arc::new(ServerState::new(engine, config.clone()));
+        let admin_stop = CancellationToken::new();
+        let admin_addr = if config.admin_bind.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            let listener = TcpListener::bind(&config.admin_bind)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: "the admin endpoint",
+                    addr: config.admin_bind.clone(),
+                    source,
+                })?;
+            let addr = listener.local_addr().ok();
+            let router = admin::router(Arc::clone(&state));
+            let stop = admin_stop.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!("admin endpoint failed: {e}");
+                }
+            });
+            addr
+        };
+        Ok(Self {
+            state,
+            flight,
+            flight_addr,
+            admin_addr,
+            admin_stop,
+        })
+    }
+
+    pub fn flight_addr(&self) -> SocketAddr {
+        self.flight_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Mark the catalog as loaded: `/ready` answers 200.
+    pub fn set_ready(&self) {
+        self.state.ready.store(true, Ordering::Release);
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting, give in-flight queries the
+    /// configured grace period, cancel what is left, and return.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Server {
+            state,
+            flight,
+            admin_stop,
+            ..
+        } = self;
+        let limit = state.config.max_message_size.as_u64() as usize;
+        let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+        let service = FlightServiceServer::new(FlowFlightService {
+            sql: FlowSqlService {
+                state: Arc::clone(&state),
+            },
+        })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+        let signalled = CancellationToken::new();
+        let signal = {
+            let state = Arc::clone(&state);
+            let signalled = signalled.clone();
+            async move {
+                shutdown.await;
+                state.ready.store(false, Ordering::Release);
+                tracing::info!(
+                    running = state.running.count(),
+                    grace_secs = grace.as_secs(),
+                    "shutting down: no new requests; in-flight queries may finish within the grace period"
+                );
+                signalled.cancel();
+            }
+        };
+        // After the grace period, cancel whatever still runs; their streams end with CANCELLED
+        // and the server can close.
+        let canceller = {
+            let state = Arc::clone(&state);
+            let signalled = signalled.clone();
+            async move {
+                signalled.cancelled().await;
+                tokio::time::sleep(grace).await;
+                let left = state.running.count();
+                if left > 0 {
+                    tracing::warn!(
+                        cancelled = left,
+                        "grace period over: cancelling running queries"
+                    );
+                }
+                state.shutdown.cancel();
+                state.admission.close();
+                // Streams need a moment to deliver their final status; then stop waiting.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        };
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(flight),
+                signal,
+            );
+        let result = tokio::select! {
+            r = server => r.map_err(ServeError::from),
+            () = canceller => Ok(()),
+        };
+        admin_stop.cancel();
+        tracing::info!("server stopped");
+        result
+    }
+}

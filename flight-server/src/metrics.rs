@@ -1,0 +1,134 @@
+//! Prometheus metrics of the server (exposed by the admin endpoint at `/metrics`).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct QueryLabels {
+    /// `query`, `update`, `ingest`, `metadata`.
+    pub(crate) kind: String,
+    /// `ok`, `error`, `cancelled`, `timeout`, `rejected`.
+    pub(crate) status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    datafusion: String,
+}
+
+/// All server metrics; cheap to clone handles.
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) queries: Family<QueryLabels, Counter>,
+    pub(crate) duration: Family<QueryLabels, Histogram>,
+    pub(crate) rows_streamed: Counter,
+    pub(crate) bytes_streamed: Counter,
+    pub(crate) rows_ingested: Counter,
+    pub(crate) active: Gauge,
+    pub(crate) queued: Gauge,
+    pub(crate) memory_reserved: Gauge<u64, AtomicU64>,
+    pub(crate) memory_limit: Gauge<u64, AtomicU64>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("flowengine");
+        let queries = Family::<QueryLabels, Counter>::default();
+        registry.register(
+            "queries",
+            "Statements handled, by kind and final status",
+            queries.clone(),
+        );
+        let duration = Family::<QueryLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 20))
+        });
+        registry.register(
+            "query_duration_seconds",
+            "Statement duration from admission to the last batch",
+            duration.clone(),
+        );
+        let rows_streamed = Counter::default();
+        registry.register(
+            "rows_streamed",
+            "Rows sent to clients",
+            rows_streamed.clone(),
+        );
+        let bytes_streamed = Counter::default();
+        registry.register(
+            "bytes_streamed",
+            "Arrow bytes (in memory) of the batches sent to clients",
+            bytes_streamed.clone(),
+        );
+        let rows_ingested = Counter::default();
+        registry.register(
+            "rows_ingested",
+            "Rows received by bulk ingest",
+            rows_ingested.clone(),
+        );
+        let active = Gauge::default();
+        registry.register("active_queries", "Queries executing now", active.clone());
+        let queued = Gauge::default();
+        registry.register(
+            "queued_queries",
+            "Queries waiting for an execution slot",
+            queued.clone(),
+        );
+        let memory_reserved = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "memory_pool_reserved_bytes",
+            "Bytes reserved in the DataFusion memory pool",
+            memory_reserved.clone(),
+        );
+        let memory_limit = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "memory_pool_limit_bytes",
+            "Size of the DataFusion memory pool",
+            memory_limit.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                datafusion: datafusion::DATAFUSION_VERSION.into(),
+            })
+            .set(1);
+        registry.register("build_info", "FlowEngine build information", build);
+        Self {
+            registry,
+            queries,
+            duration,
+            rows_streamed,
+            bytes_streamed,
+            rows_ingested,
+            active,
+            queued,
+            memory_reserved,
+            memory_limit,
+        }
+    }
+
+    /// Record a finished statement.
+    pub(crate) fn record(&self, kind: &str, status: &str, seconds: f64) {
+        let labels = QueryLabels {
+            kind: kind.into(),
+            status: status.into(),
+        };
+        self.queries.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(seconds);
+    }
+
+    /// The text exposition (OpenMetrics, which Prometheus scrapes).
+    pub(crate) fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

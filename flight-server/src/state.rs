@@ -1,0 +1,235 @@
+//! Server-wide state: the engine, admission control, tickets held for clients, running queries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
+use engine::pipeline::Prepared;
+use engine::{Engine, ServerConfig};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::exec::QueryOutput;
+use crate::metrics::Metrics;
+
+/// Everything the Flight service and the admin endpoint share.
+pub(crate) struct ServerState {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) config: ServerConfig,
+    /// Random id of this server process; tickets from another instance are refused.
+    pub(crate) instance: String,
+    pub(crate) admission: Admission,
+    pub(crate) tickets: Tickets,
+    pub(crate) running: Running,
+    pub(crate) metrics: Metrics,
+    pub(crate) sql_info: SqlInfoData,
+    pub(crate) xdbc_info: XdbcTypeInfoData,
+    pub(crate) ready: AtomicBool,
+    /// Cancelled when the shutdown grace period is over: every running query stops.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl ServerState {
+    pub(crate) fn new(engine: Arc<Engine>, config: ServerConfig) -> Self {
+        let metrics = Metrics::new();
+        metrics
+            .memory_limit
+            .set(engine.config().memory_limit_bytes());
+        Self {
+            admission: Admission::new(config.max_concurrent_queries, config.max_queued_queries),
+            tickets: Tickets::new(Duration::from_secs(config.ticket_ttl_secs)),
+            running: Running::default(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            sql_info: crate::sql_info::sql_info(),
+            xdbc_info: crate::sql_info::xdbc_type_info(),
+            ready: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+            metrics,
+            engine,
+            config,
+        }
+    }
+
+    pub(crate) fn query_timeout(&self) -> Option<Duration> {
+        (self.config.query_timeout_secs > 0)
+            .then(|| Duration::from_secs(self.config.query_timeout_secs))
+    }
+}
+
+/// At most `max_concurrent` queries execute; up to `max_queued` wait; the rest are refused.
+pub(crate) struct Admission {
+    slots: Arc<Semaphore>,
+    queued: AtomicUsize,
+    max_concurrent: usize,
+    max_queued: usize,
+}
+
+impl Admission {
+    fn new(max_concurrent: usize, max_queued: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            queued: AtomicUsize::new(0),
+            max_concurrent,
+            max_queued,
+        }
+    }
+
+    /// Wait for an execution slot, at most `wait`.
+    pub(crate) async fn admit(
+        &self,
+        metrics: &Metrics,
+        wait: Option<Duration>,
+    ) -> Result<OwnedSemaphorePermit, Status> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(permit);
+        }
+        // Reserve a queue place atomically, or refuse.
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < self.max_queued).then_some(q + 1)
+            });
+        if reserved.is_err() {
+            return Err(Status::resource_exhausted(format!(
+                "server busy: {} queries running and {} waiting; retry later",
+                self.max_concurrent, self.max_queued
+            )));
+        }
+        metrics.queued.inc();
+        let acquire = Arc::clone(&self.slots).acquire_owned();
+        let result = match wait {
+            Some(w) => tokio::time::timeout(w, acquire).await.ok(),
+            None => Some(acquire.await),
+        };
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        metrics.queued.dec();
+        match result {
+            Some(Ok(permit)) => Ok(permit),
+            Some(Err(_)) => Err(Status::unavailable("server is shutting down")),
+            None => Err(Status::resource_exhausted(
+                "waited for an execution slot until the query timeout; retry later",
+            )),
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.slots.close();
+    }
+}
+
+/// A planned statement a ticket refers to.
+pub(crate) struct TicketEntry {
+    pub(crate) sql: String,
+    /// One plan per parameter row (one plan when there are no parameters).
+    pub(crate) plans: Vec<Prepared>,
+    pub(crate) schema: SchemaRef,
+    pub(crate) expires: Instant,
+    /// Set when the query was started early by `PollFlightInfo`.
+    pub(crate) started: Option<QueryOutput>,
+    /// Set for statements with side effects (DDL, DML), which run when they are submitted: a
+    /// client that never fetches the result (ADBC's DB-API does not for DDL) still gets them.
+    pub(crate) results: Option<Vec<arrow::array::RecordBatch>>,
+}
+
+/// Tickets handed out by `GetFlightInfo`/`PollFlightInfo`, redeemed once by `DoGet`.
+pub(crate) struct Tickets {
+    ttl: Duration,
+    map: Mutex<HashMap<String, TicketEntry>>,
+}
+
+impl Tickets {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TicketEntry>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removals), so a poisoned lock is still usable.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Store a query; returns its id. Expired entries are dropped (which cancels any query a
+    /// poll started for them).
+    pub(crate) fn insert(&self, mut entry: TicketEntry) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        entry.expires = Instant::now() + self.ttl;
+        let mut map = self.lock();
+        let now = Instant::now();
+        map.retain(|_, e| e.expires > now);
+        map.insert(id.clone(), entry);
+        id
+    }
+
+    /// Store a query under a chosen id (a query a poll already started keeps its id).
+    pub(crate) fn insert_with_id(&self, id: String, mut entry: TicketEntry) {
+        entry.expires = Instant::now() + self.ttl;
+        let mut map = self.lock();
+        let now = Instant::now();
+        map.retain(|_, e| e.expires > now);
+        map.insert(id, entry);
+    }
+
+    /// Take a query out (tickets are single-use).
+    pub(crate) fn take(&self, id: &str) -> Option<TicketEntry> {
+        let entry = self.lock().remove(id)?;
+        (entry.expires > Instant::now()).then_some(entry)
+    }
+
+    /// Look at a polled query's progress without taking it.
+    pub(crate) fn with<R>(&self, id: &str, f: impl FnOnce(&mut TicketEntry) -> R) -> Option<R> {
+        let mut map = self.lock();
+        let entry = map.get_mut(id)?;
+        if entry.expires <= Instant::now() {
+            map.remove(id);
+            return None;
+        }
+        Some(f(entry))
+    }
+
+    pub(crate) fn remove(&self, id: &str) -> bool {
+        self.lock().remove(id).is_some()
+    }
+}
+
+/// Cancellation handles of executing queries, by query id.
+#[derive(Default)]
+pub(crate) struct Running {
+    map: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Running {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register(&self, id: &str, token: CancellationToken) {
+        self.lock().insert(id.to_string(), token);
+    }
+
+    pub(crate) fn unregister(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// Cancel one query; false when it is not running.
+    pub(crate) fn cancel(&self, id: &str) -> bool {
+        match self.lock().get(id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.lock().len()
+    }
+}

@@ -1,0 +1,138 @@
+//! A `flowengine serve` child process on free loopback ports, killed on drop.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub(crate) struct ServerProcess {
+    pub(crate) child: Child,
+    pub(crate) flight: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    /// Lines the server wrote to stderr (collected in the background).
+    pub(crate) log: mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Start a server with these catalog files and `flowengine.toml` text (may be empty).
+    pub(crate) fn start(catalogs: &[&Path], config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("flowengine.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowengine"));
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("serve")
+            .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
+            .env_remove("FLOWENGINE_CONFIG")
+            .env("FLOWENGINE_LOG", "info")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for c in catalogs {
+            cmd.arg("--catalog").arg(c);
+        }
+        let mut child = cmd.spawn().expect("start flowengine serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep the temporary config alive as long as the server reads its stderr.
+            let _dir = dir;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut flight = None;
+        let mut admin = None;
+        let mut seen = Vec::new();
+        loop {
+            let line = match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) => l,
+                Err(_) => panic!("server did not become ready; output:\n{}", seen.join("\n")),
+            };
+            if let Some(rest) = line.strip_prefix("flowengine: Flight SQL listening on grpc://") {
+                let (f, a) = rest.split_once(" ; admin on http://").unwrap();
+                flight = Some(f.parse().unwrap());
+                admin = Some(a.parse().unwrap());
+            }
+            let ready = line == "flowengine: ready";
+            seen.push(line);
+            if ready {
+                break;
+            }
+        }
+        Self {
+            child,
+            flight: flight.unwrap(),
+            admin: admin.unwrap(),
+            log: rx,
+        }
+    }
+
+    pub(crate) fn uri(&self) -> String {
+        format!("grpc://{}", self.flight)
+    }
+
+    /// Log lines received so far.
+    pub(crate) fn drain_log(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
+    /// True while the process runs.
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Resident memory of the server process, in bytes.
+    pub(crate) fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+
+    /// Send SIGTERM.
+    pub(crate) fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET path` on the admin endpoint: (status code, body).
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
