@@ -724,6 +724,12 @@ async fn thirty_two_concurrent_clients_complete_or_are_refused() {
         metrics.contains("status=\"rejected\"") || refused == 0,
         "{metrics}"
     );
+    // The pool (512 MiB) bounded the queries; the process stayed within it plus overhead.
+    assert!(
+        server.rss_bytes() < 1024 * 1024 * 1024,
+        "server RSS {} MB",
+        server.rss_bytes() / 1024 / 1024
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -786,4 +792,33 @@ async fn sigterm_lets_in_flight_queries_finish_then_exits_zero() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_and_ticket_expiry() {
+    let server = ServerProcess::start(
+        &[catalog().as_path()],
+        "[server]\nquery_timeout_secs = 1\nticket_ttl_secs = 1\n",
+    );
+    let mut c = client(&server).await;
+    let err = query(
+        &mut c,
+        "SELECT count(*) FROM range(3000000000) WHERE value % 7 = 3",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    // A ticket not redeemed within its lifetime is gone.
+    let info = c.execute("SELECT 1".into(), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = c
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(status(err).code(), Code::NotFound);
+    let (_, metrics) = http_get(server.admin, "/metrics");
+    assert!(
+        metrics.contains("flowengine_queries_total{kind=\"query\",status=\"timeout\"} 1"),
+        "{metrics}"
+    );
 }

@@ -38,9 +38,10 @@ pub struct EngineConfig {
     /// Default: 50% of physical memory, leaving headroom for allocations the pool does not track.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<MemoryLimit>,
-    /// How the pool shares memory between operators.
-    #[serde(default)]
-    pub memory_pool: MemoryPoolKind,
+    /// How the pool shares memory between operators. Default: `greedy` for `run`/`sql`, `fair` for
+    /// `serve` (concurrent queries each get a fair share and spill instead of starving others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_pool: Option<MemoryPoolKind>,
     /// Directory for spill files. Default: the system temporary directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spill_dir: Option<PathBuf>,
@@ -233,7 +234,7 @@ impl EngineConfig {
             };
             match key {
                 "MEMORY_LIMIT" => self.memory_limit = Some(value.parse().map_err(bad)?),
-                "MEMORY_POOL" => self.memory_pool = value.parse().map_err(bad)?,
+                "MEMORY_POOL" => self.memory_pool = Some(value.parse().map_err(bad)?),
                 "SPILL_DIR" => self.spill_dir = Some(PathBuf::from(&value)),
                 "MAX_SPILL_SIZE" => {
                     self.max_spill_size = Some(

@@ -79,7 +79,7 @@ impl Engine {
 fn build_runtime(config: &EngineConfig) -> datafusion::error::Result<Arc<RuntimeEnv>> {
     let limit = usize::try_from(config.memory_limit_bytes()).unwrap_or(usize::MAX);
     let track = NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN);
-    let pool: Arc<dyn MemoryPool> = match config.memory_pool {
+    let pool: Arc<dyn MemoryPool> = match config.memory_pool.unwrap_or_default() {
         MemoryPoolKind::Greedy => {
             Arc::new(TrackConsumersPool::new(GreedyMemoryPool::new(limit), track))
         }

@@ -20,6 +20,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
     if let Some(bind) = args.admin_bind {
         loaded.config.server.admin_bind = bind;
     }
+    // Concurrent queries share the pool fairly (and spill) unless configured otherwise.
+    loaded
+        .config
+        .memory_pool
+        .get_or_insert(engine::config::MemoryPoolKind::Fair);
     let engine = Arc::new(Engine::try_new(&loaded.config, &connectors::registry())?);
     let server = Server::bind(Arc::clone(&engine)).await?;
     match server.admin_addr() {
