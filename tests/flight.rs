@@ -272,6 +272,20 @@ async fn updates_ddl_dml_and_prepared_updates_return_counts() {
     // A prepared "update" that is really a SELECT (as JDBC sends) runs and counts its rows.
     let mut sel = c.prepare("SELECT * FROM t".into(), None).await.unwrap();
     assert_eq!(sel.execute_update().await.unwrap(), 5);
+    // GetSchema of a write only plans it.
+    let cmd = CommandStatementQuery {
+        query: "INSERT INTO t VALUES (9, 'z')".into(),
+        transaction_id: None,
+    };
+    let mut raw = c.inner().clone();
+    let schema = raw
+        .get_schema(FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec()))
+        .await
+        .unwrap()
+        .into_inner();
+    let schema = Schema::try_from(&schema).unwrap();
+    assert_eq!(schema.field(0).name(), "count");
+    assert_eq!(sel.execute_update().await.unwrap(), 5);
     // Tables created by clients are visible to later queries, and views too.
     c.execute_update(
         "CREATE VIEW tv AS SELECT name FROM t WHERE id > 3".into(),

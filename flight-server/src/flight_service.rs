@@ -187,18 +187,33 @@ impl FlightService for FlowFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        let info = FlightService::get_flight_info(&self.sql, request)
-            .await?
-            .into_inner();
-        // GetSchema plans but must not leave a ticket behind.
-        for endpoint in &info.endpoint {
-            if let Some(t) = &endpoint.ticket {
-                self.sql.forget_ticket(t);
+        let any = Any::decode(&*request.get_ref().cmd)
+            .map_err(|_| Status::invalid_argument("GetSchema: malformed command"))?;
+        let command = Command::try_from(any)
+            .map_err(|e| Status::invalid_argument(format!("GetSchema: {e}")))?;
+        // Statements are only planned: GetSchema must never run a write.
+        let planned = match command {
+            Command::CommandStatementQuery(q) => {
+                Some(self.sql.plan(&q.query, &[], Kind::Query).await?)
             }
-        }
-        Ok(Response::new(SchemaResult {
-            schema: info.schema,
-        }))
+            Command::CommandPreparedStatementQuery(p) => {
+                let handle = PreparedHandle::decode_handle(&p.prepared_statement_handle)?;
+                let params = handle.param_batches()?;
+                Some(self.sql.plan(&handle.sql, &params, Kind::Query).await?)
+            }
+            _ => None,
+        };
+        let schema = match planned {
+            Some(planned) => crate::service::schema_bytes(&planned.schema)?,
+            None => {
+                // Metadata commands have no side effects.
+                FlightService::get_flight_info(&self.sql, request)
+                    .await?
+                    .into_inner()
+                    .schema
+            }
+        };
+        Ok(Response::new(SchemaResult { schema }))
     }
 
     async fn do_get(

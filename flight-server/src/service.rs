@@ -230,16 +230,6 @@ impl FlowSqlService {
             .with_total_bytes(-1))
     }
 
-    /// Drop the held query a ticket names (GetSchema plans without fetching).
-    pub(crate) fn forget_ticket(&self, ticket: &Ticket) {
-        if let Ok(any) = Any::decode(&*ticket.ticket)
-            && let Ok(Some(t)) = any.unpack::<TicketStatementQuery>()
-            && let Ok(id) = decode_ticket(&self.state.instance, &t.statement_handle)
-        {
-            self.state.tickets.remove(&id);
-        }
-    }
-
     fn metadata_info(
         &self,
         command: impl ProstMessageExt,
@@ -490,7 +480,7 @@ pub(crate) fn flight_schema(schema: SchemaRef) -> SchemaRef {
     encoder.known_schema().unwrap_or(schema)
 }
 
-fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
+pub(crate) fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, Status> {
     let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
         .try_into()
         .map_err(|e: arrow::error::ArrowError| Status::internal(format!("encoding schema: {e}")))?;
