@@ -36,9 +36,26 @@ pub(crate) enum Command {
     Sql(SqlArgs),
     /// Inspect configuration.
     Config(ConfigArgs),
+    /// List recorded pipeline runs (newest last), or one run's steps.
+    Runs(RunsArgs),
     /// Serve the catalog over Arrow Flight SQL (BI tools, ADBC, JDBC, notebooks), with an admin
     /// HTTP endpoint for /health, /ready and /metrics.
     Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunsArgs {
+    /// Only runs of this pipeline file.
+    #[arg(value_name = "PIPELINE.sql")]
+    pub(crate) pipeline: Option<PathBuf>,
+    /// Show the steps of this run.
+    #[arg(long, value_name = "RUN_ID")]
+    pub(crate) run: Option<String>,
+    /// At most this many runs (the most recent).
+    #[arg(long, default_value_t = 20)]
+    pub(crate) limit: usize,
+    #[command(flatten)]
+    pub(crate) display: DisplayArgs,
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +89,10 @@ pub(crate) struct RunArgs {
     /// Print each statement's logical and physical plan.
     #[arg(long)]
     pub(crate) explain: bool,
+    /// Continue the last failed run of this (unchanged) file: writes it committed are not
+    /// repeated; catalog statements are replayed.
+    #[arg(long)]
+    pub(crate) resume: bool,
     /// Write the trailing query's result to this file (.csv, .json or .parquet) instead of printing it.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub(crate) output: Option<String>,

@@ -36,6 +36,19 @@ pub(crate) struct StatementOptions<'a> {
     pub(crate) summary: bool,
     /// Number of statements in the run, for `[i/N]`.
     pub(crate) total: usize,
+    /// `--resume`: this statement's write was committed by that earlier run; if it is a write,
+    /// plan it (so the session matches) but do not execute it.
+    pub(crate) committed_by: Option<&'a str>,
+}
+
+/// What a statement did, for the run's state record.
+#[derive(Debug, Clone)]
+pub(crate) struct StepReport {
+    pub(crate) kind: String,
+    /// Rows written or returned.
+    pub(crate) rows: Option<u64>,
+    /// Not executed because an earlier run committed it.
+    pub(crate) skipped: bool,
 }
 
 /// Run one statement end to end. Errors carry the statement's location. With `dry_run`, the
@@ -46,7 +59,7 @@ pub(crate) async fn run_statement(
     display: &DisplayArgs,
     opts: &StatementOptions<'_>,
     dry_run: Option<&mut DryRun>,
-) -> Result<()> {
+) -> Result<StepReport> {
     let started = Instant::now();
     let work = run_inner(engine, statement, display, opts, dry_run);
     let outcome = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
@@ -69,7 +82,11 @@ pub(crate) async fn run_statement(
                     summary_line(statement, opts.total, &report, started.elapsed())
                 );
             }
-            Ok(())
+            Ok(StepReport {
+                kind: report.kind,
+                rows: report.rows,
+                skipped: report.skipped,
+            })
         }
         Err(e) => {
             if opts.summary {
@@ -89,6 +106,8 @@ pub(crate) async fn run_statement(
 struct Report {
     kind: String,
     detail: String,
+    rows: Option<u64>,
+    skipped: bool,
 }
 
 async fn run_inner(
@@ -120,12 +139,30 @@ async fn run_inner(
         )?;
     }
     let kind = prepared.kind.clone();
-    let detail = match engine.start(&prepared, dry_run).await? {
-        Started::Done => "ok".to_string(),
-        Started::Planned { .. } => "planned (dry run)".to_string(),
-        Started::Running(execution) => drive(execution, &prepared, display, opts).await?,
+    if let Some(run) = opts.committed_by
+        && prepared.class == StatementClass::Write
+    {
+        return Ok(Report {
+            kind,
+            detail: format!("skipped: committed by run {run}"),
+            rows: None,
+            skipped: true,
+        });
+    }
+    let (detail, rows) = match engine.start(&prepared, dry_run).await? {
+        Started::Done => ("ok".to_string(), None),
+        Started::Planned { .. } => ("planned (dry run)".to_string(), None),
+        Started::Running(execution) => {
+            let (detail, rows) = drive(execution, &prepared, display, opts).await?;
+            (detail, Some(rows))
+        }
     };
-    Ok(Report { kind, detail })
+    Ok(Report {
+        kind,
+        detail,
+        rows,
+        skipped: false,
+    })
 }
 
 async fn drive(
@@ -133,7 +170,7 @@ async fn drive(
     prepared: &Prepared,
     display: &DisplayArgs,
     opts: &StatementOptions<'_>,
-) -> Result<String> {
+) -> Result<(String, u64)> {
     let progress = Progress::start(
         &execution.physical,
         format!(
@@ -178,13 +215,13 @@ async fn drive(
     execution.finish().await?;
     if is_write {
         let n = rows_affected(&write_batches).unwrap_or(0);
-        return Ok(format!("{} rows written", group(n)));
+        return Ok((format!("{} rows written", group(n)), n));
     }
     let rows = match printer {
         Some(p) => p.finish(Some(RecordBatch::new_empty(schema)))?,
         None => counted,
     };
-    Ok(format!("{} rows", group(rows)))
+    Ok((format!("{} rows", group(rows)), rows))
 }
 
 fn summary_line(

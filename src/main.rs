@@ -76,6 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sql(args) => commands::sql::run(&cli.global, args).await,
         Command::Config(args) => commands::config::run(&cli.global, args),
         Command::Serve(args) => commands::serve::run(&cli.global, args).await,
+        Command::Runs(args) => commands::runs::run(&cli.global, args).await,
     }
 }
 

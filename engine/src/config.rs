@@ -57,6 +57,10 @@ pub struct EngineConfig {
     /// Raw DataFusion settings (`datafusion.*` keys), applied after FlowEngine's own defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub datafusion: BTreeMap<String, String>,
+    /// Where the embedded state store keeps its journal of runs. Default: `.flowengine` in the
+    /// working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
     /// `flowengine serve` settings.
     #[serde(default, skip_serializing_if = "ServerConfig::is_default")]
     pub server: ServerConfig,
@@ -236,6 +240,7 @@ impl EngineConfig {
                 "MEMORY_LIMIT" => self.memory_limit = Some(value.parse().map_err(bad)?),
                 "MEMORY_POOL" => self.memory_pool = Some(value.parse().map_err(bad)?),
                 "SPILL_DIR" => self.spill_dir = Some(PathBuf::from(&value)),
+                "STATE_DIR" => self.state_dir = Some(PathBuf::from(&value)),
                 "MAX_SPILL_SIZE" => {
                     self.max_spill_size = Some(
                         value
@@ -301,6 +306,13 @@ impl EngineConfig {
     pub fn effective_target_partitions(&self) -> usize {
         self.target_partitions
             .unwrap_or_else(|| num_cores().max(MIN_DEFAULT_PARTITIONS))
+    }
+
+    /// The state directory in effect.
+    pub fn effective_state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".flowengine"))
     }
 
     /// Rows per batch.

@@ -14,6 +14,7 @@ pub mod progress;
 pub mod server_config;
 pub mod session;
 pub mod staging;
+pub mod state;
 
 pub use config::EngineConfig;
 pub use connector::{Connector, ConnectorRegistry, ParamSpec};

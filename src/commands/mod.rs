@@ -2,6 +2,7 @@
 
 pub(crate) mod config;
 pub(crate) mod run;
+pub(crate) mod runs;
 pub(crate) mod serve;
 pub(crate) mod sql;
 

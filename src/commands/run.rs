@@ -1,15 +1,21 @@
-//! `flowengine run PIPELINE.sql`: every statement in order in one session; stop at the first failure.
+//! `flowengine run PIPELINE.sql`: every statement in order in one session; stop at the first
+//! failure. Each run and step is recorded in the state store; `--resume` continues the last
+//! failed run of the same (unchanged) file without repeating the writes it committed.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use engine::pipeline::Pipeline;
+use engine::state::{self, RunRecord, RunStatus, StateStore, StepRecord, StepStatus};
 
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::exec::{Rows, StatementOptions, run_statement};
 
 pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
-    let (engine, _) = super::build_engine(global)?;
+    let (engine, loaded) = super::build_engine(global)?;
     let lookup = super::var_lookup(&args.vars);
     let pipeline = Pipeline::from_file(&args.pipeline, &lookup, &super::dialect(&engine))?;
     if pipeline.statements.is_empty() {
@@ -17,29 +23,231 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
             crate::UsageError(format!("{} contains no SQL statements", pipeline.file)).into(),
         );
     }
+    // A dry run changes nothing, so it is not recorded.
+    let store = (!args.dry_run).then(|| state::open(&loaded.config));
+    let bytes = std::fs::read(&args.pipeline)
+        .with_context(|| format!("reading {}", args.pipeline.display()))?;
+    let canonical = std::fs::canonicalize(&args.pipeline)
+        .unwrap_or_else(|_| args.pipeline.clone())
+        .display()
+        .to_string();
+    let hash = state::content_hash(&bytes);
+    let resume = match (&store, args.resume) {
+        (Some(store), true) => Some(resume_point(store.as_ref(), &canonical, &hash).await?),
+        (None, true) => {
+            return Err(
+                crate::UsageError("--resume cannot be combined with --dry-run".into()).into(),
+            );
+        }
+        _ => None,
+    };
+    if let Some(store) = &store {
+        state::register_system_tables(engine.context(), store.as_ref()).await?;
+    }
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    if let Some(store) = &store {
+        store
+            .begin_run(&RunRecord {
+                run_id: run_id.clone(),
+                pipeline: canonical.clone(),
+                content_hash: hash.clone(),
+                variables: state::redact_variables(&args.vars),
+                started_at: state::now(),
+                finished_at: None,
+                status: RunStatus::Running,
+                error: None,
+                resumed_from: resume.as_ref().map(|r| r.run_id.clone()),
+            })
+            .await?;
+        if let Some(r) = &resume {
+            eprintln!(
+                "resuming run {} of {}: {} committed write(s) will be skipped",
+                r.run_id,
+                pipeline.file,
+                r.committed.len()
+            );
+        }
+    }
+    let recorder = Recorder {
+        store: store.clone(),
+        run_id: run_id.clone(),
+    };
+
     let total = pipeline.statements.len();
     let mut dry_run = args.dry_run.then(engine::pipeline::DryRun::new);
     for statement in &pipeline.statements {
         let last = statement.index == total;
+        let committed_by = resume
+            .as_ref()
+            .and_then(|r| r.committed.get(&statement.index))
+            .map(String::as_str);
         let opts = StatementOptions {
             explain: args.explain,
             output: if last { args.output.as_deref() } else { None },
             rows: if last { Rows::Print } else { Rows::Count },
             summary: !args.display.quiet,
             total,
+            committed_by,
         };
+        let started = Instant::now();
         // Ctrl-C cancels the running statement: dropping it drops its staged writes, so an
         // interrupted sink leaves nothing behind.
-        tokio::select! {
-            result = run_statement(&engine, statement, &args.display, &opts, dry_run.as_mut()) => result?,
+        let result = tokio::select! {
+            result = run_statement(&engine, statement, &args.display, &opts, dry_run.as_mut()) => result,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!(
                     "interrupted: statement {} at {} was cancelled; nothing it wrote was committed",
                     statement.index, statement.location
                 );
+                recorder.finish(RunStatus::Interrupted, Some("interrupted".into())).await;
                 return Ok(ExitCode::from(130));
+            }
+        };
+        let elapsed = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(report) => {
+                recorder
+                    .step(StepRecord {
+                        run_id: run_id.clone(),
+                        index: statement.index,
+                        line: statement.location.line,
+                        column: statement.location.column,
+                        kind: report.kind,
+                        status: if report.skipped {
+                            StepStatus::Skipped
+                        } else {
+                            StepStatus::Succeeded
+                        },
+                        rows: report.rows,
+                        duration_ms: elapsed,
+                        error: None,
+                        finished_at: state::now(),
+                        committed_by: committed_by.map(String::from),
+                    })
+                    .await;
+            }
+            Err(e) => {
+                let message = crate::render_error(&e);
+                recorder
+                    .step(StepRecord {
+                        run_id: run_id.clone(),
+                        index: statement.index,
+                        line: statement.location.line,
+                        column: statement.location.column,
+                        kind: leading_keyword(&statement.sql),
+                        status: StepStatus::Failed,
+                        rows: None,
+                        duration_ms: elapsed,
+                        error: Some(message.clone()),
+                        finished_at: state::now(),
+                        committed_by: None,
+                    })
+                    .await;
+                recorder.finish(RunStatus::Failed, Some(message)).await;
+                if store.is_some() {
+                    eprintln!(
+                        "run {run_id} failed at statement {}; fix the cause and continue with: flowengine run --resume {}",
+                        statement.index,
+                        args.pipeline.display()
+                    );
+                }
+                return Err(e);
             }
         }
     }
+    recorder.finish(RunStatus::Succeeded, None).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a resumed run starts: the last failed run and the writes it (or the runs it resumed)
+/// committed, by statement number.
+struct ResumePoint {
+    run_id: String,
+    committed: HashMap<usize, String>,
+}
+
+async fn resume_point(store: &dyn StateStore, pipeline: &str, hash: &str) -> Result<ResumePoint> {
+    let runs = store.runs(Some(pipeline)).await?;
+    let Some(last) = runs.last() else {
+        return Err(crate::UsageError(format!(
+            "nothing to resume: {pipeline} has no recorded run in {}",
+            store.location()
+        ))
+        .into());
+    };
+    match last.status {
+        RunStatus::Failed | RunStatus::Interrupted => {}
+        RunStatus::Succeeded => {
+            return Err(crate::UsageError(format!(
+                "nothing to resume: the last run of {pipeline} ({}) succeeded",
+                last.run_id
+            ))
+            .into());
+        }
+        RunStatus::Running => {
+            // A run killed without a chance to record its end counts as failed.
+        }
+    }
+    if last.content_hash != hash {
+        return Err(crate::UsageError(format!(
+            "refusing to resume: {pipeline} changed since run {} (content hash {} -> {}); run it without --resume",
+            last.run_id,
+            &last.content_hash[..12.min(last.content_hash.len())],
+            &hash[..12.min(hash.len())]
+        ))
+        .into());
+    }
+    let mut committed = HashMap::new();
+    for step in store.steps(&last.run_id).await? {
+        match step.status {
+            StepStatus::Succeeded => {
+                committed.insert(step.index, last.run_id.clone());
+            }
+            StepStatus::Skipped => {
+                if let Some(by) = step.committed_by {
+                    committed.insert(step.index, by);
+                }
+            }
+            StepStatus::Failed => {}
+        }
+    }
+    Ok(ResumePoint {
+        run_id: last.run_id.clone(),
+        committed,
+    })
+}
+
+/// Writes run state; a state-store failure is reported but does not fail the pipeline's data work.
+struct Recorder {
+    store: Option<Arc<dyn StateStore>>,
+    run_id: String,
+}
+
+impl Recorder {
+    async fn step(&self, step: StepRecord) {
+        if let Some(store) = &self.store
+            && let Err(e) = store.record_step(&step).await
+        {
+            eprintln!("warning: could not record step {}: {e}", step.index);
+        }
+    }
+
+    async fn finish(&self, status: RunStatus, error: Option<String>) {
+        if let Some(store) = &self.store
+            && let Err(e) = store.finish_run(&self.run_id, status, error).await
+        {
+            eprintln!(
+                "warning: could not record the end of run {}: {e}",
+                self.run_id
+            );
+        }
+    }
+}
+
+fn leading_keyword(sql: &str) -> String {
+    sql.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_uppercase()
 }

@@ -55,6 +55,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
                 rows: Rows::Count,
                 summary: true,
                 total,
+                committed_by: None,
             };
             run_statement(&engine, statement, &display, &opts, None)
                 .await

@@ -55,6 +55,7 @@ async fn run_pipeline(
             rows,
             summary: summary && !display.quiet,
             total,
+            committed_by: None,
         };
         run_statement(engine, statement, display, &opts, None).await?;
     }

@@ -11,6 +11,11 @@ pub(crate) fn flowengine() -> Command {
     let mut cmd = Command::cargo_bin("flowengine").expect("binary built");
     // Tests must not pick up a developer's flowengine.toml or FLOWENGINE_* settings.
     cmd.env_remove("FLOWENGINE_CONFIG");
+    // Run records of the tests go to a scratch journal, not the repository's .flowengine/.
+    cmd.env(
+        "FLOWENGINE_STATE_DIR",
+        std::env::temp_dir().join("flowengine-test-state"),
+    );
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     cmd
 }

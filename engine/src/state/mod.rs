@@ -1,0 +1,281 @@
+//! Run state: every pipeline run and each of its steps, behind one [`StateStore`] trait, so the
+//! runner can resume a failed run and users can see what ran (`flowengine runs`, `system.runs`).
+//!
+//! The embedded default is [`file::FileStateStore`] (an append-only JSON-lines journal under
+//! `.flowengine/`, no server needed).
+
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde::{Deserialize, Serialize};
+
+/// Outcome of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Outcome of a step (one statement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Succeeded,
+    Failed,
+    /// Not executed by `--resume` because an earlier run committed it.
+    Skipped,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// One run of a pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    /// Canonical path of the pipeline file.
+    pub pipeline: String,
+    /// SHA-256 of the pipeline file's bytes.
+    pub content_hash: String,
+    /// `--var` values; values of names that look like secrets are redacted.
+    pub variables: BTreeMap<String, String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    /// The failed run this one resumed.
+    pub resumed_from: Option<String>,
+}
+
+/// One statement of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub run_id: String,
+    /// 1-based statement number.
+    pub index: usize,
+    pub line: u64,
+    pub column: u64,
+    pub kind: String,
+    pub status: StepStatus,
+    /// Rows written or returned, when known.
+    pub rows: Option<u64>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub finished_at: String,
+    /// For skipped steps: the run that committed it.
+    pub committed_by: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store {location}: {source}")]
+    Io {
+        location: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state store {location}: {message}")]
+    Corrupt { location: String, message: String },
+}
+
+/// Where runs, steps and (later) watermarks are kept.
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    async fn begin_run(&self, run: &RunRecord) -> Result<(), StateError>;
+    async fn record_step(&self, step: &StepRecord) -> Result<(), StateError>;
+    async fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        error: Option<String>,
+    ) -> Result<(), StateError>;
+    /// Runs, oldest first; only those of `pipeline` (a canonical path) when given.
+    async fn runs(&self, pipeline: Option<&str>) -> Result<Vec<RunRecord>, StateError>;
+    /// Steps of a run in the order they were recorded.
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError>;
+    /// A human-readable location (for messages).
+    fn location(&self) -> String;
+}
+
+/// Names of variables whose values are never stored.
+pub fn is_secret_name(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    [
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "KEY",
+        "CREDENTIAL",
+        "AUTH",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
+}
+
+/// Variables as stored: secret-looking values replaced.
+pub fn redact_variables(vars: &[(String, String)]) -> BTreeMap<String, String> {
+    vars.iter()
+        .map(|(k, v)| {
+            let v = if is_secret_name(k) {
+                "***".to_string()
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// Current time as RFC 3339 (UTC).
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// `system.runs` as a record batch.
+pub fn runs_batch(runs: &[RunRecord]) -> RecordBatch {
+    let s = |f: &dyn Fn(&RunRecord) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(runs.iter().map(f).collect::<Vec<_>>()))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("pipeline", DataType::Utf8, false),
+        Field::new("content_hash", DataType::Utf8, false),
+        Field::new("variables", DataType::Utf8, false),
+        Field::new("started_at", DataType::Utf8, false),
+        Field::new("finished_at", DataType::Utf8, true),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("resumed_from", DataType::Utf8, true),
+    ]));
+    let columns = vec![
+        s(&|r| Some(r.run_id.clone())),
+        s(&|r| Some(r.pipeline.clone())),
+        s(&|r| Some(r.content_hash.clone())),
+        s(&|r| Some(serde_json::to_string(&r.variables).unwrap_or_default())),
+        s(&|r| Some(r.started_at.clone())),
+        s(&|r| r.finished_at.clone()),
+        s(&|r| Some(r.status.as_str().to_string())),
+        s(&|r| r.error.clone()),
+        s(&|r| r.resumed_from.clone()),
+    ];
+    RecordBatch::try_new(schema, columns).expect("columns match the schema")
+}
+
+/// `system.steps` as a record batch.
+pub fn steps_batch(steps: &[StepRecord]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("step", DataType::UInt64, false),
+        Field::new("line", DataType::UInt64, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, true),
+        Field::new("duration_ms", DataType::UInt64, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("finished_at", DataType::Utf8, false),
+        Field::new("committed_by", DataType::Utf8, true),
+    ]));
+    let text = |f: &dyn Fn(&StepRecord) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(steps.iter().map(f).collect::<Vec<_>>()))
+    };
+    let num = |f: &dyn Fn(&StepRecord) -> Option<u64>| -> ArrayRef {
+        Arc::new(UInt64Array::from(steps.iter().map(f).collect::<Vec<_>>()))
+    };
+    let columns = vec![
+        text(&|s| Some(s.run_id.clone())),
+        num(&|s| Some(s.index as u64)),
+        num(&|s| Some(s.line)),
+        text(&|s| Some(s.kind.clone())),
+        text(&|s| Some(s.status.as_str().to_string())),
+        num(&|s| s.rows),
+        num(&|s| Some(s.duration_ms)),
+        text(&|s| s.error.clone()),
+        text(&|s| Some(s.finished_at.clone())),
+        text(&|s| s.committed_by.clone()),
+    ];
+    RecordBatch::try_new(schema, columns).expect("columns match the schema")
+}
+
+/// Register `system.runs` and `system.steps` (a snapshot of the store) in the session's default
+/// catalog.
+pub async fn register_system_tables(
+    ctx: &datafusion::prelude::SessionContext,
+    store: &dyn StateStore,
+) -> crate::Result<()> {
+    use datafusion::catalog::{MemTable, MemorySchemaProvider};
+    let runs = store
+        .runs(None)
+        .await
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let mut steps = Vec::new();
+    for run in &runs {
+        steps.extend(
+            store
+                .steps(&run.run_id)
+                .await
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?,
+        );
+    }
+    let catalog_name = ctx
+        .state()
+        .config()
+        .options()
+        .catalog
+        .default_catalog
+        .clone();
+    let Some(catalog) = ctx.catalog(&catalog_name) else {
+        return Ok(());
+    };
+    let schema = match catalog.schema("system") {
+        Some(s) => s,
+        None => {
+            let s = Arc::new(MemorySchemaProvider::new());
+            catalog.register_schema("system", Arc::clone(&s) as _)?;
+            s
+        }
+    };
+    for (name, batch) in [("runs", runs_batch(&runs)), ("steps", steps_batch(&steps))] {
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        schema.deregister_table(name)?;
+        schema.register_table(name.to_string(), Arc::new(table))?;
+    }
+    Ok(())
+}
+
+/// The store configured for `config`.
+pub fn open(config: &crate::EngineConfig) -> Arc<dyn StateStore> {
+    Arc::new(file::FileStateStore::new(&config.effective_state_dir()))
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
