@@ -20,6 +20,13 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
     if let Some(bind) = args.admin_bind {
         loaded.config.server.admin_bind = bind;
     }
+    // Parquet strings are read as Utf8 rather than Utf8View unless configured: every Flight SQL
+    // client (JDBC, ODBC, older pyarrow/ADBC) understands Utf8, and it encodes smaller on the wire.
+    loaded
+        .config
+        .datafusion
+        .entry("datafusion.execution.parquet.schema_force_view_types".into())
+        .or_insert_with(|| "false".into());
     // Concurrent queries share the pool fairly (and spill) unless configured otherwise.
     loaded
         .config
