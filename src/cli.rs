@@ -38,9 +38,34 @@ pub(crate) enum Command {
     Config(ConfigArgs),
     /// List recorded pipeline runs (newest last), or one run's steps.
     Runs(RunsArgs),
+    /// Profile every column of a table, a data file or a query: nulls, distinct, min/max,
+    /// mean/stddev, lengths, top values, histogram.
+    Profile(ProfileArgs),
     /// Serve the catalog over Arrow Flight SQL (BI tools, ADBC, JDBC, notebooks), with an admin
     /// HTTP endpoint for /health, /ready and /metrics.
     Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProfileArgs {
+    /// A table (registered by --init), a data file (.csv, .tsv, .json, .parquet, .avro, .arrow)
+    /// or a query (SELECT ... / WITH ...).
+    #[arg(value_name = "TABLE|FILE|QUERY")]
+    pub(crate) target: String,
+    /// Pipeline files run first, e.g. to register tables (repeatable).
+    #[arg(long, value_name = "FILE.sql")]
+    pub(crate) init: Vec<PathBuf>,
+    /// Set a variable used as ${NAME} in --init files (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub(crate) vars: Vec<(String, String)>,
+    /// Most frequent values shown per column.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) top: usize,
+    /// Histogram bins for numeric columns.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) bins: usize,
+    #[command(flatten)]
+    pub(crate) display: DisplayArgs,
 }
 
 #[derive(Debug, Args)]

@@ -77,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(args) => commands::config::run(&cli.global, args),
         Command::Serve(args) => commands::serve::run(&cli.global, args).await,
         Command::Runs(args) => commands::runs::run(&cli.global, args).await,
+        Command::Profile(args) => commands::profile::run(&cli.global, args).await,
     }
 }
 

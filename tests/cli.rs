@@ -443,3 +443,59 @@ fn memory_limit_spills_or_fails_cleanly() {
         .stderr(predicate::str::contains("Resources exhausted"))
         .stderr(predicate::str::contains("pool_size: 16.0 MB"));
 }
+
+#[test]
+fn profile_reports_every_column_of_a_file_table_or_query() {
+    let out = flowengine()
+        .args([
+            "profile",
+            "sql-examples/data/orders.csv",
+            "--format",
+            "csv",
+            "--top",
+            "2",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let status = text
+        .lines()
+        .find(|l| l.starts_with("status,"))
+        .expect(&text);
+    assert!(
+        status.starts_with("status,Utf8,1000,0,0.0,4,cancelled,shipped,"),
+        "{status}"
+    );
+    assert!(status.contains("paid (556), shipped (332)"), "{status}");
+    let quantity = text
+        .lines()
+        .find(|l| l.starts_with("quantity,"))
+        .expect(&text);
+    assert!(
+        quantity.contains("in 10 bins: 193 0 194 0 0 195 0 200 0 218"),
+        "{quantity}"
+    );
+    // A query, with NULLs, as JSON.
+    flowengine()
+        .args([
+            "profile",
+            "SELECT * FROM (VALUES (1, 'a'), (NULL, 'bb'), (3, NULL), (NULL, NULL)) AS t(x, s)",
+            "--format",
+            "json",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"column\":\"x\""))
+        .stdout(predicate::str::contains("\"nulls\":2"))
+        .stdout(predicate::str::contains("\"null_pct\":50.0"))
+        .stdout(predicate::str::contains("\"length\":\"1..2\""));
+    // An unknown table is a clear error.
+    flowengine()
+        .args(["profile", "no_such_table"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no_such_table"));
+}

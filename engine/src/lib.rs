@@ -10,6 +10,7 @@ pub mod connector;
 pub mod error;
 pub mod pipeline;
 pub mod placeholders;
+pub mod profile;
 pub mod progress;
 pub mod server_config;
 pub mod session;
