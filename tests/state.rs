@@ -153,3 +153,66 @@ fn secret_variables_are_not_recorded() {
     assert!(!journal.contains("hunter2"), "{journal}");
     assert!(journal.contains("\"REGION\":\"eu\""), "{journal}");
 }
+
+/// The same resume flow with the shared PostgreSQL store (the server on this machine).
+#[test]
+fn postgres_state_store_records_runs_and_resumes() {
+    let url = std::env::var("FLOWENGINE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into());
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&input).unwrap();
+    let pipeline = write_pipeline(dir.path(), "pg_load.sql", PIPELINE);
+    let run = |extra: &[&str]| {
+        let mut cmd = flowengine();
+        cmd.env("FLOWENGINE_STATE_URL", &url)
+            .arg("run")
+            .args(extra)
+            .arg(&pipeline)
+            .arg("--var")
+            .arg(format!("OUT={}", out.display()))
+            .arg("--var")
+            .arg(format!("IN={}", input.display()));
+        cmd
+    };
+    run(&[]).assert().code(1);
+    std::fs::write(input.join("input.csv"), "id,v\n3,c\n").unwrap();
+    run(&["--resume"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("skipped: committed by run"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("count.csv"))
+            .unwrap()
+            .trim(),
+        "n,ids\n3,3"
+    );
+    let listing = flowengine()
+        .env("FLOWENGINE_STATE_URL", &url)
+        .args(["runs", "--format", "csv"])
+        .arg(&pipeline)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let listing = String::from_utf8(listing).unwrap();
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 3, "{listing}");
+    assert!(
+        lines[1].contains(",failed,") && lines[2].contains(",succeeded,"),
+        "{listing}"
+    );
+    // A wrong URL is a clear error that does not print the password.
+    flowengine()
+        .env(
+            "FLOWENGINE_STATE_URL",
+            "postgresql://postgres:s3cret@127.0.0.1:1/test",
+        )
+        .arg("runs")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("cannot connect"))
+        .stderr(predicate::str::contains("s3cret").not());
+}

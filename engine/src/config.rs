@@ -61,6 +61,10 @@ pub struct EngineConfig {
     /// working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    /// A PostgreSQL URL (`postgresql://user@host/db`) for a state store shared by several
+    /// machines; when set it replaces the file journal. It may hold a password: never printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_url: Option<String>,
     /// `flowengine serve` settings.
     #[serde(default, skip_serializing_if = "ServerConfig::is_default")]
     pub server: ServerConfig,
@@ -241,6 +245,7 @@ impl EngineConfig {
                 "MEMORY_POOL" => self.memory_pool = Some(value.parse().map_err(bad)?),
                 "SPILL_DIR" => self.spill_dir = Some(PathBuf::from(&value)),
                 "STATE_DIR" => self.state_dir = Some(PathBuf::from(&value)),
+                "STATE_URL" => self.state_url = Some(value.clone()),
                 "MAX_SPILL_SIZE" => {
                     self.max_spill_size = Some(
                         value
@@ -329,7 +334,21 @@ impl EngineConfig {
         if effective.spill_dir.is_none() {
             effective.spill_dir = Some(std::env::temp_dir());
         }
+        // Never show a password.
+        effective.state_url = self.state_url.as_deref().map(redact_url);
         toml::to_string(&effective).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "***".to_string(),
     }
 }
 

@@ -5,6 +5,7 @@
 //! `.flowengine/`, no server needed).
 
 pub mod file;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -268,9 +269,12 @@ pub async fn register_system_tables(
     Ok(())
 }
 
-/// The store configured for `config`.
+/// The store configured for `config`: PostgreSQL when `state_url` is set, else the file journal.
 pub fn open(config: &crate::EngineConfig) -> Arc<dyn StateStore> {
-    Arc::new(file::FileStateStore::new(&config.effective_state_dir()))
+    match &config.state_url {
+        Some(url) => Arc::new(postgres::PostgresStateStore::new(url)),
+        None => Arc::new(file::FileStateStore::new(&config.effective_state_dir())),
+    }
 }
 
 /// SHA-256 of `bytes`, hex.

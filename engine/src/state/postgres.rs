@@ -1,0 +1,236 @@
+//! The shared state store: two tables in PostgreSQL (`flowengine_runs`, `flowengine_steps`),
+//! created on first use, so several machines running the same pipelines see one history.
+//! The connection URL may hold a password: it is never printed ([`PostgresStateStore::location`]
+//! shows host and database only).
+
+use tokio::sync::OnceCell;
+use tokio_postgres::{Client, NoTls};
+
+use super::{RunRecord, RunStatus, StateError, StateStore, StepRecord, StepStatus};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS flowengine_runs (
+    run_id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    variables TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    resumed_from TEXT
+);
+CREATE TABLE IF NOT EXISTS flowengine_steps (
+    run_id TEXT NOT NULL,
+    step BIGINT NOT NULL,
+    line BIGINT NOT NULL,
+    col BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rows BIGINT,
+    duration_ms BIGINT NOT NULL,
+    error TEXT,
+    finished_at TEXT NOT NULL,
+    committed_by TEXT,
+    seq BIGSERIAL PRIMARY KEY
+);
+CREATE INDEX IF NOT EXISTS flowengine_steps_run ON flowengine_steps (run_id);
+";
+
+#[derive(Debug)]
+pub struct PostgresStateStore {
+    url: String,
+    client: OnceCell<Client>,
+}
+
+impl PostgresStateStore {
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            client: OnceCell::new(),
+        }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StateError {
+        StateError::Corrupt {
+            location: self.location(),
+            message: e.to_string(),
+        }
+    }
+
+    async fn client(&self) -> Result<&Client, StateError> {
+        self.client
+            .get_or_try_init(|| async {
+                let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+                    .await
+                    .map_err(|e| self.err(format!("cannot connect: {e}")))?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!("state store connection closed: {e}");
+                    }
+                });
+                client
+                    .batch_execute(SCHEMA)
+                    .await
+                    .map_err(|e| self.err(format!("creating tables: {e}")))?;
+                Ok(client)
+            })
+            .await
+    }
+}
+
+fn run_status(s: &str) -> RunStatus {
+    match s {
+        "succeeded" => RunStatus::Succeeded,
+        "failed" => RunStatus::Failed,
+        "interrupted" => RunStatus::Interrupted,
+        _ => RunStatus::Running,
+    }
+}
+
+fn step_status(s: &str) -> StepStatus {
+    match s {
+        "succeeded" => StepStatus::Succeeded,
+        "skipped" => StepStatus::Skipped,
+        _ => StepStatus::Failed,
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for PostgresStateStore {
+    async fn begin_run(&self, run: &RunRecord) -> Result<(), StateError> {
+        let vars = serde_json::to_string(&run.variables).map_err(|e| self.err(e))?;
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO flowengine_runs (run_id, pipeline, content_hash, variables, started_at, \
+                 finished_at, status, error, resumed_from) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+                &[
+                    &run.run_id,
+                    &run.pipeline,
+                    &run.content_hash,
+                    &vars,
+                    &run.started_at,
+                    &run.finished_at,
+                    &run.status.as_str(),
+                    &run.error,
+                    &run.resumed_from,
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn record_step(&self, step: &StepRecord) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO flowengine_steps (run_id, step, line, col, kind, status, rows, \
+                 duration_ms, error, finished_at, committed_by) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+                &[
+                    &step.run_id,
+                    &(step.index as i64),
+                    &(step.line as i64),
+                    &(step.column as i64),
+                    &step.kind,
+                    &step.status.as_str(),
+                    &step.rows.map(|r| r as i64),
+                    &(step.duration_ms as i64),
+                    &step.error,
+                    &step.finished_at,
+                    &step.committed_by,
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        error: Option<String>,
+    ) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE flowengine_runs SET status = $2, error = $3, finished_at = $4 WHERE run_id = $1",
+                &[&run_id, &status.as_str(), &error, &super::now()],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn runs(&self, pipeline: Option<&str>) -> Result<Vec<RunRecord>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT run_id, pipeline, content_hash, variables, started_at, finished_at, status, \
+                 error, resumed_from FROM flowengine_runs \
+                 WHERE $1::TEXT IS NULL OR pipeline = $1 ORDER BY started_at, run_id",
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| RunRecord {
+                run_id: r.get(0),
+                pipeline: r.get(1),
+                content_hash: r.get(2),
+                variables: serde_json::from_str(r.get::<_, &str>(3)).unwrap_or_default(),
+                started_at: r.get(4),
+                finished_at: r.get(5),
+                status: run_status(r.get(6)),
+                error: r.get(7),
+                resumed_from: r.get(8),
+            })
+            .collect())
+    }
+
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT run_id, step, line, col, kind, status, rows, duration_ms, error, \
+                 finished_at, committed_by FROM flowengine_steps WHERE run_id = $1 ORDER BY seq",
+                &[&run_id],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| StepRecord {
+                run_id: r.get(0),
+                index: r.get::<_, i64>(1) as usize,
+                line: r.get::<_, i64>(2) as u64,
+                column: r.get::<_, i64>(3) as u64,
+                kind: r.get(4),
+                status: step_status(r.get(5)),
+                rows: r.get::<_, Option<i64>>(6).map(|v| v as u64),
+                duration_ms: r.get::<_, i64>(7) as u64,
+                error: r.get(8),
+                finished_at: r.get(9),
+                committed_by: r.get(10),
+            })
+            .collect())
+    }
+
+    fn location(&self) -> String {
+        // Host and database only: the URL may carry a password.
+        match url::Url::parse(&self.url) {
+            Ok(u) => format!(
+                "postgresql://{}{}",
+                u.host_str().unwrap_or("localhost"),
+                u.path()
+            ),
+            Err(_) => "postgresql state store".to_string(),
+        }
+    }
+}
