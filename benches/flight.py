@@ -100,21 +100,15 @@ def local_read(path):
     return time.perf_counter() - t0, table.num_rows, table.nbytes
 
 
-def point_queries_flight(uri, clients, seconds):
+def run_clients(clients, seconds, session):
+    """Run `session(i, stop, count)` in `clients` threads; each counts its queries. Returns q/s."""
     stop = time.time() + seconds
     counts = [0] * clients
     errors = []
 
     def worker(i):
-        c = flight.connect(uri)
-        k = i
         try:
-            while time.time() < stop:
-                info = c.get_flight_info(statement(f"SELECT * FROM nation WHERE n_nationkey = {k % 25}"))
-                t = c.do_get(info.endpoints[0].ticket).read_all()
-                assert t.num_rows == 1
-                counts[i] += 1
-                k += 7
+            session(i, stop, counts)
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -129,33 +123,32 @@ def point_queries_flight(uri, clients, seconds):
     return sum(counts) / (time.perf_counter() - t0)
 
 
+def point_queries_flight(uri, clients, seconds):
+    def session(i, stop, counts):
+        c = flight.connect(uri)
+        k = i
+        while time.time() < stop:
+            info = c.get_flight_info(statement(f"SELECT * FROM nation WHERE n_nationkey = {k % 25}"))
+            assert c.do_get(info.endpoints[0].ticket).read_all().num_rows == 1
+            counts[i] += 1
+            k += 7
+
+    return run_clients(clients, seconds, session)
+
+
 def point_queries_adbc(uri, clients, seconds):
     from adbc_driver_flightsql import dbapi
-    stop = time.time() + seconds
-    counts = [0] * clients
-    errors = []
 
-    def worker(i):
-        try:
-            with dbapi.connect(uri) as conn, conn.cursor() as cur:
-                k = i
-                while time.time() < stop:
-                    cur.execute("SELECT * FROM nation WHERE n_nationkey = ?", (k % 25,))
-                    assert len(cur.fetchall()) == 1
-                    counts[i] += 1
-                    k += 7
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+    def session(i, stop, counts):
+        with dbapi.connect(uri) as conn, conn.cursor() as cur:
+            k = i
+            while time.time() < stop:
+                cur.execute("SELECT * FROM nation WHERE n_nationkey = ?", (k % 25,))
+                assert len(cur.fetchall()) == 1
+                counts[i] += 1
+                k += 7
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise RuntimeError(f"ADBC point queries failed: {errors[:3]}")
-    return sum(counts) / (time.perf_counter() - t0)
+    return run_clients(clients, seconds, session)
 
 
 def main():

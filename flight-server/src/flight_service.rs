@@ -204,7 +204,7 @@ impl FlightService for FlowFlightService {
             _ => None,
         };
         let schema = match planned {
-            Some(planned) => crate::service::schema_bytes(&planned.schema)?,
+            Some(planned) => crate::statements::schema_bytes(&planned.schema)?,
             None => {
                 // Metadata commands have no side effects.
                 FlightService::get_flight_info(&self.sql, request)

@@ -14,11 +14,14 @@ mod error;
 mod exec;
 mod flight_service;
 mod handles;
+mod ingest;
 mod metadata;
 mod metrics;
+mod params;
 mod service;
 mod sql_info;
 mod state;
+mod statements;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -10,7 +10,10 @@ pub(crate) mod sql;
 use engine::config::LoadedConfig;
 use engine::{Engine, EngineConfig};
 
-use crate::cli::GlobalArgs;
+use engine::pipeline::Pipeline;
+
+use crate::cli::{DisplayArgs, GlobalArgs};
+use crate::exec::{Rows, StatementOptions, run_statement};
 
 /// Load configuration (file + environment) and build the engine with every connector.
 pub(crate) fn build_engine(global: &GlobalArgs) -> anyhow::Result<(Engine, LoadedConfig)> {
@@ -40,4 +43,27 @@ pub(crate) fn dialect(engine: &Engine) -> String {
         .sql_parser
         .dialect
         .to_string()
+}
+
+/// Run every statement of `pipeline` (init and catalog files), without resume or output files.
+pub(crate) async fn run_pipeline(
+    engine: &Engine,
+    pipeline: &Pipeline,
+    display: &DisplayArgs,
+    rows: Rows,
+    summary: bool,
+) -> anyhow::Result<()> {
+    let total = pipeline.statements.len();
+    for statement in &pipeline.statements {
+        let opts = StatementOptions {
+            explain: false,
+            output: None,
+            rows,
+            summary: summary && !display.quiet,
+            total,
+            committed_by: None,
+        };
+        run_statement(engine, statement, display, &opts, None).await?;
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use engine::pipeline::Pipeline;
 
 use crate::cli::{GlobalArgs, ProfileArgs};
-use crate::exec::{Rows, StatementOptions, run_statement};
+use crate::exec::Rows;
 use crate::output::ResultPrinter;
 
 pub(crate) async fn run(global: &GlobalArgs, args: ProfileArgs) -> Result<ExitCode> {
@@ -17,18 +17,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ProfileArgs) -> Result<ExitCo
     let dialect = super::dialect(&engine);
     for file in &args.init {
         let pipeline = Pipeline::from_file(file, &lookup, &dialect)?;
-        let total = pipeline.statements.len();
-        for statement in &pipeline.statements {
-            let opts = StatementOptions {
-                explain: false,
-                output: None,
-                rows: Rows::Count,
-                summary: false,
-                total,
-                committed_by: None,
-            };
-            run_statement(&engine, statement, &args.display, &opts, None).await?;
-        }
+        super::run_pipeline(&engine, &pipeline, &args.display, Rows::Count, false).await?;
     }
     let ctx = engine.context();
     let target = args.target.trim();

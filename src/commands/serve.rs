@@ -10,7 +10,7 @@ use engine::{Engine, EngineConfig};
 use flight_server::Server;
 
 use crate::cli::{DisplayArgs, Format, GlobalArgs, ServeArgs};
-use crate::exec::{Rows, StatementOptions, run_statement};
+use crate::exec::Rows;
 
 pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     let mut loaded = EngineConfig::load(global.config.as_deref(), std::env::vars())?;
@@ -54,20 +54,9 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
     };
     for file in &args.catalogs {
         let pipeline = Pipeline::from_file(file, &lookup, &dialect)?;
-        let total = pipeline.statements.len();
-        for statement in &pipeline.statements {
-            let opts = StatementOptions {
-                explain: false,
-                output: None,
-                rows: Rows::Count,
-                summary: true,
-                total,
-                committed_by: None,
-            };
-            run_statement(&engine, statement, &display, &opts, None)
-                .await
-                .with_context(|| format!("loading catalog file {}", file.display()))?;
-        }
+        super::run_pipeline(&engine, &pipeline, &display, Rows::Count, true)
+            .await
+            .with_context(|| format!("loading catalog file {}", file.display()))?;
     }
     server.set_ready();
     eprintln!("flowengine: ready");

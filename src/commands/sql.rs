@@ -11,7 +11,7 @@ use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
 use crate::cli::{DisplayArgs, GlobalArgs, SqlArgs};
-use crate::exec::{Rows, StatementOptions, run_statement};
+use crate::exec::Rows;
 
 pub(crate) async fn run(global: &GlobalArgs, args: SqlArgs) -> Result<ExitCode> {
     let (engine, _) = super::build_engine(global)?;
@@ -19,12 +19,12 @@ pub(crate) async fn run(global: &GlobalArgs, args: SqlArgs) -> Result<ExitCode> 
     let dialect = super::dialect(&engine);
     for init in &args.init {
         let pipeline = Pipeline::from_file(init, &lookup, &dialect)?;
-        run_pipeline(&engine, &pipeline, &args.display, Rows::Count, false).await?;
+        super::run_pipeline(&engine, &pipeline, &args.display, Rows::Count, false).await?;
     }
     if !args.command.is_empty() {
         for sql in &args.command {
             let pipeline = Pipeline::parse(sql, "<command line>", &lookup, &dialect)?;
-            run_pipeline(&engine, &pipeline, &args.display, Rows::Print, false).await?;
+            super::run_pipeline(&engine, &pipeline, &args.display, Rows::Print, false).await?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -36,30 +36,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: SqlArgs) -> Result<ExitCode> 
         .read_to_string(&mut text)
         .context("reading SQL from stdin")?;
     let pipeline = Pipeline::parse(&text, "<stdin>", &lookup, &dialect)?;
-    run_pipeline(&engine, &pipeline, &args.display, Rows::Print, false).await?;
+    super::run_pipeline(&engine, &pipeline, &args.display, Rows::Print, false).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn run_pipeline(
-    engine: &Engine,
-    pipeline: &Pipeline,
-    display: &DisplayArgs,
-    rows: Rows,
-    summary: bool,
-) -> Result<()> {
-    let total = pipeline.statements.len();
-    for statement in &pipeline.statements {
-        let opts = StatementOptions {
-            explain: false,
-            output: None,
-            rows,
-            summary: summary && !display.quiet,
-            total,
-            committed_by: None,
-        };
-        run_statement(engine, statement, display, &opts, None).await?;
-    }
-    Ok(())
 }
 
 const HELP: &str = "\
@@ -162,7 +140,7 @@ async fn run_shell_sql(
 ) {
     let result = async {
         let pipeline = Pipeline::parse(sql, "<shell>", lookup, dialect)?;
-        run_pipeline(engine, &pipeline, display, Rows::Print, true).await
+        super::run_pipeline(engine, &pipeline, display, Rows::Print, true).await
     }
     .await;
     if let Err(e) = result {
