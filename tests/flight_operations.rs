@@ -118,7 +118,7 @@ async fn admin_endpoint_health_ready_metrics_and_query_log() {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }
     // Planning errors are counted too: "SELECT * FROM nope" never reached execution.
-    let log = server.drain_log().join("\n");
+    let log = server.wait_for_log("statement finished");
     assert!(log.contains("statement finished"), "{log}");
     assert!(log.contains("query_id="), "{log}");
 }

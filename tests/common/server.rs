@@ -82,6 +82,26 @@ impl ServerProcess {
         self.log.try_iter().collect()
     }
 
+    /// Log lines up to the first that contains `needle` (waiting up to 10 s for the server to
+    /// write it and the reader thread to pass it on); all lines read when it never comes.
+    pub(crate) fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push(line);
+                    if found {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        seen.join("\n")
+    }
+
     /// True while the process runs.
     pub(crate) fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
