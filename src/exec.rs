@@ -61,6 +61,7 @@ pub(crate) async fn run_statement(
     dry_run: Option<&mut DryRun>,
 ) -> Result<StepReport> {
     let started = Instant::now();
+    let _ = engine.bad_records().take_counts();
     let work = run_inner(engine, statement, display, opts, dry_run);
     let outcome = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
         let what = panic
@@ -74,13 +75,15 @@ pub(crate) async fn run_statement(
             statement.index
         ))
     });
+    let bad = engine.bad_records().take_counts();
     match outcome {
         Ok(report) => {
             if opts.summary {
-                eprintln!(
-                    "{}",
-                    summary_line(statement, opts.total, &report, started.elapsed())
-                );
+                let mut line = summary_line(statement, opts.total, &report, started.elapsed());
+                if !bad.is_empty() {
+                    line.push_str(&format!("  ({bad})"));
+                }
+                eprintln!("{line}");
             }
             Ok(StepReport {
                 kind: report.kind,

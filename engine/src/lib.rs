@@ -5,6 +5,7 @@
 //! [`Connector`] extension point, and runs `.sql` pipelines statement by statement with
 //! [`pipeline::Runner`].
 
+pub mod bad_records;
 pub mod config;
 pub mod connector;
 pub mod error;

@@ -11,6 +11,7 @@ use datafusion::execution::memory_pool::{
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use crate::bad_records::BadRecordLedger;
 use crate::config::{EngineConfig, MemoryPoolKind};
 use crate::connector::ConnectorRegistry;
 use crate::error::{EngineError, Result};
@@ -21,6 +22,7 @@ use crate::staging::{StagingRegistry, WriteTxn};
 pub struct Engine {
     ctx: SessionContext,
     config: EngineConfig,
+    bad_records: Arc<BadRecordLedger>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -38,7 +40,10 @@ impl Engine {
             source: Box::new(e),
         };
         let runtime = build_runtime(config).map_err(build_err)?;
-        let session_config = session_config(config).map_err(build_err)?;
+        let bad_records = Arc::new(BadRecordLedger::new());
+        let session_config = session_config(config)
+            .map_err(build_err)?
+            .with_extension(Arc::clone(&bad_records));
         let builder = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
@@ -47,6 +52,7 @@ impl Engine {
         Ok(Self {
             ctx: SessionContext::new_with_state(state),
             config: config.clone(),
+            bad_records,
         })
     }
 
@@ -57,6 +63,11 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Bad input records met by tolerant readers: per-statement counts and dead-letter tables.
+    pub fn bad_records(&self) -> &Arc<BadRecordLedger> {
+        &self.bad_records
     }
 
     /// A context sharing this session's catalog, settings and memory pool whose object stores

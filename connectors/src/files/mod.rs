@@ -1,7 +1,9 @@
 //! File formats beyond DataFusion's built-ins (CSV, JSON, Parquet, Avro, Arrow are native).
 //!
 //! [`tsv`] adds `STORED AS TSV` and `.tsv` sinks as tab-separated CSV with its own extension.
+//! [`tolerant`] adds the `on_error` option (fail / skip / dead_letter) to CSV, TSV and JSON.
 
+pub mod tolerant;
 pub mod tsv;
 
 use std::sync::Arc;
@@ -27,6 +29,26 @@ const PARAMS: &[ParamSpec] = &[
         secret: false,
     },
     ParamSpec {
+        name: "format.on_error",
+        description: "CSV/TSV/JSON: fail (default), skip or dead_letter for records that cannot be decoded",
+        secret: false,
+    },
+    ParamSpec {
+        name: "format.dead_letter_path",
+        description: "with on_error dead_letter: JSON-lines file receiving each bad record (file, line, offset, raw, reason)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "format.dead_letter_table",
+        description: "with on_error dead_letter: session table receiving each bad record",
+        secret: false,
+    },
+    ParamSpec {
+        name: "format.max_bad_records",
+        description: "with skip/dead_letter: fail once more bad records than this were met",
+        secret: false,
+    },
+    ParamSpec {
         name: "format.compression",
         description: "CSV/TSV/JSON: gzip, bzip2, xz, zstd or uncompressed",
         secret: false,
@@ -43,10 +65,14 @@ impl Connector for FilesConnector {
     }
 
     fn register(&self, mut builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
-        builder
-            .file_formats()
-            .get_or_insert_with(Vec::new)
-            .push(Arc::new(tsv::TsvFormatFactory));
+        let formats = builder.file_formats().get_or_insert_with(Vec::new);
+        formats.push(Arc::new(tsv::TsvFormatFactory));
+        // The first factory registered for an extension wins: wrap CSV, TSV and JSON in place.
+        for f in formats.iter_mut() {
+            if matches!(f.get_ext().as_str(), "csv" | "tsv" | "json") {
+                *f = Arc::new(tolerant::TolerantFormatFactory::new(Arc::clone(f)));
+            }
+        }
         // `STORED AS TSV` resolves through the table factory map, keyed by the upper-case name.
         builder
             .table_factories()

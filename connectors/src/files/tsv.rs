@@ -61,6 +61,13 @@ pub struct TsvFormat {
     inner: CsvFormat,
 }
 
+impl TsvFormat {
+    /// The CSV options (tab delimiter unless overridden).
+    pub fn csv_options(&self) -> &datafusion::common::config::CsvOptions {
+        self.inner.options()
+    }
+}
+
 #[async_trait]
 impl FileFormat for TsvFormat {
     fn get_ext(&self) -> String {

@@ -1,0 +1,1026 @@
+//! A push-based CSV decoder that never gives up on a file: every record either becomes a row or
+//! a [`BadRow`] with its byte offset, line, raw text and reason.
+//!
+//! Records are split with `csv_core` (as arrow-csv does) and typed with the same parsers as
+//! arrow-csv, column by column, so clean data decodes like the strict reader. What the strict
+//! reader would reject or silently mangle is caught per record:
+//! - a wrong number of fields;
+//! - invalid UTF-8;
+//! - a value that does not parse as its column's type (or a NULL in a `NOT NULL` column);
+//! - broken quoting: an unbalanced quote, or (unless `newlines_in_values`) a quoted field that
+//!   runs over a line end. The bad record is then only its first line, and decoding restarts on
+//!   the next line, so one stray quote cannot swallow the rest of the file.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, LargeStringArray, PrimitiveArray, RecordBatch,
+    RecordBatchOptions, StringArray, StringViewArray, new_null_array,
+};
+use arrow::compute::{CastOptions, cast_with_options, filter};
+use arrow::datatypes::*;
+use arrow::error::ArrowError;
+use arrow_cast::parse::{Parser, parse_decimal, string_to_datetime};
+use chrono::Utc;
+use csv_core::{ReadRecordResult, Reader, ReaderBuilder, Terminator};
+use regex::Regex;
+
+use super::input::{BadRow, Decoded, RecordDecoder};
+
+/// A record longer than this (quoted newlines allowed) is taken as broken quoting.
+const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+/// How the CSV text is laid out.
+#[derive(Debug, Clone)]
+pub struct CsvDialect {
+    pub delimiter: u8,
+    pub quote: u8,
+    pub escape: Option<u8>,
+    pub terminator: Option<u8>,
+    pub comment: Option<u8>,
+    pub double_quote: bool,
+    pub newlines_in_values: bool,
+    /// Values matching this are NULL; without it, the empty string is.
+    pub null_regex: Option<Regex>,
+}
+
+impl Default for CsvDialect {
+    fn default() -> Self {
+        Self {
+            delimiter: b',',
+            quote: b'"',
+            escape: None,
+            terminator: None,
+            comment: None,
+            double_quote: true,
+            newlines_in_values: false,
+            null_regex: None,
+        }
+    }
+}
+
+impl CsvDialect {
+    fn reader(&self) -> Reader {
+        let mut b = ReaderBuilder::new();
+        b.delimiter(self.delimiter)
+            .quote(self.quote)
+            .escape(self.escape)
+            .comment(self.comment)
+            .double_quote(self.double_quote);
+        if let Some(t) = self.terminator {
+            b.terminator(Terminator::Any(t));
+        }
+        b.build()
+    }
+
+    fn is_null(&self, s: &str) -> bool {
+        match &self.null_regex {
+            Some(r) => r.is_match(s),
+            None => s.is_empty(),
+        }
+    }
+
+    fn is_terminator(&self, b: u8) -> bool {
+        match self.terminator {
+            Some(t) => b == t,
+            None => b == b'\n' || b == b'\r',
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    raw_start: usize,
+    raw_end: usize,
+    line: u64,
+    data_start: usize,
+    ends_start: usize,
+}
+
+/// Decodes a byte stream of CSV into batches of `schema`'s projected columns plus bad rows.
+pub struct CsvDecoder {
+    dialect: Arc<CsvDialect>,
+    schema: SchemaRef,
+    projection: Vec<usize>,
+    out_schema: SchemaRef,
+    batch_size: usize,
+    reader: Reader,
+    skip_header: bool,
+    /// Unconsumed input; `pending[0]` is at stream offset `pending_base`.
+    pending: Vec<u8>,
+    pending_base: u64,
+    pos: usize,
+    rec_start: usize,
+    /// Added to `reader.line()` (which restarts at 1 after a reset).
+    line_base: u64,
+    /// `reader.line()` when the current record started.
+    reader_line_at_rec_start: u64,
+    data: Vec<u8>,
+    data_len: usize,
+    ends: Vec<usize>,
+    ends_len: usize,
+    recs: Vec<Rec>,
+    bad: Vec<BadRow>,
+    out: VecDeque<Decoded>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for CsvDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsvDecoder")
+            .field("schema", &self.schema)
+            .field("pending_base", &self.pending_base)
+            .finish()
+    }
+}
+
+impl RecordDecoder for CsvDecoder {
+    fn push(&mut self, bytes: &[u8]) {
+        CsvDecoder::push(self, bytes)
+    }
+    fn finish(&mut self) {
+        CsvDecoder::finish(self)
+    }
+    fn next_output(&mut self) -> Option<Decoded> {
+        CsvDecoder::next_output(self)
+    }
+}
+
+impl CsvDecoder {
+    /// `projection` lists the file columns to output; every column is validated regardless.
+    pub fn new(
+        dialect: Arc<CsvDialect>,
+        schema: SchemaRef,
+        projection: Vec<usize>,
+        batch_size: usize,
+        skip_header: bool,
+    ) -> Result<Self, ArrowError> {
+        if schema.fields().is_empty() {
+            return Err(ArrowError::CsvError(
+                "a CSV table needs at least one column".into(),
+            ));
+        }
+        let out_schema = Arc::new(schema.project(&projection)?);
+        Ok(Self {
+            reader: dialect.reader(),
+            dialect,
+            schema,
+            projection,
+            out_schema,
+            batch_size: batch_size.max(1),
+            skip_header,
+            pending: Vec::new(),
+            pending_base: 0,
+            pos: 0,
+            rec_start: 0,
+            line_base: 0,
+            reader_line_at_rec_start: 1,
+            data: vec![0; 64 * 1024],
+            data_len: 0,
+            ends: Vec::new(),
+            ends_len: 0,
+            recs: Vec::new(),
+            bad: Vec::new(),
+            out: VecDeque::new(),
+            finished: false,
+        })
+    }
+
+    /// The schema of the batches produced.
+    pub fn output_schema(&self) -> &SchemaRef {
+        &self.out_schema
+    }
+
+    /// Feed more bytes of the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        self.parse(false);
+    }
+
+    /// The stream ended: decode what remains.
+    pub fn finish(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.parse(true);
+            self.flush_batch();
+        }
+    }
+
+    /// The next decoded batch and the bad rows found with it.
+    pub fn next_output(&mut self) -> Option<Decoded> {
+        self.out.pop_front()
+    }
+
+    fn ncols(&self) -> usize {
+        self.schema.fields().len()
+    }
+
+    fn parse(&mut self, eof: bool) {
+        loop {
+            if self.pos == self.pending.len() && !eof {
+                self.check_partial_record();
+                return;
+            }
+            if self.data.len() - self.data_len < 1024 {
+                let grow = self.data.len().max(64 * 1024);
+                self.data.resize(self.data.len() + grow, 0);
+            }
+            if self.ends.len() - self.ends_len < self.ncols() + 1 {
+                let grow = (self.ncols() + 1) * 64;
+                self.ends.resize(self.ends.len() + grow, 0);
+            }
+            let (res, nin, nout, nend) = self.reader.read_record(
+                &self.pending[self.pos..],
+                &mut self.data[self.data_len..],
+                &mut self.ends[self.ends_len..],
+            );
+            self.pos += nin;
+            self.data_len += nout;
+            self.ends_len += nend;
+            match res {
+                ReadRecordResult::InputEmpty => {
+                    if !eof {
+                        self.check_partial_record();
+                        return;
+                    }
+                }
+                ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => {}
+                ReadRecordResult::Record => self.end_record(),
+                ReadRecordResult::End => return,
+            }
+        }
+    }
+
+    /// The record being read has no end yet: stop a runaway quoted field early.
+    fn check_partial_record(&mut self) {
+        let raw = &self.pending[self.rec_start..self.pos];
+        let (skip, _) = self.leading_skip(raw);
+        let body = &raw[skip..];
+        let runaway = if self.dialect.newlines_in_values {
+            body.len() > MAX_RECORD_BYTES
+        } else {
+            body.iter().any(|&b| self.dialect.is_terminator(b))
+        };
+        if runaway {
+            self.recover_first_line("unterminated quoted field runs past the end of the line");
+        }
+    }
+
+    /// Bytes of empty and comment lines before a record, and the newlines among them.
+    fn leading_skip(&self, raw: &[u8]) -> (usize, u64) {
+        let mut i = 0;
+        let mut newlines = 0;
+        while i < raw.len() {
+            let b = raw[i];
+            if self.dialect.is_terminator(b) {
+                newlines += u64::from(b == b'\n');
+                i += 1;
+            } else if self.dialect.comment == Some(b) {
+                match memchr::memchr(b'\n', &raw[i..]) {
+                    Some(n) => {
+                        i += n + 1;
+                        newlines += 1;
+                    }
+                    None => i = raw.len(),
+                }
+            } else {
+                break;
+            }
+        }
+        (i, newlines)
+    }
+
+    /// The current record (from `rec_start`) is broken: report its first line as bad and
+    /// restart decoding on the next line.
+    fn recover_first_line(&mut self, reason: &str) {
+        let raw = &self.pending[self.rec_start..];
+        let (skip, newlines) = self.leading_skip(raw);
+        let line = self.record_start_line() + newlines;
+        let body = &raw[skip..];
+        let line_len = body
+            .iter()
+            .position(|&b| self.dialect.is_terminator(b))
+            .map_or(body.len(), |n| n + 1);
+        let start = self.rec_start + skip;
+        let end = start + line_len;
+        self.bad.push(BadRow {
+            offset: self.pending_base + start as u64,
+            line,
+            raw: trim_terminator(&self.pending[start..end]).to_vec(),
+            reason: reason.to_string(),
+        });
+        // Discard the partial record's output and restart on the next line.
+        if let Some(last) = self.recs.last() {
+            self.data_len = last.data_start + self.record_data_len(last);
+            self.ends_len = last.ends_start + self.ncols();
+        } else {
+            self.data_len = 0;
+            self.ends_len = 0;
+        }
+        self.reader.reset();
+        self.reader.set_line(1);
+        self.line_base = line;
+        self.reader_line_at_rec_start = 1;
+        self.pos = end;
+        self.rec_start = end;
+    }
+
+    fn record_data_len(&self, rec: &Rec) -> usize {
+        self.ends[rec.ends_start + self.ncols() - 1]
+    }
+
+    /// Line of the first byte after the previous record.
+    fn record_start_line(&self) -> u64 {
+        // `reader.line()` already counts the newline that ended the previous record.
+        self.line_base + self.reader_line_at_rec_start
+    }
+
+    /// A record ended at `pos`: check its shape, keep it or report it.
+    fn end_record(&mut self) {
+        let raw_all = &self.pending[self.rec_start..self.pos];
+        let (skip, newlines) = self.leading_skip(raw_all);
+        let line = self.record_start_line() + newlines;
+        let raw_start = self.rec_start + skip;
+        let raw_end = self.pos;
+        let fields = self.ends_len - self.rec_ends_start();
+        let has_quote =
+            memchr::memchr(self.dialect.quote, &self.pending[raw_start..raw_end]).is_some();
+        let mut problem = None;
+        if has_quote {
+            let body = trim_terminator(&self.pending[raw_start..raw_end]);
+            let multiline = body.iter().any(|&b| self.dialect.is_terminator(b));
+            if !quotes_balanced(body, self.dialect.quote, self.dialect.escape) {
+                problem = Some(("unterminated quoted field", multiline));
+            } else if multiline && !self.dialect.newlines_in_values {
+                problem = Some((
+                    "quoted field spans lines (set 'format.newlines_in_values' 'true' if values may contain newlines)",
+                    true,
+                ));
+            }
+        }
+        if problem.is_none() && fields != self.ncols() {
+            let reason = format!("expected {} fields, found {fields}", self.ncols());
+            if has_quote
+                && trim_terminator(&self.pending[raw_start..raw_end])
+                    .iter()
+                    .any(|&b| self.dialect.is_terminator(b))
+            {
+                // A quoted field swallowed line ends: report the first line only.
+                self.rec_start_reset_for_recovery();
+                self.recover_first_line(&reason);
+                return;
+            }
+            self.bad.push(BadRow {
+                offset: self.pending_base + raw_start as u64,
+                line,
+                raw: trim_terminator(&self.pending[raw_start..raw_end]).to_vec(),
+                reason,
+            });
+            self.discard_current_record();
+        } else if let Some((reason, multiline)) = problem {
+            if multiline {
+                self.rec_start_reset_for_recovery();
+                self.recover_first_line(reason);
+                return;
+            }
+            self.bad.push(BadRow {
+                offset: self.pending_base + raw_start as u64,
+                line,
+                raw: trim_terminator(&self.pending[raw_start..raw_end]).to_vec(),
+                reason: reason.to_string(),
+            });
+            self.discard_current_record();
+        } else if self.skip_header {
+            self.skip_header = false;
+            self.discard_current_record();
+        } else {
+            let data_start = self
+                .recs
+                .last()
+                .map_or(0, |r| r.data_start + self.record_data_len(r));
+            let ends_start = self.rec_ends_start();
+            self.recs.push(Rec {
+                raw_start,
+                raw_end,
+                line,
+                data_start,
+                ends_start,
+            });
+        }
+        self.skip_header = false;
+        self.rec_start = self.pos;
+        self.reader_line_at_rec_start = self.reader.line();
+        if self.recs.len() >= self.batch_size {
+            self.flush_batch();
+        }
+    }
+
+    /// Index in `ends` where the current record's field ends begin.
+    fn rec_ends_start(&self) -> usize {
+        self.recs.last().map_or(0, |r| r.ends_start + self.ncols())
+    }
+
+    /// Forget the current record's output (it was reported or is the header).
+    fn discard_current_record(&mut self) {
+        self.ends_len = self.rec_ends_start();
+        self.data_len = self
+            .recs
+            .last()
+            .map_or(0, |r| r.data_start + self.record_data_len(r));
+    }
+
+    /// Before recovering from a completed-but-broken record, `recover_first_line` works from
+    /// `rec_start`, which is still the start of that record; nothing else to undo.
+    fn rec_start_reset_for_recovery(&mut self) {
+        self.skip_header = false;
+    }
+
+    /// Turn the buffered records into a batch, moving rows that fail to type into `bad`.
+    fn flush_batch(&mut self) {
+        let mut decoded = Decoded {
+            batch: None,
+            bad: std::mem::take(&mut self.bad),
+        };
+        if !self.recs.is_empty() {
+            let (batch, bad) = self.build_batch();
+            decoded.batch = batch;
+            decoded.bad.extend(bad);
+        }
+        decoded.bad.sort_by_key(|b| b.offset);
+        if decoded.batch.is_some() || !decoded.bad.is_empty() {
+            self.out.push_back(decoded);
+        }
+        // Drop consumed input and the batch's buffers.
+        let keep_from = self.rec_start;
+        self.pending.drain(..keep_from);
+        self.pending_base += keep_from as u64;
+        self.pos -= keep_from;
+        self.rec_start = 0;
+        self.recs.clear();
+        self.data_len = 0;
+        self.ends_len = 0;
+    }
+
+    fn build_batch(&mut self) -> (Option<RecordBatch>, Vec<BadRow>) {
+        let n = self.recs.len();
+        let ncols = self.ncols();
+        let mut reasons: Vec<Option<String>> = vec![None; n];
+        // Fields split valid UTF-8 only at ASCII bytes, so when the raw text is valid every field
+        // is; otherwise find the records at fault.
+        let data = &self.data[..self.data_len];
+        let (first, last) = (self.recs[0].raw_start, self.recs[n - 1].raw_end);
+        let raw_ok = std::str::from_utf8(&self.pending[first..last]).is_ok();
+        let whole = if raw_ok {
+            std::str::from_utf8(data).ok()
+        } else {
+            None
+        };
+        let fields = Fields {
+            data,
+            whole,
+            ends: &self.ends,
+            recs: &self.recs,
+        };
+        if whole.is_none() {
+            for (i, rec) in self.recs.iter().enumerate() {
+                let raw = &self.pending[rec.raw_start..rec.raw_end];
+                if let Err(e) = std::str::from_utf8(raw) {
+                    reasons[i] = Some(format!(
+                        "invalid UTF-8 at byte {} of the record",
+                        e.valid_up_to()
+                    ));
+                }
+            }
+        }
+        let mut columns = Vec::with_capacity(self.projection.len());
+        let mut all = Vec::with_capacity(ncols);
+        for (j, field) in self.schema.fields().iter().enumerate() {
+            let col = build_column(&fields, j, field, &self.dialect, &mut reasons);
+            all.push(col);
+        }
+        for &j in &self.projection {
+            columns.push(Arc::clone(&all[j]));
+        }
+        let bad_count = reasons.iter().filter(|r| r.is_some()).count();
+        let mut bad = Vec::with_capacity(bad_count);
+        let keep = if bad_count > 0 {
+            for (i, reason) in reasons.iter().enumerate() {
+                if let Some(reason) = reason {
+                    let rec = &self.recs[i];
+                    bad.push(BadRow {
+                        offset: self.pending_base + rec.raw_start as u64,
+                        line: rec.line,
+                        raw: trim_terminator(&self.pending[rec.raw_start..rec.raw_end]).to_vec(),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            let mask = BooleanArray::from(reasons.iter().map(|r| r.is_none()).collect::<Vec<_>>());
+            let mut kept = Vec::with_capacity(columns.len());
+            for c in &columns {
+                match filter(c, &mask) {
+                    Ok(c) => kept.push(c),
+                    Err(e) => {
+                        return (
+                            None,
+                            internal_bad(&self.recs, &self.pending, self.pending_base, &e),
+                        );
+                    }
+                }
+            }
+            columns = kept;
+            n - bad_count
+        } else {
+            n
+        };
+        if keep == 0 {
+            return (None, bad);
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(keep));
+        match RecordBatch::try_new_with_options(Arc::clone(&self.out_schema), columns, &options) {
+            Ok(batch) => (Some(batch), bad),
+            Err(e) => (
+                None,
+                internal_bad(&self.recs, &self.pending, self.pending_base, &e),
+            ),
+        }
+    }
+}
+
+/// Should a batch fail to assemble (a type this decoder mis-built), report every row rather
+/// than lose them.
+fn internal_bad(recs: &[Rec], pending: &[u8], base: u64, e: &ArrowError) -> Vec<BadRow> {
+    recs.iter()
+        .map(|rec| BadRow {
+            offset: base + rec.raw_start as u64,
+            line: rec.line,
+            raw: trim_terminator(&pending[rec.raw_start..rec.raw_end]).to_vec(),
+            reason: format!("cannot build batch: {e}"),
+        })
+        .collect()
+}
+
+/// The fields of the buffered records.
+struct Fields<'a> {
+    data: &'a [u8],
+    whole: Option<&'a str>,
+    ends: &'a [usize],
+    recs: &'a [Rec],
+}
+
+impl<'a> Fields<'a> {
+    fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    fn range(&self, i: usize, j: usize) -> (usize, usize) {
+        let rec = &self.recs[i];
+        let start = if j == 0 {
+            0
+        } else {
+            self.ends[rec.ends_start + j - 1]
+        };
+        let end = self.ends[rec.ends_start + j];
+        (rec.data_start + start, rec.data_start + end)
+    }
+
+    fn bytes(&self, i: usize, j: usize) -> &'a [u8] {
+        let (a, b) = self.range(i, j);
+        &self.data[a..b]
+    }
+
+    /// Field text; `None` for invalid UTF-8.
+    fn get(&self, i: usize, j: usize) -> Option<&'a str> {
+        let (a, b) = self.range(i, j);
+        match self.whole {
+            Some(text) => text.get(a..b),
+            None => std::str::from_utf8(&self.data[a..b]).ok(),
+        }
+    }
+}
+
+/// Build column `j`, recording a reason for every row whose value does not fit.
+fn build_column(
+    fields: &Fields<'_>,
+    j: usize,
+    field: &Field,
+    dialect: &CsvDialect,
+    reasons: &mut [Option<String>],
+) -> ArrayRef {
+    let n = fields.len();
+    let name = field.name();
+    // The text of each usable row's value, or None for NULL / rows already bad.
+    let value = |i: usize, reasons: &[Option<String>]| -> Option<&str> {
+        if reasons[i].is_some() {
+            return None;
+        }
+        fields.get(i, j).filter(|s| !dialect.is_null(s))
+    };
+    macro_rules! primitive {
+        ($t:ty) => {{
+            let mut out: Vec<Option<<$t as ArrowPrimitiveType>::Native>> = Vec::with_capacity(n);
+            for i in 0..n {
+                let v = match value(i, reasons) {
+                    None => None,
+                    Some(s) => match <$t as Parser>::parse(s) {
+                        Some(v) => Some(v),
+                        None => {
+                            reasons[i] = Some(format!(
+                                "column {name}: cannot parse '{}' as {}",
+                                clip(s),
+                                field.data_type()
+                            ));
+                            None
+                        }
+                    },
+                };
+                out.push(v);
+            }
+            Arc::new(PrimitiveArray::<$t>::from(out)) as ArrayRef
+        }};
+    }
+    macro_rules! decimal {
+        ($t:ty, $p:expr, $s:expr) => {{
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                let v = match value(i, reasons) {
+                    None => None,
+                    Some(s) => match parse_decimal::<$t>(s, $p, $s) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            reasons[i] = Some(format!(
+                                "column {name}: cannot parse '{}' as {}: {e}",
+                                clip(s),
+                                field.data_type()
+                            ));
+                            None
+                        }
+                    },
+                };
+                out.push(v);
+            }
+            match PrimitiveArray::<$t>::from(out).with_precision_and_scale($p, $s) {
+                Ok(a) => Arc::new(a) as ArrayRef,
+                Err(e) => fallback_error(n, field, reasons, &e),
+            }
+        }};
+    }
+    macro_rules! timestamp {
+        ($t:ty, $tz:expr) => {{
+            let tz = $tz;
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                let v = match value(i, reasons) {
+                    None => None,
+                    Some(s) => match parse_timestamp::<$t>(s, tz.as_deref()) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            reasons[i] = Some(format!(
+                                "column {name}: cannot parse '{}' as {}: {e}",
+                                clip(s),
+                                field.data_type()
+                            ));
+                            None
+                        }
+                    },
+                };
+                out.push(v);
+            }
+            Arc::new(PrimitiveArray::<$t>::from(out).with_timezone_opt(tz.clone())) as ArrayRef
+        }};
+    }
+    let array: ArrayRef = match field.data_type() {
+        DataType::Utf8 => Arc::new((0..n).map(|i| value(i, reasons)).collect::<StringArray>()),
+        DataType::LargeUtf8 => Arc::new(
+            (0..n)
+                .map(|i| value(i, reasons))
+                .collect::<LargeStringArray>(),
+        ),
+        DataType::Utf8View => Arc::new(
+            (0..n)
+                .map(|i| value(i, reasons))
+                .collect::<StringViewArray>(),
+        ),
+        DataType::Binary => Arc::new(
+            (0..n)
+                .map(|i| value(i, reasons).map(|_| fields.bytes(i, j)))
+                .collect::<BinaryArray>(),
+        ),
+        DataType::Boolean => {
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                let v = match value(i, reasons) {
+                    None => None,
+                    Some(s) if s.eq_ignore_ascii_case("true") => Some(true),
+                    Some(s) if s.eq_ignore_ascii_case("false") => Some(false),
+                    Some(s) => {
+                        reasons[i] = Some(format!(
+                            "column {name}: cannot parse '{}' as Boolean",
+                            clip(s)
+                        ));
+                        None
+                    }
+                };
+                out.push(v);
+            }
+            Arc::new(BooleanArray::from(out))
+        }
+        DataType::Int8 => primitive!(Int8Type),
+        DataType::Int16 => primitive!(Int16Type),
+        DataType::Int32 => primitive!(Int32Type),
+        DataType::Int64 => primitive!(Int64Type),
+        DataType::UInt8 => primitive!(UInt8Type),
+        DataType::UInt16 => primitive!(UInt16Type),
+        DataType::UInt32 => primitive!(UInt32Type),
+        DataType::UInt64 => primitive!(UInt64Type),
+        DataType::Float16 => primitive!(Float16Type),
+        DataType::Float32 => primitive!(Float32Type),
+        DataType::Float64 => primitive!(Float64Type),
+        DataType::Date32 => primitive!(Date32Type),
+        DataType::Date64 => primitive!(Date64Type),
+        DataType::Time32(TimeUnit::Second) => primitive!(Time32SecondType),
+        DataType::Time32(TimeUnit::Millisecond) => primitive!(Time32MillisecondType),
+        DataType::Time64(TimeUnit::Microsecond) => primitive!(Time64MicrosecondType),
+        DataType::Time64(TimeUnit::Nanosecond) => primitive!(Time64NanosecondType),
+        DataType::Decimal32(p, s) => decimal!(Decimal32Type, *p, *s),
+        DataType::Decimal64(p, s) => decimal!(Decimal64Type, *p, *s),
+        DataType::Decimal128(p, s) => decimal!(Decimal128Type, *p, *s),
+        DataType::Decimal256(p, s) => decimal!(Decimal256Type, *p, *s),
+        DataType::Timestamp(TimeUnit::Second, tz) => timestamp!(TimestampSecondType, tz),
+        DataType::Timestamp(TimeUnit::Millisecond, tz) => timestamp!(TimestampMillisecondType, tz),
+        DataType::Timestamp(TimeUnit::Microsecond, tz) => timestamp!(TimestampMicrosecondType, tz),
+        DataType::Timestamp(TimeUnit::Nanosecond, tz) => timestamp!(TimestampNanosecondType, tz),
+        DataType::Null => new_null_array(&DataType::Null, n),
+        other => {
+            // Anything else (dictionaries, intervals, ...): text, then arrow's cast; a value
+            // the cast turns into NULL is a bad value.
+            let text: StringArray = (0..n).map(|i| value(i, reasons)).collect();
+            match cast_with_options(
+                &text,
+                other,
+                &CastOptions {
+                    safe: true,
+                    ..Default::default()
+                },
+            ) {
+                Ok(cast) => {
+                    for (i, reason) in reasons.iter_mut().enumerate() {
+                        if cast.is_null(i) && text.is_valid(i) {
+                            *reason = Some(format!(
+                                "column {name}: cannot parse '{}' as {other}",
+                                clip(text.value(i))
+                            ));
+                        }
+                    }
+                    cast
+                }
+                Err(e) => fallback_error(n, field, reasons, &e),
+            }
+        }
+    };
+    if !field.is_nullable() {
+        for (i, reason) in reasons.iter_mut().enumerate() {
+            if reason.is_none() && array.is_null(i) {
+                *reason = Some(format!("column {name} is NOT NULL but the value is empty"));
+            }
+        }
+    }
+    array
+}
+
+/// The column cannot be built at all: every row is bad with the same reason.
+fn fallback_error(
+    n: usize,
+    field: &Field,
+    reasons: &mut [Option<String>],
+    e: &ArrowError,
+) -> ArrayRef {
+    for r in reasons.iter_mut().filter(|r| r.is_none()) {
+        *r = Some(format!("column {}: {e}", field.name()));
+    }
+    new_null_array(field.data_type(), n)
+}
+
+fn parse_timestamp<T: ArrowTimestampType>(s: &str, tz: Option<&str>) -> Result<i64, ArrowError> {
+    let date = match tz {
+        Some(tz) => {
+            let tz: arrow::array::timezone::Tz = tz.parse()?;
+            string_to_datetime(&tz, s)?.with_timezone(&Utc)
+        }
+        None => string_to_datetime(&Utc, s)?,
+    };
+    match T::UNIT {
+        TimeUnit::Second => Ok(date.timestamp()),
+        TimeUnit::Millisecond => Ok(date.timestamp_millis()),
+        TimeUnit::Microsecond => Ok(date.timestamp_micros()),
+        TimeUnit::Nanosecond => date
+            .timestamp_nanos_opt()
+            .ok_or_else(|| ArrowError::ParseError("out of range for nanoseconds".into())),
+    }
+}
+
+/// A value quoted in a reason, cut to a readable length.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(80).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+fn trim_terminator(raw: &[u8]) -> &[u8] {
+    let mut end = raw.len();
+    while end > 0 && (raw[end - 1] == b'\n' || raw[end - 1] == b'\r') {
+        end -= 1;
+    }
+    &raw[..end]
+}
+
+/// Whether every quote opened in `body` is closed (doubled quotes count twice; an escaped quote
+/// does not count).
+fn quotes_balanced(body: &[u8], quote: u8, escape: Option<u8>) -> bool {
+    let mut count = 0usize;
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if Some(b) == escape && escape != Some(quote) {
+            i += 2;
+            continue;
+        }
+        if b == quote {
+            count += 1;
+        }
+        i += 1;
+    }
+    count.is_multiple_of(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("amount", DataType::Decimal128(10, 2), true),
+        ]))
+    }
+
+    fn decode(
+        text: &[u8],
+        dialect: CsvDialect,
+        chunk: usize,
+        batch: usize,
+    ) -> (Vec<i64>, Vec<BadRow>) {
+        let mut d = CsvDecoder::new(Arc::new(dialect), schema(), vec![0, 1], batch, true).unwrap();
+        let mut ids = Vec::new();
+        let mut bad = Vec::new();
+        let mut drain = |d: &mut CsvDecoder| {
+            while let Some(o) = d.next_output() {
+                if let Some(b) = o.batch {
+                    assert_eq!(b.num_columns(), 2);
+                    ids.extend(
+                        b.column(0)
+                            .as_primitive::<Int64Type>()
+                            .values()
+                            .iter()
+                            .copied(),
+                    );
+                }
+                bad.extend(o.bad);
+            }
+        };
+        for c in text.chunks(chunk) {
+            d.push(c);
+            drain(&mut d);
+        }
+        d.finish();
+        drain(&mut d);
+        (ids, bad)
+    }
+
+    const MIXED: &[u8] = b"id,name,day,amount\n\
+1,a,2024-01-01,1.50\n\
+2,b,2024-01-02\n\
+3,c,2024-01-03,abc\n\
+4,d,2024-13-45,2.00\n\
+5,\"e, quoted\",2024-01-05,3.00\n\
+6,\xff\xfe,2024-01-06,4.00\n\
+\n\
+7,\"broken,2024-01-07,5.00\n\
+8,h,2024-01-08,6.00\n\
+,i,2024-01-09,7.00\n\
+9,\"x\"\"y\",2024-01-10,8.00\n\
+10,j,2024-01-11,9.00,extra\n\
+11,\"tail";
+
+    #[test]
+    fn every_kind_of_bad_record_is_isolated() {
+        for chunk in [1, 2, 5, 17, 4096] {
+            for batch in [1, 3, 8192] {
+                let (ids, bad) = decode(MIXED, CsvDialect::default(), chunk, batch);
+                assert_eq!(
+                    ids,
+                    vec![1, 5, 8, 9],
+                    "chunk {chunk} batch {batch}: {bad:?}"
+                );
+                let lines: Vec<u64> = bad.iter().map(|b| b.line).collect();
+                assert_eq!(
+                    lines,
+                    vec![3, 4, 5, 7, 9, 11, 13, 14],
+                    "chunk {chunk} batch {batch}: {bad:?}"
+                );
+                let reasons: Vec<&str> = bad.iter().map(|b| b.reason.as_str()).collect();
+                assert!(
+                    reasons[0].contains("expected 4 fields, found 3"),
+                    "{reasons:?}"
+                );
+                assert!(reasons[1].contains("cannot parse 'abc'"), "{reasons:?}");
+                assert!(
+                    reasons[2].contains("cannot parse '2024-13-45' as Date32"),
+                    "{reasons:?}"
+                );
+                assert!(reasons[3].contains("UTF-8"), "{reasons:?}");
+                assert!(reasons[4].contains("quote"), "{reasons:?}");
+                assert!(reasons[5].contains("NOT NULL"), "{reasons:?}");
+                assert!(
+                    reasons[6].contains("expected 4 fields, found 5"),
+                    "{reasons:?}"
+                );
+                assert!(reasons[7].contains("unterminated"), "{reasons:?}");
+                assert_eq!(bad[4].raw, b"7,\"broken,2024-01-07,5.00");
+                assert_eq!(bad[7].raw, b"11,\"tail");
+                // Offsets point at the record's first byte.
+                for b in &bad {
+                    let at = b.offset as usize;
+                    assert_eq!(&MIXED[at..at + b.raw.len()], &b.raw[..]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quoted_newlines_are_values_when_allowed() {
+        let text = b"id,name,day,amount\n1,\"two\nlines\",2024-01-01,1\n2,b,2024-01-02,2\n";
+        let (ids, bad) = decode(text, CsvDialect::default(), 3, 10);
+        assert_eq!(ids, vec![2]);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert_eq!(bad[0].line, 2);
+        let allowing = CsvDialect {
+            newlines_in_values: true,
+            ..Default::default()
+        };
+        let (ids, bad) = decode(text, allowing, 3, 10);
+        assert_eq!(ids, vec![1, 2]);
+        assert!(bad.is_empty(), "{bad:?}");
+    }
+
+    #[test]
+    fn a_runaway_quote_does_not_swallow_the_file() {
+        let mut text = b"id,name,day,amount\n1,\"oops,2024-01-01,1\n".to_vec();
+        for i in 2..2000 {
+            text.extend_from_slice(format!("{i},n,2024-01-01,1\n").as_bytes());
+        }
+        let (ids, bad) = decode(&text, CsvDialect::default(), 64, 100);
+        assert_eq!(ids.len(), 1998);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].line, 2);
+    }
+
+    #[test]
+    fn clean_data_matches_arrow_csv() {
+        let mut text = b"id,name,day,amount\n".to_vec();
+        for i in 0..1000 {
+            text.extend_from_slice(
+                format!("{i},name {i},2024-02-{:02},{i}.25\n", i % 28 + 1).as_bytes(),
+            );
+        }
+        let mut d = CsvDecoder::new(
+            Arc::new(CsvDialect::default()),
+            schema(),
+            vec![0, 1, 2, 3],
+            300,
+            true,
+        )
+        .unwrap();
+        d.push(&text);
+        d.finish();
+        let mut ours = Vec::new();
+        while let Some(o) = d.next_output() {
+            assert!(o.bad.is_empty());
+            ours.extend(o.batch);
+        }
+        let theirs: Vec<RecordBatch> = arrow_csv::ReaderBuilder::new(schema())
+            .with_header(true)
+            .with_batch_size(300)
+            .build(std::io::Cursor::new(text))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ours, theirs);
+    }
+}

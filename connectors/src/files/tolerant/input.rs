@@ -1,0 +1,317 @@
+//! Bytes in for the tolerant readers: a file or a line-aligned byte range of it (the same
+//! alignment rule as DataFusion's CSV/JSON scans), decompressed, with the absolute offset of the
+//! first byte handed out so bad records can name where they are.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::error::{DataFusionError, Result};
+use engine::bad_records::{BadRecord, BadRecordPolicy};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectMeta, ObjectStore, ObjectStoreExt,
+};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::physical_plan::metrics::Count;
+use futures::stream::BoxStream as Stream;
+
+/// A record that could not be decoded. `offset` and `line` are relative to the decoded stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    pub offset: u64,
+    /// 1-based line in the stream.
+    pub line: u64,
+    pub raw: Vec<u8>,
+    pub reason: String,
+}
+
+/// What a decoder yields: a batch of good rows (if any) and the bad rows found with it.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub batch: Option<RecordBatch>,
+    pub bad: Vec<BadRow>,
+}
+
+/// A push-based tolerant decoder (CSV, JSON).
+pub trait RecordDecoder: Send {
+    /// Feed the next bytes of the stream.
+    fn push(&mut self, bytes: &[u8]);
+    /// The stream ended.
+    fn finish(&mut self);
+    /// The next output, once available.
+    fn next_output(&mut self) -> Option<Decoded>;
+}
+
+const CHUNK: usize = 1024 * 1024;
+
+/// Where a scan reads from.
+#[derive(Clone)]
+pub struct ScanTarget {
+    pub store: Arc<dyn ObjectStore>,
+    /// The object store URL (`file:///`, `s3://bucket/`).
+    pub url: String,
+    pub compression: FileCompressionType,
+    /// Line terminator used to align byte ranges.
+    pub terminator: u8,
+}
+
+impl ScanTarget {
+    /// How a file is named in errors and dead letters: a plain path for local files.
+    pub fn display_name(&self, meta: &ObjectMeta) -> String {
+        if self.url.starts_with("file://") {
+            format!("/{}", meta.location)
+        } else {
+            format!("{}/{}", self.url.trim_end_matches('/'), meta.location)
+        }
+    }
+}
+
+enum Source {
+    Read(Box<dyn Read + Send>),
+    Stream(BoxStream<'static, Result<Bytes>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Skipping the partial line before the range start.
+    Skip,
+    /// Passing bytes through; `end` (if any) is the range end.
+    Pass,
+    /// Past the range end: pass bytes up to and including the next terminator.
+    Tail,
+    Done,
+}
+
+/// A file's bytes, or a line-aligned byte range of them.
+pub struct ByteInput {
+    source: Source,
+    store: Arc<dyn ObjectStore>,
+    location: Path,
+    terminator: u8,
+    phase: Phase,
+    /// Absolute position of the next byte from `source`.
+    pos: u64,
+    /// Range end (`None`: read to the end of the file).
+    end: Option<u64>,
+    /// Absolute offset of the first byte handed out.
+    base: u64,
+    prefix_lines: Option<u64>,
+}
+
+impl ByteInput {
+    /// Open `meta`, whole or the byte range `(start, end)` (uncompressed files only).
+    pub async fn open(
+        target: &ScanTarget,
+        meta: &ObjectMeta,
+        range: Option<(u64, u64)>,
+    ) -> Result<Self> {
+        let size = meta.size;
+        let (fetch_start, phase, end) = match range {
+            None => (0, Phase::Pass, None),
+            Some((start, end)) => {
+                if target.compression.is_compressed() {
+                    return Err(DataFusionError::Internal(
+                        "byte ranges of compressed files cannot be read".into(),
+                    ));
+                }
+                let end = (end < size).then_some(end);
+                if start == 0 {
+                    (0, Phase::Pass, end)
+                } else {
+                    (start - 1, Phase::Skip, end)
+                }
+            }
+        };
+        let opts = GetOptions {
+            range: (fetch_start > 0).then_some(GetRange::Offset(fetch_start)),
+            ..Default::default()
+        };
+        let result = target.store.get_opts(&meta.location, opts).await?;
+        let source = match result.payload {
+            GetResultPayload::File(mut file, _) => {
+                file.seek(SeekFrom::Start(fetch_start))
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                Source::Read(target.compression.convert_read(file)?)
+            }
+            GetResultPayload::Stream(s) => {
+                let s = s.map(|r| r.map_err(DataFusionError::from)).boxed();
+                Source::Stream(target.compression.convert_stream(s)?)
+            }
+        };
+        Ok(Self {
+            source,
+            store: Arc::clone(&target.store),
+            location: meta.location.clone(),
+            terminator: target.terminator,
+            phase,
+            pos: fetch_start,
+            end,
+            base: fetch_start,
+            prefix_lines: (fetch_start == 0).then_some(0),
+        })
+    }
+
+    async fn raw_chunk(&mut self) -> Result<Option<Bytes>> {
+        match &mut self.source {
+            // Local files are read in place, as DataFusion's own CSV scan does.
+            Source::Read(r) => {
+                let mut buf = vec![0u8; CHUNK];
+                let mut filled = 0;
+                while filled < CHUNK {
+                    let n = r
+                        .read(&mut buf[filled..])
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                buf.truncate(filled);
+                Ok((filled > 0).then(|| Bytes::from(buf)))
+            }
+            Source::Stream(s) => s.next().await.transpose(),
+        }
+    }
+
+    /// The next bytes of the (aligned) input; `None` at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            if self.phase == Phase::Done {
+                return Ok(None);
+            }
+            let Some(chunk) = self.raw_chunk().await? else {
+                self.phase = Phase::Done;
+                return Ok(None);
+            };
+            let chunk_start = self.pos;
+            self.pos += chunk.len() as u64;
+            let mut from = 0usize;
+            if self.phase == Phase::Skip {
+                match memchr::memchr(self.terminator, &chunk) {
+                    None => continue,
+                    Some(i) => {
+                        from = i + 1;
+                        self.base = chunk_start + from as u64;
+                        self.phase = Phase::Pass;
+                    }
+                }
+            }
+            let slice = chunk.slice(from..);
+            let slice_start = chunk_start + from as u64;
+            let search_from = match (self.phase, self.end) {
+                (Phase::Pass, None) => return Ok(Some(slice)),
+                (Phase::Pass, Some(end)) => {
+                    // The last line is the one holding byte `end - 1`.
+                    let last = end.saturating_sub(1);
+                    if slice_start + (slice.len() as u64) <= last {
+                        return Ok(Some(slice));
+                    }
+                    usize::try_from(last.saturating_sub(slice_start)).unwrap_or(usize::MAX)
+                }
+                _ => 0,
+            };
+            match memchr::memchr(self.terminator, &slice[search_from.min(slice.len())..]) {
+                Some(i) => {
+                    self.phase = Phase::Done;
+                    return Ok(Some(slice.slice(..search_from + i + 1)));
+                }
+                None => {
+                    self.phase = Phase::Tail;
+                    if !slice.is_empty() {
+                        return Ok(Some(slice));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Absolute offset of the first byte handed out.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Newlines before [`Self::base`], counted once and only when a bad record needs a line.
+    pub async fn lines_before_base(&mut self) -> Result<u64> {
+        if let Some(n) = self.prefix_lines {
+            return Ok(n);
+        }
+        let mut count = 0u64;
+        let mut at = 0u64;
+        while at < self.base {
+            let to = (at + 8 * CHUNK as u64).min(self.base);
+            let bytes = self.store.get_range(&self.location, at..to).await?;
+            count += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+            at = to;
+        }
+        self.prefix_lines = Some(count);
+        Ok(count)
+    }
+}
+
+/// Turn a decoder's bad rows into located [`BadRecord`]s and apply the table's policy.
+async fn report_bad_rows(
+    policy: &BadRecordPolicy,
+    name: &Arc<str>,
+    input: &mut ByteInput,
+    rows: Vec<BadRow>,
+) -> Result<()> {
+    let lines = input.lines_before_base().await?;
+    let base = input.base();
+    let records = rows
+        .into_iter()
+        .map(|r| BadRecord {
+            file: Arc::clone(name),
+            line: Some(lines + r.line),
+            offset: base + r.offset,
+            raw: String::from_utf8_lossy(&r.raw).into_owned(),
+            reason: r.reason,
+        })
+        .collect();
+    policy.handle(records).await
+}
+
+/// Feed `input` through `decoder`, yielding good batches and reporting bad rows to `policy`.
+pub fn decode_stream(
+    input: ByteInput,
+    decoder: Box<dyn RecordDecoder>,
+    policy: Arc<BadRecordPolicy>,
+    name: Arc<str>,
+    bad_records: Count,
+) -> Stream<'static, Result<RecordBatch>> {
+    let state = (input, decoder, false);
+    futures::stream::try_unfold(state, move |(mut input, mut decoder, mut eof)| {
+        let policy = Arc::clone(&policy);
+        let name = Arc::clone(&name);
+        let bad_records = bad_records.clone();
+        async move {
+            loop {
+                if let Some(out) = decoder.next_output() {
+                    if !out.bad.is_empty() {
+                        bad_records.add(out.bad.len());
+                        report_bad_rows(&policy, &name, &mut input, out.bad).await?;
+                    }
+                    if let Some(batch) = out.batch {
+                        return Ok(Some((batch, (input, decoder, eof))));
+                    }
+                    continue;
+                }
+                if eof {
+                    return Ok(None);
+                }
+                match input.next_chunk().await? {
+                    Some(chunk) => decoder.push(&chunk),
+                    None => {
+                        decoder.finish();
+                        eof = true;
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
