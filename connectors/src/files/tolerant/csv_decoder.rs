@@ -14,18 +14,14 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, LargeStringArray, PrimitiveArray, RecordBatch,
-    RecordBatchOptions, StringArray, StringViewArray, new_null_array,
-};
-use arrow::compute::{CastOptions, cast_with_options, filter};
-use arrow::datatypes::*;
+use arrow::array::{BooleanArray, RecordBatch, RecordBatchOptions};
+use arrow::compute::filter;
+use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
-use arrow_cast::parse::{Parser, parse_decimal, string_to_datetime};
-use chrono::Utc;
 use csv_core::{ReadRecordResult, Reader, ReaderBuilder, Terminator};
 use regex::Regex;
 
+use super::csv_columns::{Fields, build_column};
 use super::input::{BadRow, Decoded, RecordDecoder};
 
 /// A record longer than this (quoted newlines allowed) is taken as broken quoting.
@@ -41,6 +37,8 @@ pub struct CsvDialect {
     pub comment: Option<u8>,
     pub double_quote: bool,
     pub newlines_in_values: bool,
+    /// Records with fewer fields than columns get NULLs for the missing ones.
+    pub truncated_rows: bool,
     /// Values matching this are NULL; without it, the empty string is.
     pub null_regex: Option<Regex>,
 }
@@ -55,6 +53,7 @@ impl Default for CsvDialect {
             comment: None,
             double_quote: true,
             newlines_in_values: false,
+            truncated_rows: false,
             null_regex: None,
         }
     }
@@ -74,7 +73,7 @@ impl CsvDialect {
         b.build()
     }
 
-    fn is_null(&self, s: &str) -> bool {
+    pub(super) fn is_null(&self, s: &str) -> bool {
         match &self.null_regex {
             Some(r) => r.is_match(s),
             None => s.is_empty(),
@@ -89,13 +88,14 @@ impl CsvDialect {
     }
 }
 
+/// One buffered record: its raw bytes in `pending`, line, and where its fields are.
 #[derive(Debug, Clone, Copy)]
-struct Rec {
+pub(super) struct Rec {
     raw_start: usize,
     raw_end: usize,
     line: u64,
-    data_start: usize,
-    ends_start: usize,
+    pub(super) data_start: usize,
+    pub(super) ends_start: usize,
 }
 
 /// Decodes a byte stream of CSV into batches of `schema`'s projected columns plus bad rows.
@@ -350,7 +350,7 @@ impl CsvDecoder {
         if has_quote {
             let body = trim_terminator(&self.pending[raw_start..raw_end]);
             let multiline = body.iter().any(|&b| self.dialect.is_terminator(b));
-            if !quotes_balanced(body, self.dialect.quote, self.dialect.escape) {
+            if quote_left_open(body, &self.dialect) {
                 problem = Some(("unterminated quoted field", multiline));
             } else if multiline && !self.dialect.newlines_in_values {
                 problem = Some((
@@ -359,6 +359,17 @@ impl CsvDecoder {
                 ));
             }
         }
+        if problem.is_none() && fields < self.ncols() && fields > 0 && self.dialect.truncated_rows {
+            // Pad with empty fields (NULL) so the record has every column.
+            let last = self.ends[self.ends_len - 1];
+            let missing = self.ncols() - fields;
+            if self.ends.len() < self.ends_len + missing {
+                self.ends.resize(self.ends_len + missing, 0);
+            }
+            self.ends[self.ends_len..self.ends_len + missing].fill(last);
+            self.ends_len += missing;
+        }
+        let fields = self.ends_len - self.rec_ends_start();
         if problem.is_none() && fields != self.ncols() {
             let reason = format!("expected {} fields, found {fields}", self.ncols());
             if has_quote
@@ -561,274 +572,6 @@ fn internal_bad(recs: &[Rec], pending: &[u8], base: u64, e: &ArrowError) -> Vec<
         .collect()
 }
 
-/// The fields of the buffered records.
-struct Fields<'a> {
-    data: &'a [u8],
-    whole: Option<&'a str>,
-    ends: &'a [usize],
-    recs: &'a [Rec],
-}
-
-impl<'a> Fields<'a> {
-    fn len(&self) -> usize {
-        self.recs.len()
-    }
-
-    fn range(&self, i: usize, j: usize) -> (usize, usize) {
-        let rec = &self.recs[i];
-        let start = if j == 0 {
-            0
-        } else {
-            self.ends[rec.ends_start + j - 1]
-        };
-        let end = self.ends[rec.ends_start + j];
-        (rec.data_start + start, rec.data_start + end)
-    }
-
-    fn bytes(&self, i: usize, j: usize) -> &'a [u8] {
-        let (a, b) = self.range(i, j);
-        &self.data[a..b]
-    }
-
-    /// Field text; `None` for invalid UTF-8.
-    fn get(&self, i: usize, j: usize) -> Option<&'a str> {
-        let (a, b) = self.range(i, j);
-        match self.whole {
-            Some(text) => text.get(a..b),
-            None => std::str::from_utf8(&self.data[a..b]).ok(),
-        }
-    }
-}
-
-/// Build column `j`, recording a reason for every row whose value does not fit.
-fn build_column(
-    fields: &Fields<'_>,
-    j: usize,
-    field: &Field,
-    dialect: &CsvDialect,
-    reasons: &mut [Option<String>],
-) -> ArrayRef {
-    let n = fields.len();
-    let name = field.name();
-    // The text of each usable row's value, or None for NULL / rows already bad.
-    let value = |i: usize, reasons: &[Option<String>]| -> Option<&str> {
-        if reasons[i].is_some() {
-            return None;
-        }
-        fields.get(i, j).filter(|s| !dialect.is_null(s))
-    };
-    macro_rules! primitive {
-        ($t:ty) => {{
-            let mut out: Vec<Option<<$t as ArrowPrimitiveType>::Native>> = Vec::with_capacity(n);
-            for i in 0..n {
-                let v = match value(i, reasons) {
-                    None => None,
-                    Some(s) => match <$t as Parser>::parse(s) {
-                        Some(v) => Some(v),
-                        None => {
-                            reasons[i] = Some(format!(
-                                "column {name}: cannot parse '{}' as {}",
-                                clip(s),
-                                field.data_type()
-                            ));
-                            None
-                        }
-                    },
-                };
-                out.push(v);
-            }
-            Arc::new(PrimitiveArray::<$t>::from(out)) as ArrayRef
-        }};
-    }
-    macro_rules! decimal {
-        ($t:ty, $p:expr, $s:expr) => {{
-            let mut out = Vec::with_capacity(n);
-            for i in 0..n {
-                let v = match value(i, reasons) {
-                    None => None,
-                    Some(s) => match parse_decimal::<$t>(s, $p, $s) {
-                        Ok(v) => Some(v),
-                        Err(e) => {
-                            reasons[i] = Some(format!(
-                                "column {name}: cannot parse '{}' as {}: {e}",
-                                clip(s),
-                                field.data_type()
-                            ));
-                            None
-                        }
-                    },
-                };
-                out.push(v);
-            }
-            match PrimitiveArray::<$t>::from(out).with_precision_and_scale($p, $s) {
-                Ok(a) => Arc::new(a) as ArrayRef,
-                Err(e) => fallback_error(n, field, reasons, &e),
-            }
-        }};
-    }
-    macro_rules! timestamp {
-        ($t:ty, $tz:expr) => {{
-            let tz = $tz;
-            let mut out = Vec::with_capacity(n);
-            for i in 0..n {
-                let v = match value(i, reasons) {
-                    None => None,
-                    Some(s) => match parse_timestamp::<$t>(s, tz.as_deref()) {
-                        Ok(v) => Some(v),
-                        Err(e) => {
-                            reasons[i] = Some(format!(
-                                "column {name}: cannot parse '{}' as {}: {e}",
-                                clip(s),
-                                field.data_type()
-                            ));
-                            None
-                        }
-                    },
-                };
-                out.push(v);
-            }
-            Arc::new(PrimitiveArray::<$t>::from(out).with_timezone_opt(tz.clone())) as ArrayRef
-        }};
-    }
-    let array: ArrayRef = match field.data_type() {
-        DataType::Utf8 => Arc::new((0..n).map(|i| value(i, reasons)).collect::<StringArray>()),
-        DataType::LargeUtf8 => Arc::new(
-            (0..n)
-                .map(|i| value(i, reasons))
-                .collect::<LargeStringArray>(),
-        ),
-        DataType::Utf8View => Arc::new(
-            (0..n)
-                .map(|i| value(i, reasons))
-                .collect::<StringViewArray>(),
-        ),
-        DataType::Binary => Arc::new(
-            (0..n)
-                .map(|i| value(i, reasons).map(|_| fields.bytes(i, j)))
-                .collect::<BinaryArray>(),
-        ),
-        DataType::Boolean => {
-            let mut out = Vec::with_capacity(n);
-            for i in 0..n {
-                let v = match value(i, reasons) {
-                    None => None,
-                    Some(s) if s.eq_ignore_ascii_case("true") => Some(true),
-                    Some(s) if s.eq_ignore_ascii_case("false") => Some(false),
-                    Some(s) => {
-                        reasons[i] = Some(format!(
-                            "column {name}: cannot parse '{}' as Boolean",
-                            clip(s)
-                        ));
-                        None
-                    }
-                };
-                out.push(v);
-            }
-            Arc::new(BooleanArray::from(out))
-        }
-        DataType::Int8 => primitive!(Int8Type),
-        DataType::Int16 => primitive!(Int16Type),
-        DataType::Int32 => primitive!(Int32Type),
-        DataType::Int64 => primitive!(Int64Type),
-        DataType::UInt8 => primitive!(UInt8Type),
-        DataType::UInt16 => primitive!(UInt16Type),
-        DataType::UInt32 => primitive!(UInt32Type),
-        DataType::UInt64 => primitive!(UInt64Type),
-        DataType::Float16 => primitive!(Float16Type),
-        DataType::Float32 => primitive!(Float32Type),
-        DataType::Float64 => primitive!(Float64Type),
-        DataType::Date32 => primitive!(Date32Type),
-        DataType::Date64 => primitive!(Date64Type),
-        DataType::Time32(TimeUnit::Second) => primitive!(Time32SecondType),
-        DataType::Time32(TimeUnit::Millisecond) => primitive!(Time32MillisecondType),
-        DataType::Time64(TimeUnit::Microsecond) => primitive!(Time64MicrosecondType),
-        DataType::Time64(TimeUnit::Nanosecond) => primitive!(Time64NanosecondType),
-        DataType::Decimal32(p, s) => decimal!(Decimal32Type, *p, *s),
-        DataType::Decimal64(p, s) => decimal!(Decimal64Type, *p, *s),
-        DataType::Decimal128(p, s) => decimal!(Decimal128Type, *p, *s),
-        DataType::Decimal256(p, s) => decimal!(Decimal256Type, *p, *s),
-        DataType::Timestamp(TimeUnit::Second, tz) => timestamp!(TimestampSecondType, tz),
-        DataType::Timestamp(TimeUnit::Millisecond, tz) => timestamp!(TimestampMillisecondType, tz),
-        DataType::Timestamp(TimeUnit::Microsecond, tz) => timestamp!(TimestampMicrosecondType, tz),
-        DataType::Timestamp(TimeUnit::Nanosecond, tz) => timestamp!(TimestampNanosecondType, tz),
-        DataType::Null => new_null_array(&DataType::Null, n),
-        other => {
-            // Anything else (dictionaries, intervals, ...): text, then arrow's cast; a value
-            // the cast turns into NULL is a bad value.
-            let text: StringArray = (0..n).map(|i| value(i, reasons)).collect();
-            match cast_with_options(
-                &text,
-                other,
-                &CastOptions {
-                    safe: true,
-                    ..Default::default()
-                },
-            ) {
-                Ok(cast) => {
-                    for (i, reason) in reasons.iter_mut().enumerate() {
-                        if cast.is_null(i) && text.is_valid(i) {
-                            *reason = Some(format!(
-                                "column {name}: cannot parse '{}' as {other}",
-                                clip(text.value(i))
-                            ));
-                        }
-                    }
-                    cast
-                }
-                Err(e) => fallback_error(n, field, reasons, &e),
-            }
-        }
-    };
-    if !field.is_nullable() {
-        for (i, reason) in reasons.iter_mut().enumerate() {
-            if reason.is_none() && array.is_null(i) {
-                *reason = Some(format!("column {name} is NOT NULL but the value is empty"));
-            }
-        }
-    }
-    array
-}
-
-/// The column cannot be built at all: every row is bad with the same reason.
-fn fallback_error(
-    n: usize,
-    field: &Field,
-    reasons: &mut [Option<String>],
-    e: &ArrowError,
-) -> ArrayRef {
-    for r in reasons.iter_mut().filter(|r| r.is_none()) {
-        *r = Some(format!("column {}: {e}", field.name()));
-    }
-    new_null_array(field.data_type(), n)
-}
-
-fn parse_timestamp<T: ArrowTimestampType>(s: &str, tz: Option<&str>) -> Result<i64, ArrowError> {
-    let date = match tz {
-        Some(tz) => {
-            let tz: arrow::array::timezone::Tz = tz.parse()?;
-            string_to_datetime(&tz, s)?.with_timezone(&Utc)
-        }
-        None => string_to_datetime(&Utc, s)?,
-    };
-    match T::UNIT {
-        TimeUnit::Second => Ok(date.timestamp()),
-        TimeUnit::Millisecond => Ok(date.timestamp_millis()),
-        TimeUnit::Microsecond => Ok(date.timestamp_micros()),
-        TimeUnit::Nanosecond => date
-            .timestamp_nanos_opt()
-            .ok_or_else(|| ArrowError::ParseError("out of range for nanoseconds".into())),
-    }
-}
-
-/// A value quoted in a reason, cut to a readable length.
-fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(80).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
-}
-
 fn trim_terminator(raw: &[u8]) -> &[u8] {
     let mut end = raw.len();
     while end > 0 && (raw[end - 1] == b'\n' || raw[end - 1] == b'\r') {
@@ -837,190 +580,40 @@ fn trim_terminator(raw: &[u8]) -> &[u8] {
     &raw[..end]
 }
 
-/// Whether every quote opened in `body` is closed (doubled quotes count twice; an escaped quote
-/// does not count).
-fn quotes_balanced(body: &[u8], quote: u8, escape: Option<u8>) -> bool {
-    let mut count = 0usize;
+/// Whether a quoted field opened in `body` (one record, terminator trimmed) is left open, by the
+/// same rules as `csv_core`: a quote opens a field only at its start; inside, a doubled quote (or
+/// the escape byte) does not close it; a quote in the middle of an unquoted field is literal.
+fn quote_left_open(body: &[u8], d: &CsvDialect) -> bool {
+    #[derive(PartialEq)]
+    enum S {
+        Start,
+        Unquoted,
+        Quoted,
+        QuoteInQuoted,
+    }
+    let mut state = S::Start;
     let mut i = 0;
     while i < body.len() {
         let b = body[i];
-        if Some(b) == escape && escape != Some(quote) {
-            i += 2;
-            continue;
-        }
-        if b == quote {
-            count += 1;
-        }
+        state = match state {
+            S::Start if b == d.quote => S::Quoted,
+            S::Start | S::Unquoted if b == d.delimiter => S::Start,
+            S::Start | S::Unquoted => S::Unquoted,
+            S::Quoted if d.escape == Some(b) && d.escape != Some(d.quote) => {
+                i += 1;
+                S::Quoted
+            }
+            S::Quoted if b == d.quote => S::QuoteInQuoted,
+            S::Quoted => S::Quoted,
+            S::QuoteInQuoted if b == d.quote && d.double_quote => S::Quoted,
+            S::QuoteInQuoted if b == d.delimiter => S::Start,
+            S::QuoteInQuoted => S::Unquoted,
+        };
         i += 1;
     }
-    count.is_multiple_of(2)
+    state == S::Quoted
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::AsArray;
-
-    fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, false),
-            Field::new("name", DataType::Utf8, true),
-            Field::new("day", DataType::Date32, true),
-            Field::new("amount", DataType::Decimal128(10, 2), true),
-        ]))
-    }
-
-    fn decode(
-        text: &[u8],
-        dialect: CsvDialect,
-        chunk: usize,
-        batch: usize,
-    ) -> (Vec<i64>, Vec<BadRow>) {
-        let mut d = CsvDecoder::new(Arc::new(dialect), schema(), vec![0, 1], batch, true).unwrap();
-        let mut ids = Vec::new();
-        let mut bad = Vec::new();
-        let mut drain = |d: &mut CsvDecoder| {
-            while let Some(o) = d.next_output() {
-                if let Some(b) = o.batch {
-                    assert_eq!(b.num_columns(), 2);
-                    ids.extend(
-                        b.column(0)
-                            .as_primitive::<Int64Type>()
-                            .values()
-                            .iter()
-                            .copied(),
-                    );
-                }
-                bad.extend(o.bad);
-            }
-        };
-        for c in text.chunks(chunk) {
-            d.push(c);
-            drain(&mut d);
-        }
-        d.finish();
-        drain(&mut d);
-        (ids, bad)
-    }
-
-    const MIXED: &[u8] = b"id,name,day,amount\n\
-1,a,2024-01-01,1.50\n\
-2,b,2024-01-02\n\
-3,c,2024-01-03,abc\n\
-4,d,2024-13-45,2.00\n\
-5,\"e, quoted\",2024-01-05,3.00\n\
-6,\xff\xfe,2024-01-06,4.00\n\
-\n\
-7,\"broken,2024-01-07,5.00\n\
-8,h,2024-01-08,6.00\n\
-,i,2024-01-09,7.00\n\
-9,\"x\"\"y\",2024-01-10,8.00\n\
-10,j,2024-01-11,9.00,extra\n\
-11,\"tail";
-
-    #[test]
-    fn every_kind_of_bad_record_is_isolated() {
-        for chunk in [1, 2, 5, 17, 4096] {
-            for batch in [1, 3, 8192] {
-                let (ids, bad) = decode(MIXED, CsvDialect::default(), chunk, batch);
-                assert_eq!(
-                    ids,
-                    vec![1, 5, 8, 9],
-                    "chunk {chunk} batch {batch}: {bad:?}"
-                );
-                let lines: Vec<u64> = bad.iter().map(|b| b.line).collect();
-                assert_eq!(
-                    lines,
-                    vec![3, 4, 5, 7, 9, 11, 13, 14],
-                    "chunk {chunk} batch {batch}: {bad:?}"
-                );
-                let reasons: Vec<&str> = bad.iter().map(|b| b.reason.as_str()).collect();
-                assert!(
-                    reasons[0].contains("expected 4 fields, found 3"),
-                    "{reasons:?}"
-                );
-                assert!(reasons[1].contains("cannot parse 'abc'"), "{reasons:?}");
-                assert!(
-                    reasons[2].contains("cannot parse '2024-13-45' as Date32"),
-                    "{reasons:?}"
-                );
-                assert!(reasons[3].contains("UTF-8"), "{reasons:?}");
-                assert!(reasons[4].contains("quote"), "{reasons:?}");
-                assert!(reasons[5].contains("NOT NULL"), "{reasons:?}");
-                assert!(
-                    reasons[6].contains("expected 4 fields, found 5"),
-                    "{reasons:?}"
-                );
-                assert!(reasons[7].contains("unterminated"), "{reasons:?}");
-                assert_eq!(bad[4].raw, b"7,\"broken,2024-01-07,5.00");
-                assert_eq!(bad[7].raw, b"11,\"tail");
-                // Offsets point at the record's first byte.
-                for b in &bad {
-                    let at = b.offset as usize;
-                    assert_eq!(&MIXED[at..at + b.raw.len()], &b.raw[..]);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn quoted_newlines_are_values_when_allowed() {
-        let text = b"id,name,day,amount\n1,\"two\nlines\",2024-01-01,1\n2,b,2024-01-02,2\n";
-        let (ids, bad) = decode(text, CsvDialect::default(), 3, 10);
-        assert_eq!(ids, vec![2]);
-        assert_eq!(bad.len(), 2, "{bad:?}");
-        assert_eq!(bad[0].line, 2);
-        let allowing = CsvDialect {
-            newlines_in_values: true,
-            ..Default::default()
-        };
-        let (ids, bad) = decode(text, allowing, 3, 10);
-        assert_eq!(ids, vec![1, 2]);
-        assert!(bad.is_empty(), "{bad:?}");
-    }
-
-    #[test]
-    fn a_runaway_quote_does_not_swallow_the_file() {
-        let mut text = b"id,name,day,amount\n1,\"oops,2024-01-01,1\n".to_vec();
-        for i in 2..2000 {
-            text.extend_from_slice(format!("{i},n,2024-01-01,1\n").as_bytes());
-        }
-        let (ids, bad) = decode(&text, CsvDialect::default(), 64, 100);
-        assert_eq!(ids.len(), 1998);
-        assert_eq!(bad.len(), 1);
-        assert_eq!(bad[0].line, 2);
-    }
-
-    #[test]
-    fn clean_data_matches_arrow_csv() {
-        let mut text = b"id,name,day,amount\n".to_vec();
-        for i in 0..1000 {
-            text.extend_from_slice(
-                format!("{i},name {i},2024-02-{:02},{i}.25\n", i % 28 + 1).as_bytes(),
-            );
-        }
-        let mut d = CsvDecoder::new(
-            Arc::new(CsvDialect::default()),
-            schema(),
-            vec![0, 1, 2, 3],
-            300,
-            true,
-        )
-        .unwrap();
-        d.push(&text);
-        d.finish();
-        let mut ours = Vec::new();
-        while let Some(o) = d.next_output() {
-            assert!(o.bad.is_empty());
-            ours.extend(o.batch);
-        }
-        let theirs: Vec<RecordBatch> = arrow_csv::ReaderBuilder::new(schema())
-            .with_header(true)
-            .with_batch_size(300)
-            .build(std::io::Cursor::new(text))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(ours, theirs);
-    }
-}
+#[path = "csv_decoder_tests.rs"]
+mod tests;

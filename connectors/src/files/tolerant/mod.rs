@@ -11,6 +11,7 @@
 //! ([`source`]) and hands bad records to the table's
 //! [`BadRecordPolicy`] (`engine::bad_records`).
 
+mod csv_columns;
 pub mod csv_decoder;
 pub mod input;
 pub mod json_decoder;

@@ -172,6 +172,7 @@ fn dialect(options: &CsvOptions, null_regex: Option<Regex>) -> CsvDialect {
         comment: options.comment,
         double_quote: options.double_quote.unwrap_or(true),
         newlines_in_values: options.newlines_in_values.unwrap_or(false),
+        truncated_rows: options.truncated_rows.unwrap_or(false),
         null_regex,
     }
 }
