@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use datafusion::arrow::record_batch::RecordBatch;
 use engine::Engine;
+use engine::pipeline::incremental::{self, IncrementalRange, IncrementalView};
 use engine::pipeline::runner::rows_affected;
 use engine::pipeline::{DryRun, PipelineStatement, Prepared, Started, StatementClass};
 use futures::{FutureExt, StreamExt};
@@ -39,6 +40,20 @@ pub(crate) struct StatementOptions<'a> {
     /// `--resume`: this statement's write was committed by that earlier run; if it is a write,
     /// plan it (so the session matches) but do not execute it.
     pub(crate) committed_by: Option<&'a str>,
+    /// Watermarks of the pipeline's incremental views (`flowengine run`); without them an
+    /// incremental view shows every row.
+    pub(crate) watermarks: Option<&'a Watermarks>,
+}
+
+/// The watermarks a run starts from, and the ranges its incremental views read.
+#[derive(Debug, Default)]
+pub(crate) struct Watermarks {
+    /// Last committed watermark per view.
+    pub(crate) committed: std::collections::HashMap<String, Option<String>>,
+    /// High marks of the failed run being resumed, per view.
+    pub(crate) resumed: std::collections::HashMap<String, Option<String>>,
+    /// What this run's incremental views read, in order.
+    pub(crate) read: std::sync::Mutex<Vec<(IncrementalView, IncrementalRange)>>,
 }
 
 /// What a statement did, for the run's state record.
@@ -120,6 +135,9 @@ async fn run_inner(
     opts: &StatementOptions<'_>,
     dry_run: Option<&mut DryRun>,
 ) -> Result<Report> {
+    if let Some(view) = incremental::parse(&statement.sql) {
+        return incremental_view(engine, statement, opts, view).await;
+    }
     let mut prepared = engine.prepare(statement).await?;
     if let Some(path) = opts.output {
         if prepared.class != StatementClass::Query {
@@ -225,6 +243,53 @@ async fn drive(
         None => counted,
     };
     Ok((format!("{} rows", group(rows)), rows))
+}
+
+async fn incremental_view(
+    engine: &Engine,
+    statement: &PipelineStatement,
+    opts: &StatementOptions<'_>,
+    view: std::result::Result<IncrementalView, String>,
+) -> Result<Report> {
+    let kind = "CREATE INCREMENTAL VIEW";
+    let fail = |m: String| {
+        anyhow!(
+            "{}: statement {} ({kind}) failed: {m}",
+            statement.location,
+            statement.index
+        )
+    };
+    let view = view.map_err(fail)?;
+    let (after, upto) = match opts.watermarks {
+        Some(w) => (
+            w.committed.get(&view.name).cloned().flatten(),
+            w.resumed.get(&view.name).cloned(),
+        ),
+        None => (None, None),
+    };
+    let range = engine
+        .create_incremental_view(&view, after, upto)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let detail = format!(
+        "{} by {}: after {} up to {}",
+        view.source,
+        view.column,
+        range.after.as_deref().unwrap_or("the start"),
+        range.upto.as_deref().unwrap_or("the start (no rows)")
+    );
+    if let Some(w) = opts.watermarks {
+        w.read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((view, range));
+    }
+    Ok(Report {
+        kind: kind.into(),
+        detail,
+        rows: None,
+        skipped: false,
+    })
 }
 
 fn summary_line(

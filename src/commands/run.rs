@@ -9,10 +9,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use engine::pipeline::Pipeline;
-use engine::state::{self, RunRecord, RunStatus, StateStore, StepRecord, StepStatus};
+use engine::pipeline::incremental::{IncrementalRange, IncrementalView};
+use engine::state::{
+    self, RunRecord, RunStatus, StateStore, StepRecord, StepStatus, WatermarkRecord,
+};
 
 use crate::cli::{GlobalArgs, RunArgs};
-use crate::exec::{Rows, StatementOptions, run_statement};
+use crate::exec::{Rows, StatementOptions, Watermarks, run_statement};
 
 pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
     let (engine, loaded) = super::build_engine(global)?;
@@ -71,7 +74,13 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
     let recorder = Recorder {
         store: store.clone(),
         run_id: run_id.clone(),
+        pipeline: canonical.clone(),
     };
+    let watermarks = match &store {
+        Some(store) => load_watermarks(store.as_ref(), &canonical, resume.as_ref()).await?,
+        None => Watermarks::default(),
+    };
+    let mut recorded_marks = 0;
 
     let total = pipeline.statements.len();
     let mut dry_run = args.dry_run.then(engine::pipeline::DryRun::new);
@@ -88,6 +97,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
             summary: !args.display.quiet,
             total,
             committed_by,
+            watermarks: Some(&watermarks),
         };
         let started = Instant::now();
         // Ctrl-C cancels the running statement: dropping it drops its staged writes, so an
@@ -106,6 +116,16 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
         let elapsed = started.elapsed().as_millis() as u64;
         match result {
             Ok(report) => {
+                // The high marks incremental views read: pending until the run succeeds.
+                let read = watermarks
+                    .read
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                for (view, range) in &read[recorded_marks..] {
+                    recorder.watermark(view, range, false).await;
+                }
+                recorded_marks = read.len();
                 recorder
                     .step(StepRecord {
                         run_id: run_id.clone(),
@@ -155,8 +175,38 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
             }
         }
     }
+    // Every sink committed: the high marks read become the watermarks of the next run.
+    let read = watermarks
+        .read
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if !args.dry_run {
+        for (view, range) in &read {
+            recorder.watermark(view, range, true).await;
+        }
+    }
     recorder.finish(RunStatus::Succeeded, None).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The committed watermark of each incremental view of `pipeline`, and the high marks of the run
+/// being resumed.
+async fn load_watermarks(
+    store: &dyn StateStore,
+    pipeline: &str,
+    resume: Option<&ResumePoint>,
+) -> Result<Watermarks> {
+    let mut w = Watermarks::default();
+    for mark in store.watermarks(Some(pipeline)).await? {
+        if mark.committed {
+            w.committed.insert(mark.name.clone(), mark.value.clone());
+        }
+        if resume.is_some_and(|r| r.run_id == mark.run_id) && !mark.committed {
+            w.resumed.insert(mark.name, mark.value);
+        }
+    }
+    Ok(w)
 }
 
 /// Where a resumed run starts: the last failed run and the writes it (or the runs it resumed)
@@ -221,9 +271,30 @@ async fn resume_point(store: &dyn StateStore, pipeline: &str, hash: &str) -> Res
 struct Recorder {
     store: Option<Arc<dyn StateStore>>,
     run_id: String,
+    pipeline: String,
 }
 
 impl Recorder {
+    async fn watermark(&self, view: &IncrementalView, range: &IncrementalRange, committed: bool) {
+        if let Some(store) = &self.store {
+            let record = WatermarkRecord {
+                pipeline: self.pipeline.clone(),
+                name: view.name.clone(),
+                column: view.column.clone(),
+                value: range.upto.clone(),
+                run_id: self.run_id.clone(),
+                committed,
+                recorded_at: state::now(),
+            };
+            if let Err(e) = store.record_watermark(&record).await {
+                eprintln!(
+                    "warning: could not record the watermark of {}: {e}",
+                    view.name
+                );
+            }
+        }
+    }
+
     async fn step(&self, step: StepRecord) {
         if let Some(store) = &self.store
             && let Err(e) = store.record_step(&step).await

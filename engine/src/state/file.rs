@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::{RunRecord, RunStatus, StateError, StateStore, StepRecord};
+use super::{RunRecord, RunStatus, StateError, StateStore, StepRecord, WatermarkRecord};
 
 const FILE: &str = "state.jsonl";
 
@@ -18,12 +18,19 @@ const FILE: &str = "state.jsonl";
 enum Event {
     RunStarted(RunRecord),
     Step(StepRecord),
+    Watermark(WatermarkRecord),
     RunFinished {
         run_id: String,
         status: RunStatus,
         error: Option<String>,
         finished_at: String,
     },
+}
+
+struct Replayed {
+    runs: Vec<RunRecord>,
+    steps: Vec<StepRecord>,
+    marks: Vec<WatermarkRecord>,
 }
 
 #[derive(Debug)]
@@ -68,7 +75,7 @@ impl FileStateStore {
         Ok(())
     }
 
-    async fn replay(&self) -> Result<(Vec<RunRecord>, Vec<StepRecord>), StateError> {
+    async fn replay(&self) -> Result<Replayed, StateError> {
         let text = match tokio::fs::read_to_string(&self.path).await {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -77,6 +84,7 @@ impl FileStateStore {
         let mut runs: Vec<RunRecord> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut steps = Vec::new();
+        let mut marks = Vec::new();
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
             if line.trim().is_empty() {
@@ -99,6 +107,7 @@ impl FileStateStore {
                     runs.push(run);
                 }
                 Event::Step(step) => steps.push(step),
+                Event::Watermark(w) => marks.push(w),
                 Event::RunFinished {
                     run_id,
                     status,
@@ -113,7 +122,7 @@ impl FileStateStore {
                 }
             }
         }
-        Ok((runs, steps))
+        Ok(Replayed { runs, steps, marks })
     }
 }
 
@@ -143,7 +152,7 @@ impl StateStore for FileStateStore {
     }
 
     async fn runs(&self, pipeline: Option<&str>) -> Result<Vec<RunRecord>, StateError> {
-        let (runs, _) = self.replay().await?;
+        let runs = self.replay().await?.runs;
         Ok(runs
             .into_iter()
             .filter(|r| pipeline.is_none_or(|p| r.pipeline == p))
@@ -151,8 +160,20 @@ impl StateStore for FileStateStore {
     }
 
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError> {
-        let (_, steps) = self.replay().await?;
+        let steps = self.replay().await?.steps;
         Ok(steps.into_iter().filter(|s| s.run_id == run_id).collect())
+    }
+
+    async fn record_watermark(&self, watermark: &WatermarkRecord) -> Result<(), StateError> {
+        self.append(&Event::Watermark(watermark.clone())).await
+    }
+
+    async fn watermarks(&self, pipeline: Option<&str>) -> Result<Vec<WatermarkRecord>, StateError> {
+        let marks = self.replay().await?.marks;
+        Ok(marks
+            .into_iter()
+            .filter(|w| pipeline.is_none_or(|p| w.pipeline == p))
+            .collect())
     }
 
     fn location(&self) -> String {

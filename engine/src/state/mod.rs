@@ -92,6 +92,23 @@ pub struct StepRecord {
     pub committed_by: Option<String>,
 }
 
+/// The high mark of an incremental view (`CREATE INCREMENTAL VIEW`): recorded as pending when a
+/// run reads up to it, and again as committed when that run succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatermarkRecord {
+    /// Canonical path of the pipeline file.
+    pub pipeline: String,
+    /// The incremental view's name.
+    pub name: String,
+    /// The column it advances by.
+    pub column: String,
+    /// The highest value read (as text; `None`: the source had no rows yet).
+    pub value: Option<String>,
+    pub run_id: String,
+    pub committed: bool,
+    pub recorded_at: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state store {location}: {source}")]
@@ -119,6 +136,9 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn runs(&self, pipeline: Option<&str>) -> Result<Vec<RunRecord>, StateError>;
     /// Steps of a run in the order they were recorded.
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError>;
+    async fn record_watermark(&self, watermark: &WatermarkRecord) -> Result<(), StateError>;
+    /// Watermark records, oldest first; only those of `pipeline` when given.
+    async fn watermarks(&self, pipeline: Option<&str>) -> Result<Vec<WatermarkRecord>, StateError>;
     /// A human-readable location (for messages).
     fn location(&self) -> String;
 }
@@ -223,7 +243,35 @@ pub fn steps_batch(steps: &[StepRecord]) -> RecordBatch {
     RecordBatch::try_new(schema, columns).expect("columns match the schema")
 }
 
-/// Register `system.runs` and `system.steps` (a snapshot of the store) in the session's default
+/// `system.watermarks` as a record batch.
+pub fn watermarks_batch(marks: &[WatermarkRecord]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pipeline", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("column", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, true),
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("committed", DataType::Boolean, false),
+        Field::new("recorded_at", DataType::Utf8, false),
+    ]));
+    let text = |f: &dyn Fn(&WatermarkRecord) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(marks.iter().map(f).collect::<Vec<_>>()))
+    };
+    let columns = vec![
+        text(&|w| Some(w.pipeline.clone())),
+        text(&|w| Some(w.name.clone())),
+        text(&|w| Some(w.column.clone())),
+        text(&|w| w.value.clone()),
+        text(&|w| Some(w.run_id.clone())),
+        Arc::new(arrow::array::BooleanArray::from(
+            marks.iter().map(|w| w.committed).collect::<Vec<_>>(),
+        )) as ArrayRef,
+        text(&|w| Some(w.recorded_at.clone())),
+    ];
+    RecordBatch::try_new(schema, columns).expect("columns match the schema")
+}
+
+/// Register `system.runs`, `system.steps` and `system.watermarks` (a snapshot of the store) in the session's default
 /// catalog.
 pub async fn register_system_tables(
     ctx: &datafusion::prelude::SessionContext,
@@ -232,6 +280,10 @@ pub async fn register_system_tables(
     use datafusion::catalog::{MemTable, MemorySchemaProvider};
     let runs = store
         .runs(None)
+        .await
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let marks = store
+        .watermarks(None)
         .await
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
     let mut steps = Vec::new();
@@ -261,7 +313,11 @@ pub async fn register_system_tables(
             s
         }
     };
-    for (name, batch) in [("runs", runs_batch(&runs)), ("steps", steps_batch(&steps))] {
+    for (name, batch) in [
+        ("runs", runs_batch(&runs)),
+        ("steps", steps_batch(&steps)),
+        ("watermarks", watermarks_batch(&marks)),
+    ] {
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
         schema.deregister_table(name)?;
         schema.register_table(name.to_string(), Arc::new(table))?;

@@ -1,4 +1,5 @@
-//! The shared state store: two tables in PostgreSQL (`flowengine_runs`, `flowengine_steps`),
+//! The shared state store: tables in PostgreSQL (`flowengine_runs`, `flowengine_steps`,
+//! `flowengine_watermarks`),
 //! created on first use, so several machines running the same pipelines see one history.
 //! The connection URL may hold a password: it is never printed ([`PostgresStateStore::location`]
 //! shows host and database only).
@@ -6,7 +7,9 @@
 use tokio::sync::OnceCell;
 use tokio_postgres::{Client, NoTls};
 
-use super::{RunRecord, RunStatus, StateError, StateStore, StepRecord, StepStatus};
+use super::{
+    RunRecord, RunStatus, StateError, StateStore, StepRecord, StepStatus, WatermarkRecord,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS flowengine_runs (
@@ -35,6 +38,17 @@ CREATE TABLE IF NOT EXISTS flowengine_steps (
     seq BIGSERIAL PRIMARY KEY
 );
 CREATE INDEX IF NOT EXISTS flowengine_steps_run ON flowengine_steps (run_id);
+CREATE TABLE IF NOT EXISTS flowengine_watermarks (
+    pipeline TEXT NOT NULL,
+    name TEXT NOT NULL,
+    col TEXT NOT NULL,
+    value TEXT,
+    run_id TEXT NOT NULL,
+    committed BOOLEAN NOT NULL,
+    recorded_at TEXT NOT NULL,
+    seq BIGSERIAL PRIMARY KEY
+);
+CREATE INDEX IF NOT EXISTS flowengine_watermarks_pipeline ON flowengine_watermarks (pipeline);
 ";
 
 #[derive(Debug)]
@@ -218,6 +232,52 @@ impl StateStore for PostgresStateStore {
                 error: r.get(8),
                 finished_at: r.get(9),
                 committed_by: r.get(10),
+            })
+            .collect())
+    }
+
+    async fn record_watermark(&self, w: &WatermarkRecord) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO flowengine_watermarks (pipeline, name, col, value, run_id, committed, \
+                 recorded_at) VALUES ($1,$2,$3,$4,$5,$6,$7)",
+                &[
+                    &w.pipeline,
+                    &w.name,
+                    &w.column,
+                    &w.value,
+                    &w.run_id,
+                    &w.committed,
+                    &w.recorded_at,
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn watermarks(&self, pipeline: Option<&str>) -> Result<Vec<WatermarkRecord>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT pipeline, name, col, value, run_id, committed, recorded_at \
+                 FROM flowengine_watermarks WHERE $1::TEXT IS NULL OR pipeline = $1 ORDER BY seq",
+                &[&pipeline],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| WatermarkRecord {
+                pipeline: r.get(0),
+                name: r.get(1),
+                column: r.get(2),
+                value: r.get(3),
+                run_id: r.get(4),
+                committed: r.get(5),
+                recorded_at: r.get(6),
             })
             .collect())
     }
