@@ -10,6 +10,7 @@ use anyhow::{Result, anyhow};
 use datafusion::arrow::record_batch::RecordBatch;
 use engine::Engine;
 use engine::pipeline::incremental::{self, IncrementalRange, IncrementalView};
+use engine::pipeline::quality::{self, Check, CheckOutcome, Severity};
 use engine::pipeline::runner::rows_affected;
 use engine::pipeline::{DryRun, PipelineStatement, Prepared, Started, StatementClass};
 use futures::{FutureExt, StreamExt};
@@ -40,14 +41,17 @@ pub(crate) struct StatementOptions<'a> {
     /// `--resume`: this statement's write was committed by that earlier run; if it is a write,
     /// plan it (so the session matches) but do not execute it.
     pub(crate) committed_by: Option<&'a str>,
-    /// Watermarks of the pipeline's incremental views (`flowengine run`); without them an
+    /// RunContext of the pipeline's incremental views (`flowengine run`); without them an
     /// incremental view shows every row.
-    pub(crate) watermarks: Option<&'a Watermarks>,
+    pub(crate) run: Option<&'a RunContext>,
 }
 
-/// The watermarks a run starts from, and the ranges its incremental views read.
+/// What a recorded run (`flowengine run`) carries between statements: the watermarks it starts
+/// from, the ranges its incremental views read, and the results of its quality checks.
 #[derive(Debug, Default)]
-pub(crate) struct Watermarks {
+pub(crate) struct RunContext {
+    /// Quality check results not yet written to the state store.
+    pub(crate) checks: std::sync::Mutex<Vec<(Check, CheckOutcome)>>,
     /// Last committed watermark per view.
     pub(crate) committed: std::collections::HashMap<String, Option<String>>,
     /// High marks of the failed run being resumed, per view.
@@ -137,6 +141,9 @@ async fn run_inner(
 ) -> Result<Report> {
     if let Some(view) = incremental::parse(&statement.sql) {
         return incremental_view(engine, statement, opts, view).await;
+    }
+    if let Some(check) = quality::parse(&statement.sql) {
+        return quality_check(engine, statement, opts, check).await;
     }
     let mut prepared = engine.prepare(statement).await?;
     if let Some(path) = opts.output {
@@ -260,7 +267,7 @@ async fn incremental_view(
         )
     };
     let view = view.map_err(fail)?;
-    let (after, upto) = match opts.watermarks {
+    let (after, upto) = match opts.run {
         Some(w) => (
             w.committed.get(&view.name).cloned().flatten(),
             w.resumed.get(&view.name).cloned(),
@@ -278,7 +285,7 @@ async fn incremental_view(
         range.after.as_deref().unwrap_or("the start"),
         range.upto.as_deref().unwrap_or("the start (no rows)")
     );
-    if let Some(w) = opts.watermarks {
+    if let Some(w) = opts.run {
         w.read
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -290,6 +297,68 @@ async fn incremental_view(
         rows: None,
         skipped: false,
     })
+}
+
+async fn quality_check(
+    engine: &Engine,
+    statement: &PipelineStatement,
+    opts: &StatementOptions<'_>,
+    check: std::result::Result<Check, String>,
+) -> Result<Report> {
+    let kind = "CHECK";
+    let fail = |m: String| {
+        anyhow!(
+            "{}: statement {} ({kind}) failed: {m}",
+            statement.location,
+            statement.index
+        )
+    };
+    let check = check.map_err(fail)?;
+    let outcome = engine
+        .run_check(&check)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(run) = opts.run {
+        run.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((check.clone(), outcome.clone()));
+    }
+    let on = check
+        .table
+        .as_deref()
+        .map(|t| format!(" on {t}"))
+        .unwrap_or_default();
+    if outcome.passed() {
+        return Ok(Report {
+            kind: kind.into(),
+            detail: format!("{}{on} passed", check.name),
+            rows: Some(0),
+            skipped: false,
+        });
+    }
+    let n = outcome.failing_rows;
+    let sample = outcome.sample.as_deref().unwrap_or("");
+    match check.severity {
+        Severity::Error => Err(fail(format!(
+            "check {}{on}: {} failing row(s); the run stops before later writes. First rows:\n{sample}",
+            check.name,
+            group(n)
+        ))),
+        Severity::Warn => {
+            eprintln!(
+                "warning: check {}{on}: {} failing row(s). First rows:\n{sample}",
+                check.name,
+                group(n)
+            );
+            Ok(Report {
+                kind: kind.into(),
+                detail: format!("{}{on} WARN {} failing row(s)", check.name, group(n)),
+                rows: Some(n),
+                skipped: false,
+            })
+        }
+    }
 }
 
 fn summary_line(

@@ -62,7 +62,7 @@ pub(crate) async fn run_pipeline(
             summary: summary && !display.quiet,
             total,
             committed_by: None,
-            watermarks: None,
+            run: None,
         };
         run_statement(engine, statement, display, &opts, None).await?;
     }

@@ -10,12 +10,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use engine::pipeline::Pipeline;
 use engine::pipeline::incremental::{IncrementalRange, IncrementalView};
+use engine::pipeline::quality::{Check, CheckOutcome, Severity};
 use engine::state::{
-    self, RunRecord, RunStatus, StateStore, StepRecord, StepStatus, WatermarkRecord,
+    self, CheckRecord, RunRecord, RunStatus, StateStore, StepRecord, StepStatus, WatermarkRecord,
 };
 
 use crate::cli::{GlobalArgs, RunArgs};
-use crate::exec::{Rows, StatementOptions, Watermarks, run_statement};
+use crate::exec::{Rows, RunContext, StatementOptions, run_statement};
 
 pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
     let (engine, loaded) = super::build_engine(global)?;
@@ -78,7 +79,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
     };
     let watermarks = match &store {
         Some(store) => load_watermarks(store.as_ref(), &canonical, resume.as_ref()).await?,
-        None => Watermarks::default(),
+        None => RunContext::default(),
     };
     let mut recorded_marks = 0;
 
@@ -97,7 +98,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
             summary: !args.display.quiet,
             total,
             committed_by,
-            watermarks: Some(&watermarks),
+            run: Some(&watermarks),
         };
         let started = Instant::now();
         // Ctrl-C cancels the running statement: dropping it drops its staged writes, so an
@@ -114,6 +115,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
             }
         };
         let elapsed = started.elapsed().as_millis() as u64;
+        let checks: Vec<_> =
+            std::mem::take(&mut *watermarks.checks.lock().unwrap_or_else(|p| p.into_inner()));
+        for (check, outcome) in &checks {
+            recorder.check(check, outcome).await;
+        }
         match result {
             Ok(report) => {
                 // The high marks incremental views read: pending until the run succeeds.
@@ -196,8 +202,8 @@ async fn load_watermarks(
     store: &dyn StateStore,
     pipeline: &str,
     resume: Option<&ResumePoint>,
-) -> Result<Watermarks> {
-    let mut w = Watermarks::default();
+) -> Result<RunContext> {
+    let mut w = RunContext::default();
     for mark in store.watermarks(Some(pipeline)).await? {
         if mark.committed {
             w.committed.insert(mark.name.clone(), mark.value.clone());
@@ -275,6 +281,35 @@ struct Recorder {
 }
 
 impl Recorder {
+    async fn check(&self, check: &Check, outcome: &CheckOutcome) {
+        if let Some(store) = &self.store {
+            let record = CheckRecord {
+                run_id: self.run_id.clone(),
+                pipeline: self.pipeline.clone(),
+                name: check.name.clone(),
+                table: check.table.clone(),
+                severity: match check.severity {
+                    Severity::Warn => "warn",
+                    Severity::Error => "error",
+                }
+                .into(),
+                status: match (outcome.passed(), check.severity) {
+                    (true, _) => "passed",
+                    (false, Severity::Warn) => "warned",
+                    (false, Severity::Error) => "failed",
+                }
+                .into(),
+                failing_rows: outcome.failing_rows,
+                sample: outcome.sample.clone(),
+                duration_ms: outcome.duration_ms,
+                recorded_at: state::now(),
+            };
+            if let Err(e) = store.record_check(&record).await {
+                eprintln!("warning: could not record check {}: {e}", check.name);
+            }
+        }
+    }
+
     async fn watermark(&self, view: &IncrementalView, range: &IncrementalRange, committed: bool) {
         if let Some(store) = &self.store {
             let record = WatermarkRecord {

@@ -57,7 +57,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode>
         summary: false,
         total: 1,
         committed_by: None,
-        watermarks: None,
+        run: None,
     };
     run_statement(&engine, &statement, &args.display, &opts, None).await?;
     Ok(ExitCode::SUCCESS)

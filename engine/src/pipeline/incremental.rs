@@ -119,8 +119,7 @@ impl Engine {
                     "incremental view {}: {} has no column {}",
                     view.name, view.source, view.column
                 ))
-            })?
-            .clone();
+            })?;
         let dtype = field.data_type().clone();
         let value = |text: &str| -> Result<ScalarValue> {
             ScalarValue::try_from_string(text.to_string(), &dtype).map_err(|e| {

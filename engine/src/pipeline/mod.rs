@@ -5,6 +5,7 @@
 //! a failed statement leaves no output.
 
 pub mod incremental;
+pub mod quality;
 pub mod runner;
 pub mod split;
 pub mod vars;

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::{RunRecord, RunStatus, StateError, StateStore, StepRecord, WatermarkRecord};
+use super::{
+    CheckRecord, RunRecord, RunStatus, StateError, StateStore, StepRecord, WatermarkRecord,
+};
 
 const FILE: &str = "state.jsonl";
 
@@ -19,6 +21,7 @@ enum Event {
     RunStarted(RunRecord),
     Step(StepRecord),
     Watermark(WatermarkRecord),
+    Check(CheckRecord),
     RunFinished {
         run_id: String,
         status: RunStatus,
@@ -31,6 +34,7 @@ struct Replayed {
     runs: Vec<RunRecord>,
     steps: Vec<StepRecord>,
     marks: Vec<WatermarkRecord>,
+    checks: Vec<CheckRecord>,
 }
 
 #[derive(Debug)]
@@ -85,6 +89,7 @@ impl FileStateStore {
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut steps = Vec::new();
         let mut marks = Vec::new();
+        let mut checks = Vec::new();
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
             if line.trim().is_empty() {
@@ -108,6 +113,7 @@ impl FileStateStore {
                 }
                 Event::Step(step) => steps.push(step),
                 Event::Watermark(w) => marks.push(w),
+                Event::Check(c) => checks.push(c),
                 Event::RunFinished {
                     run_id,
                     status,
@@ -122,7 +128,12 @@ impl FileStateStore {
                 }
             }
         }
-        Ok(Replayed { runs, steps, marks })
+        Ok(Replayed {
+            runs,
+            steps,
+            marks,
+            checks,
+        })
     }
 }
 
@@ -166,6 +177,14 @@ impl StateStore for FileStateStore {
 
     async fn record_watermark(&self, watermark: &WatermarkRecord) -> Result<(), StateError> {
         self.append(&Event::Watermark(watermark.clone())).await
+    }
+
+    async fn record_check(&self, check: &CheckRecord) -> Result<(), StateError> {
+        self.append(&Event::Check(check.clone())).await
+    }
+
+    async fn checks(&self) -> Result<Vec<CheckRecord>, StateError> {
+        Ok(self.replay().await?.checks)
     }
 
     async fn watermarks(&self, pipeline: Option<&str>) -> Result<Vec<WatermarkRecord>, StateError> {

@@ -109,6 +109,24 @@ pub struct WatermarkRecord {
     pub recorded_at: String,
 }
 
+/// The result of a data quality check (`CREATE CHECK`) in a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckRecord {
+    pub run_id: String,
+    pub pipeline: String,
+    pub name: String,
+    pub table: Option<String>,
+    /// `error` or `warn`.
+    pub severity: String,
+    /// `passed`, `warned` or `failed`.
+    pub status: String,
+    pub failing_rows: u64,
+    /// Up to five failing rows, as a text table.
+    pub sample: Option<String>,
+    pub duration_ms: u64,
+    pub recorded_at: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state store {location}: {source}")]
@@ -139,6 +157,9 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn record_watermark(&self, watermark: &WatermarkRecord) -> Result<(), StateError>;
     /// Watermark records, oldest first; only those of `pipeline` when given.
     async fn watermarks(&self, pipeline: Option<&str>) -> Result<Vec<WatermarkRecord>, StateError>;
+    async fn record_check(&self, check: &CheckRecord) -> Result<(), StateError>;
+    /// Quality check results, oldest first.
+    async fn checks(&self) -> Result<Vec<CheckRecord>, StateError>;
     /// A human-readable location (for messages).
     fn location(&self) -> String;
 }
@@ -271,7 +292,42 @@ pub fn watermarks_batch(marks: &[WatermarkRecord]) -> RecordBatch {
     RecordBatch::try_new(schema, columns).expect("columns match the schema")
 }
 
-/// Register `system.runs`, `system.steps` and `system.watermarks` (a snapshot of the store) in the session's default
+/// `system.quality_results` as a record batch.
+pub fn checks_batch(checks: &[CheckRecord]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("pipeline", DataType::Utf8, false),
+        Field::new("check_name", DataType::Utf8, false),
+        Field::new("table_name", DataType::Utf8, true),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("failing_rows", DataType::UInt64, false),
+        Field::new("sample", DataType::Utf8, true),
+        Field::new("duration_ms", DataType::UInt64, false),
+        Field::new("recorded_at", DataType::Utf8, false),
+    ]));
+    let text = |f: &dyn Fn(&CheckRecord) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(checks.iter().map(f).collect::<Vec<_>>()))
+    };
+    let num = |f: &dyn Fn(&CheckRecord) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from(checks.iter().map(f).collect::<Vec<_>>()))
+    };
+    let columns = vec![
+        text(&|c| Some(c.run_id.clone())),
+        text(&|c| Some(c.pipeline.clone())),
+        text(&|c| Some(c.name.clone())),
+        text(&|c| c.table.clone()),
+        text(&|c| Some(c.severity.clone())),
+        text(&|c| Some(c.status.clone())),
+        num(&|c| c.failing_rows),
+        text(&|c| c.sample.clone()),
+        num(&|c| c.duration_ms),
+        text(&|c| Some(c.recorded_at.clone())),
+    ];
+    RecordBatch::try_new(schema, columns).expect("columns match the schema")
+}
+
+/// Register `system.runs`, `system.steps`, `system.watermarks` and `system.quality_results` (a snapshot of the store) in the session's default
 /// catalog.
 pub async fn register_system_tables(
     ctx: &datafusion::prelude::SessionContext,
@@ -284,6 +340,10 @@ pub async fn register_system_tables(
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
     let marks = store
         .watermarks(None)
+        .await
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let checks = store
+        .checks()
         .await
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
     let mut steps = Vec::new();
@@ -317,6 +377,7 @@ pub async fn register_system_tables(
         ("runs", runs_batch(&runs)),
         ("steps", steps_batch(&steps)),
         ("watermarks", watermarks_batch(&marks)),
+        ("quality_results", checks_batch(&checks)),
     ] {
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
         schema.deregister_table(name)?;

@@ -1,5 +1,5 @@
 //! The shared state store: tables in PostgreSQL (`flowengine_runs`, `flowengine_steps`,
-//! `flowengine_watermarks`),
+//! `flowengine_watermarks`, `flowengine_quality_results`),
 //! created on first use, so several machines running the same pipelines see one history.
 //! The connection URL may hold a password: it is never printed ([`PostgresStateStore::location`]
 //! shows host and database only).
@@ -8,7 +8,8 @@ use tokio::sync::OnceCell;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    RunRecord, RunStatus, StateError, StateStore, StepRecord, StepStatus, WatermarkRecord,
+    CheckRecord, RunRecord, RunStatus, StateError, StateStore, StepRecord, StepStatus,
+    WatermarkRecord,
 };
 
 const SCHEMA: &str = "
@@ -49,6 +50,19 @@ CREATE TABLE IF NOT EXISTS flowengine_watermarks (
     seq BIGSERIAL PRIMARY KEY
 );
 CREATE INDEX IF NOT EXISTS flowengine_watermarks_pipeline ON flowengine_watermarks (pipeline);
+CREATE TABLE IF NOT EXISTS flowengine_quality_results (
+    run_id TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    table_name TEXT,
+    severity TEXT NOT NULL,
+    status TEXT NOT NULL,
+    failing_rows BIGINT NOT NULL,
+    sample TEXT,
+    duration_ms BIGINT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    seq BIGSERIAL PRIMARY KEY
+);
 ";
 
 #[derive(Debug)]
@@ -255,6 +269,59 @@ impl StateStore for PostgresStateStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    async fn record_check(&self, c: &CheckRecord) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO flowengine_quality_results (run_id, pipeline, check_name, table_name, \
+                 severity, status, failing_rows, sample, duration_ms, recorded_at) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+                &[
+                    &c.run_id,
+                    &c.pipeline,
+                    &c.name,
+                    &c.table,
+                    &c.severity,
+                    &c.status,
+                    &(c.failing_rows as i64),
+                    &c.sample,
+                    &(c.duration_ms as i64),
+                    &c.recorded_at,
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn checks(&self) -> Result<Vec<CheckRecord>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT run_id, pipeline, check_name, table_name, severity, status, failing_rows, \
+                 sample, duration_ms, recorded_at FROM flowengine_quality_results ORDER BY seq",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| CheckRecord {
+                run_id: r.get(0),
+                pipeline: r.get(1),
+                name: r.get(2),
+                table: r.get(3),
+                severity: r.get(4),
+                status: r.get(5),
+                failing_rows: r.get::<_, i64>(6) as u64,
+                sample: r.get(7),
+                duration_ms: r.get::<_, i64>(8) as u64,
+                recorded_at: r.get(9),
+            })
+            .collect())
     }
 
     async fn watermarks(&self, pipeline: Option<&str>) -> Result<Vec<WatermarkRecord>, StateError> {
