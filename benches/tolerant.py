@@ -45,12 +45,14 @@ def corrupt(line: bytes, k: int) -> bytes:
     elif kind == "utf8":
         fields[15] = fields[15] + b"\xff\xfe"
     else:
-        fields[15] = b'"' + fields[15]
+        # A quote opening an unquoted field and never closed (l_shipinstruct is never quoted).
+        fields[13] = b'"' + fields[13]
     return b",".join(fields) + b"\n"
 
 
 def make_dirty(clean: Path, dirty: Path):
-    if dirty.exists() and dirty.stat().st_mtime > clean.stat().st_mtime:
+    marker = dirty.with_suffix(".count")
+    if dirty.exists() and marker.exists() and marker.stat().st_mtime > Path(__file__).stat().st_mtime:
         with open(dirty.with_suffix(".count")) as f:
             return json.load(f)
     bench.log(f"writing {dirty} (every {EVERY}th row broken) ...")

@@ -41,6 +41,9 @@ pub(crate) enum Command {
     /// Profile every column of a table, a data file or a query: nulls, distinct, min/max,
     /// mean/stddev, lengths, top values, histogram.
     Profile(ProfileArgs),
+    /// Show what each statement of a pipeline writes and which source columns feed each target
+    /// column (from the logical plans; nothing is written).
+    Lineage(LineageArgs),
     /// Serve the catalog over Arrow Flight SQL (BI tools, ADBC, JDBC, notebooks), with an admin
     /// HTTP endpoint for /health, /ready and /metrics.
     Serve(ServeArgs),
@@ -66,6 +69,18 @@ pub(crate) struct ProfileArgs {
     pub(crate) bins: usize,
     #[command(flatten)]
     pub(crate) display: DisplayArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LineageArgs {
+    #[arg(value_name = "PIPELINE.sql")]
+    pub(crate) pipeline: PathBuf,
+    /// Set a variable used as ${NAME} in the pipeline (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub(crate) vars: Vec<(String, String)>,
+    /// text (a tree per statement), dot (Graphviz) or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "dot", "json"])]
+    pub(crate) format: String,
 }
 
 #[derive(Debug, Args)]

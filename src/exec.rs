@@ -50,6 +50,8 @@ pub(crate) struct StatementOptions<'a> {
 /// from, the ranges its incremental views read, and the results of its quality checks.
 #[derive(Debug, Default)]
 pub(crate) struct RunContext {
+    /// Where OpenLineage events of the run's writes go (`lineage_file`), and the job name.
+    pub(crate) lineage: Option<(std::path::PathBuf, String)>,
     /// Quality check results not yet written to the state store.
     pub(crate) checks: std::sync::Mutex<Vec<(Check, CheckOutcome)>>,
     /// Last committed watermark per view.
@@ -177,6 +179,7 @@ async fn run_inner(
             skipped: true,
         });
     }
+    let executes = dry_run.is_none();
     let (detail, rows) = match engine.start(&prepared, dry_run).await? {
         Started::Done => ("ok".to_string(), None),
         Started::Planned { .. } => ("planned (dry run)".to_string(), None),
@@ -185,6 +188,12 @@ async fn run_inner(
             (detail, Some(rows))
         }
     };
+    if executes
+        && let Some((path, job)) = opts.run.and_then(|r| r.lineage.as_ref())
+        && let Some(l) = engine::lineage::of_plan(&prepared.logical)
+    {
+        emit_lineage(path, &format!("{job}#{}", statement.index), &l).await?;
+    }
     Ok(Report {
         kind,
         detail,
@@ -250,6 +259,29 @@ async fn drive(
         None => counted,
     };
     Ok((format!("{} rows", group(rows)), rows))
+}
+
+/// Append one OpenLineage event for a committed write.
+async fn emit_lineage(
+    path: &std::path::Path,
+    job: &str,
+    l: &engine::lineage::Lineage,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let now = engine::state::now();
+    let mut line = engine::lineage::openlineage_event(l, job, &run_id, &now).to_string();
+    line.push('\n');
+    let mut f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(|e| anyhow!("cannot write lineage to {}: {e}", path.display()))?;
+    f.write_all(line.as_bytes())
+        .await
+        .map_err(|e| anyhow!("cannot write lineage to {}: {e}", path.display()))?;
+    Ok(())
 }
 
 async fn incremental_view(

@@ -65,6 +65,10 @@ pub struct EngineConfig {
     /// machines; when set it replaces the file journal. It may hold a password: never printed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_url: Option<String>,
+    /// Append an OpenLineage `RunEvent` (JSON line) here for every statement of a run that
+    /// writes. Env: `FLOWENGINE_LINEAGE_FILE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage_file: Option<PathBuf>,
     /// `flowengine serve` settings.
     #[serde(default, skip_serializing_if = "ServerConfig::is_default")]
     pub server: ServerConfig,
@@ -246,6 +250,7 @@ impl EngineConfig {
                 "SPILL_DIR" => self.spill_dir = Some(PathBuf::from(&value)),
                 "STATE_DIR" => self.state_dir = Some(PathBuf::from(&value)),
                 "STATE_URL" => self.state_url = Some(value.clone()),
+                "LINEAGE_FILE" => self.lineage_file = Some(PathBuf::from(&value)),
                 "MAX_SPILL_SIZE" => {
                     self.max_spill_size = Some(
                         value

@@ -9,6 +9,7 @@ pub mod bad_records;
 pub mod config;
 pub mod connector;
 pub mod error;
+pub mod lineage;
 pub mod pipeline;
 pub mod placeholders;
 pub mod profile;

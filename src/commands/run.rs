@@ -77,10 +77,15 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
         run_id: run_id.clone(),
         pipeline: canonical.clone(),
     };
-    let watermarks = match &store {
+    let mut watermarks = match &store {
         Some(store) => load_watermarks(store.as_ref(), &canonical, resume.as_ref()).await?,
         None => RunContext::default(),
     };
+    watermarks.lineage = engine
+        .config()
+        .lineage_file
+        .clone()
+        .map(|p| (p, canonical.clone()));
     let mut recorded_marks = 0;
 
     let total = pipeline.statements.len();

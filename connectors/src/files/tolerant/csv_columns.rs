@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, LargeStringArray, PrimitiveArray, StringArray,
-    StringViewArray, new_null_array,
+    Array, ArrayRef, BinaryArray, BooleanArray, LargeStringArray, PrimitiveArray, PrimitiveBuilder,
+    StringArray, StringViewArray, new_null_array,
 };
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::*;
@@ -73,48 +73,46 @@ pub(super) fn build_column(
     };
     macro_rules! primitive {
         ($t:ty) => {{
-            let mut out: Vec<Option<<$t as ArrowPrimitiveType>::Native>> = Vec::with_capacity(n);
+            let mut out = PrimitiveBuilder::<$t>::with_capacity(n);
             for i in 0..n {
-                let v = match value(i, reasons) {
-                    None => None,
+                match value(i, reasons) {
+                    None => out.append_null(),
                     Some(s) => match <$t as Parser>::parse(s) {
-                        Some(v) => Some(v),
+                        Some(v) => out.append_value(v),
                         None => {
                             reasons[i] = Some(format!(
                                 "column {name}: cannot parse '{}' as {}",
                                 clip(s),
                                 field.data_type()
                             ));
-                            None
+                            out.append_null();
                         }
                     },
-                };
-                out.push(v);
+                }
             }
-            Arc::new(PrimitiveArray::<$t>::from(out)) as ArrayRef
+            Arc::new(out.finish()) as ArrayRef
         }};
     }
     macro_rules! decimal {
         ($t:ty, $p:expr, $s:expr) => {{
-            let mut out = Vec::with_capacity(n);
+            let mut out = PrimitiveBuilder::<$t>::with_capacity(n);
             for i in 0..n {
-                let v = match value(i, reasons) {
-                    None => None,
+                match value(i, reasons) {
+                    None => out.append_null(),
                     Some(s) => match parse_decimal::<$t>(s, $p, $s) {
-                        Ok(v) => Some(v),
+                        Ok(v) => out.append_value(v),
                         Err(e) => {
                             reasons[i] = Some(format!(
                                 "column {name}: cannot parse '{}' as {}: {e}",
                                 clip(s),
                                 field.data_type()
                             ));
-                            None
+                            out.append_null();
                         }
                     },
-                };
-                out.push(v);
+                }
             }
-            match PrimitiveArray::<$t>::from(out).with_precision_and_scale($p, $s) {
+            match out.finish().with_precision_and_scale($p, $s) {
                 Ok(a) => Arc::new(a) as ArrayRef,
                 Err(e) => fallback_error(n, field, reasons, &e),
             }

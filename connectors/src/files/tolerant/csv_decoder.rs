@@ -348,9 +348,13 @@ impl CsvDecoder {
             memchr::memchr(self.dialect.quote, &self.pending[raw_start..raw_end]).is_some();
         let mut problem = None;
         if has_quote {
-            let body = trim_terminator(&self.pending[raw_start..raw_end]);
-            let multiline = body.iter().any(|&b| self.dialect.is_terminator(b));
-            if quote_left_open(body, &self.dialect) {
+            let raw = &self.pending[raw_start..raw_end];
+            let body = trim_terminator(raw);
+            let multiline = self.has_terminator(body);
+            // A record that ended at a line end was not inside quotes there; only one ending at
+            // the end of the input can have a quote left open.
+            let at_eof = body.len() == raw.len();
+            if at_eof && quote_left_open(body, &self.dialect) {
                 problem = Some(("unterminated quoted field", multiline));
             } else if multiline && !self.dialect.newlines_in_values {
                 problem = Some((
@@ -372,10 +376,7 @@ impl CsvDecoder {
         let fields = self.ends_len - self.rec_ends_start();
         if problem.is_none() && fields != self.ncols() {
             let reason = format!("expected {} fields, found {fields}", self.ncols());
-            if has_quote
-                && trim_terminator(&self.pending[raw_start..raw_end])
-                    .iter()
-                    .any(|&b| self.dialect.is_terminator(b))
+            if has_quote && self.has_terminator(trim_terminator(&self.pending[raw_start..raw_end]))
             {
                 // A quoted field swallowed line ends: report the first line only.
                 self.rec_start_reset_for_recovery();
@@ -424,6 +425,13 @@ impl CsvDecoder {
         self.reader_line_at_rec_start = self.reader.line();
         if self.recs.len() >= self.batch_size {
             self.flush_batch();
+        }
+    }
+
+    fn has_terminator(&self, bytes: &[u8]) -> bool {
+        match self.dialect.terminator {
+            Some(t) => memchr::memchr(t, bytes).is_some(),
+            None => memchr::memchr2(b'\n', b'\r', bytes).is_some(),
         }
     }
 
