@@ -56,6 +56,7 @@ def make_dirty(clean: Path, dirty: Path):
         with open(dirty.with_suffix(".count")) as f:
             return json.load(f)
     bench.log(f"writing {dirty} (every {EVERY}th row broken) ...")
+    dirty.parent.mkdir(parents=True, exist_ok=True)
     rows = bad = 0
     with open(clean, "rb") as src, open(dirty, "wb") as out:
         out.write(src.readline())

@@ -284,16 +284,14 @@ fn failed_copy_leaves_no_partial_output() {
     );
 }
 
-/// arrow-csv accepts a quote left open at the end of a file and yields rows instead of an error
-/// (DuckDB's reader is lenient there too). Rejecting it needs FlowEngine's own tolerant CSV
-/// reader with error policies, which the reliability work brings; until then this documents the
-/// expected behaviour.
+/// A quote left open at the end of a file: DataFusion's reader (arrow-csv, the default, kept for
+/// speed) accepts it, as DuckDB's does; FlowEngine's reader (`on_error` set) rejects it with the
+/// file and line.
 #[test]
-#[ignore = "needs the tolerant CSV reader (error policies) to detect an unterminated quote"]
 fn unterminated_quote_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let sql = format!(
-        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}';\nSELECT * FROM t;",
+        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}' OPTIONS ('on_error' 'fail');\nSELECT * FROM t;",
         bad("unterminated_quote.csv").display()
     );
     let p = write_pipeline(dir.path(), "uq.sql", &sql);
@@ -302,7 +300,8 @@ fn unterminated_quote_is_an_error() {
         .arg(&p)
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("unterminated"));
+        .stderr(predicate::str::contains("unterminated quoted field"))
+        .stderr(predicate::str::contains("unterminated_quote.csv:"));
 }
 
 /// Ctrl-C cancels the running statement; its staged output is deleted, nothing is committed.

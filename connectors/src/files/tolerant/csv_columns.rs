@@ -19,6 +19,8 @@ use super::csv_decoder::{CsvDialect, Rec};
 pub(super) struct Fields<'a> {
     pub(super) data: &'a [u8],
     pub(super) whole: Option<&'a str>,
+    /// Without `whole` (the batch holds invalid UTF-8): each record's text, `None` if invalid.
+    pub(super) per_record: Vec<Option<&'a str>>,
     pub(super) ends: &'a [usize],
     pub(super) recs: &'a [Rec],
 }
@@ -49,7 +51,14 @@ impl<'a> Fields<'a> {
         let (a, b) = self.range(i, j);
         match self.whole {
             Some(text) => text.get(a..b),
-            None => std::str::from_utf8(&self.data[a..b]).ok(),
+            None => {
+                let base = self.recs[i].data_start;
+                self.per_record
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .and_then(|t| t.get(a - base..b - base))
+            }
         }
     }
 }

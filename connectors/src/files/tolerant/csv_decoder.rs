@@ -351,11 +351,8 @@ impl CsvDecoder {
             let raw = &self.pending[raw_start..raw_end];
             let body = trim_terminator(raw);
             let multiline = self.has_terminator(body);
-            // A record that ended at a line end was not inside quotes there; only one ending at
-            // the end of the input can have a quote left open.
-            let at_eof = body.len() == raw.len();
-            if at_eof && quote_left_open(body, &self.dialect) {
-                problem = Some(("unterminated quoted field", multiline));
+            if let Some(reason) = quote_problem(body, &self.dialect) {
+                problem = Some((reason, multiline));
             } else if multiline && !self.dialect.newlines_in_values {
                 problem = Some((
                     "quoted field spans lines (set 'format.newlines_in_values' 'true' if values may contain newlines)",
@@ -495,23 +492,35 @@ impl CsvDecoder {
         } else {
             None
         };
-        let fields = Fields {
-            data,
-            whole,
-            ends: &self.ends,
-            recs: &self.recs,
-        };
+        // Slow path: validate record by record (one check per record, not per field).
+        let mut per_record = Vec::new();
         if whole.is_none() {
+            per_record.reserve(n);
             for (i, rec) in self.recs.iter().enumerate() {
                 let raw = &self.pending[rec.raw_start..rec.raw_end];
                 if let Err(e) = std::str::from_utf8(raw) {
                     reasons[i] = Some(format!(
-                        "invalid UTF-8 at byte {} of the record",
+                        "invalid UTF-8: byte {} of the record",
                         e.valid_up_to()
                     ));
+                    per_record.push(None);
+                    continue;
                 }
+                let end = rec.data_start + self.ends[rec.ends_start + ncols - 1];
+                let text = std::str::from_utf8(&data[rec.data_start..end]).ok();
+                if text.is_none() {
+                    reasons[i] = Some("invalid UTF-8 in a field".to_string());
+                }
+                per_record.push(text);
             }
         }
+        let fields = Fields {
+            data,
+            whole,
+            per_record,
+            ends: &self.ends,
+            recs: &self.recs,
+        };
         let mut columns = Vec::with_capacity(self.projection.len());
         let mut all = Vec::with_capacity(ncols);
         for (j, field) in self.schema.fields().iter().enumerate() {
@@ -588,38 +597,37 @@ fn trim_terminator(raw: &[u8]) -> &[u8] {
     &raw[..end]
 }
 
-/// Whether a quoted field opened in `body` (one record, terminator trimmed) is left open, by the
-/// same rules as `csv_core`: a quote opens a field only at its start; inside, a doubled quote (or
-/// the escape byte) does not close it; a quote in the middle of an unquoted field is literal.
-fn quote_left_open(body: &[u8], d: &CsvDialect) -> bool {
-    #[derive(PartialEq)]
-    enum S {
-        Start,
-        Unquoted,
-        Quoted,
-        QuoteInQuoted,
-    }
-    let mut state = S::Start;
-    let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
-        state = match state {
-            S::Start if b == d.quote => S::Quoted,
-            S::Start | S::Unquoted if b == d.delimiter => S::Start,
-            S::Start | S::Unquoted => S::Unquoted,
-            S::Quoted if d.escape == Some(b) && d.escape != Some(d.quote) => {
-                i += 1;
-                S::Quoted
+/// What is wrong with the quoting of `body` (one record, terminator trimmed), if anything.
+/// A quote opens a field only at its start (a quote inside an unquoted field is literal, as
+/// `csv_core` reads it); inside, a doubled quote (or the escape byte) does not close it; after the
+/// closing quote only a delimiter, a line end or the end of the record may follow. Only quote
+/// bytes are visited, so clean records cost one `memchr` pass.
+fn quote_problem(body: &[u8], d: &CsvDialect) -> Option<&'static str> {
+    let mut in_quotes = false;
+    let mut skip_to = 0;
+    for p in memchr::memchr_iter(d.quote, body) {
+        if p < skip_to {
+            continue;
+        }
+        if !in_quotes {
+            if p == 0 || body[p - 1] == d.delimiter {
+                in_quotes = true;
             }
-            S::Quoted if b == d.quote => S::QuoteInQuoted,
-            S::Quoted => S::Quoted,
-            S::QuoteInQuoted if b == d.quote && d.double_quote => S::Quoted,
-            S::QuoteInQuoted if b == d.delimiter => S::Start,
-            S::QuoteInQuoted => S::Unquoted,
-        };
-        i += 1;
+            continue;
+        }
+        if d.escape
+            .is_some_and(|e| e != d.quote && p > 0 && body[p - 1] == e)
+        {
+            continue;
+        }
+        match body.get(p + 1) {
+            Some(&n) if n == d.quote && d.double_quote => skip_to = p + 2,
+            None => in_quotes = false,
+            Some(&n) if n == d.delimiter || d.is_terminator(n) => in_quotes = false,
+            Some(_) => return Some("text after the closing quote of a quoted field"),
+        }
     }
-    state == S::Quoted
+    in_quotes.then_some("unterminated quoted field")
 }
 
 #[cfg(test)]

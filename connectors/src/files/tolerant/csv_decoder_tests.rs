@@ -127,6 +127,22 @@ fn a_quote_inside_an_unquoted_field_is_literal() {
 }
 
 #[test]
+fn text_after_a_closing_quote_is_bad() {
+    // Quotes that happen to keep the field count right are still broken quoting.
+    let text =
+        b"id,name,day,amount\n1,\"\"oops\",2024-01-01,1\n2,\"a\"b,2024-01-02,2\n3,c,2024-01-03,3\n";
+    let (ids, bad) = decode(text, CsvDialect::default(), 5, 10);
+    assert_eq!(ids, vec![3]);
+    let lines: Vec<u64> = bad.iter().map(|b| b.line).collect();
+    assert_eq!(lines, vec![2, 3], "{bad:?}");
+    assert!(
+        bad.iter()
+            .all(|b| b.reason.contains("text after the closing quote")),
+        "{bad:?}"
+    );
+}
+
+#[test]
 fn truncated_rows_are_padded_when_allowed() {
     let text = b"id,name,day,amount\n1,a\n2,b,2024-01-02,2\n";
     let (ids, bad) = decode(text, CsvDialect::default(), 4, 10);

@@ -245,7 +245,8 @@ impl ByteInput {
         while at < self.base {
             let to = (at + 8 * CHUNK as u64).min(self.base);
             let bytes = self.store.get_range(&self.location, at..to).await?;
-            count += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+            // A plain byte count vectorises (several GB/s); memchr_iter stops at every line.
+            count += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
             at = to;
         }
         self.prefix_lines = Some(count);
