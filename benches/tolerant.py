@@ -183,7 +183,8 @@ def main():
     lines = [
         f"# Tolerant CSV reader: lineitem SF{args.sf:g} ({size / 1e6:,.0f} MB, {total:,} rows), "
         f"{bad:,} bad rows (every {EVERY}th: {', '.join(KINDS)})\n",
-        "One query reading every column (`count(*)` and `max` of each), release binary, "
+        "One query reading every column (`count(*)` and `max` of each), "
+        f"{Path(args.binary).parent.name} binary, "
         f"median of {args.runs} runs, 2 cores. Ratio = rows/s over the strict reader's rows/s on "
         "the clean file (bar: skip and dead_letter >= 0.7x).\n",
         "| mode | seconds | rows out | rows/s | ratio |",

@@ -135,7 +135,8 @@ struct LedgerState {
     next_policy: u64,
     counts: BadRecordCounts,
     tables: HashMap<String, Arc<DeadLetterTable>>,
-    files: HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>,
+    /// Dead-letter files, opened once (append) and kept open for the session.
+    files: HashMap<PathBuf, Arc<tokio::sync::Mutex<Option<tokio::fs::File>>>>,
 }
 
 /// The session's record of bad input: de-duplication, per-statement counts, dead-letter tables.
@@ -212,7 +213,7 @@ impl BadRecordLedger {
         fresh
     }
 
-    fn file_lock(&self, path: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    fn file_lock(&self, path: &Path) -> Arc<tokio::sync::Mutex<Option<tokio::fs::File>>> {
         Arc::clone(self.lock().files.entry(path.to_path_buf()).or_default())
     }
 }
@@ -333,16 +334,22 @@ impl BadRecordPolicy {
             ))
         };
         let lock = self.ledger.file_lock(path);
-        let _guard = lock.lock().await;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(parent).await.map_err(io)?;
-        }
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await
-            .map_err(io)?;
+        let mut guard = lock.lock().await;
+        let file = match guard.as_mut() {
+            Some(f) => f,
+            None => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    tokio::fs::create_dir_all(parent).await.map_err(io)?;
+                }
+                let f = tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .await
+                    .map_err(io)?;
+                guard.insert(f)
+            }
+        };
         // One write per batch of records: whole lines, so a reader never sees half a record
         // unless the process dies mid-write (then only the last line can be cut). No fsync per
         // batch: it cost more than the read itself; the OS writes the lines out even if the

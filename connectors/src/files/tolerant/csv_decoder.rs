@@ -145,6 +145,9 @@ impl RecordDecoder for CsvDecoder {
     fn next_output(&mut self) -> Option<Decoded> {
         CsvDecoder::next_output(self)
     }
+    fn newlines(&self) -> u64 {
+        (self.line_base + self.reader.line()).saturating_sub(1)
+    }
 }
 
 impl CsvDecoder {

@@ -45,6 +45,55 @@ pub trait RecordDecoder: Send {
     fn finish(&mut self);
     /// The next output, once available.
     fn next_output(&mut self) -> Option<Decoded>;
+    /// Newlines consumed so far (all of the stream's once it finished).
+    fn newlines(&self) -> u64;
+}
+
+/// Finished ranges of one file: start -> (end, newlines).
+type RangeCounts = std::collections::BTreeMap<u64, (u64, u64)>;
+
+/// Newline counts of the byte ranges a scan has finished, per file, so a range that starts
+/// mid-file can number its bad records' lines without re-reading what other ranges read.
+#[derive(Debug, Default)]
+pub struct LineIndex {
+    ranges: std::sync::Mutex<std::collections::HashMap<String, RangeCounts>>,
+}
+
+impl LineIndex {
+    fn publish(&self, file: &str, start: u64, end: u64, newlines: u64) {
+        let mut ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        ranges
+            .entry(file.to_string())
+            .or_default()
+            .insert(start, (end, newlines));
+    }
+
+    /// Newlines in `[0, upto)` of `file` if finished ranges cover it end to end.
+    fn covered(&self, file: &str, upto: u64) -> Option<u64> {
+        let ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        let by_start = ranges.get(file)?;
+        let (mut at, mut count) = (0u64, 0u64);
+        while at < upto {
+            let (end, n) = by_start.get(&at)?;
+            count += n;
+            at = *end;
+        }
+        (at == upto).then_some(count)
+    }
+
+    /// Wait (up to a bound) for the ranges before `upto` to finish.
+    async fn lines_before(&self, file: &str, upto: u64) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(n) = self.covered(file, upto) {
+                return Some(n);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }
 
 const CHUNK: usize = 1024 * 1024;
@@ -91,7 +140,7 @@ enum Phase {
 pub struct ByteInput {
     source: Source,
     store: Arc<dyn ObjectStore>,
-    location: Path,
+    pub(super) location: Path,
     terminator: u8,
     phase: Phase,
     /// Absolute position of the next byte from `source`.
@@ -101,6 +150,8 @@ pub struct ByteInput {
     /// Absolute offset of the first byte handed out.
     base: u64,
     prefix_lines: Option<u64>,
+    /// Bytes handed out so far.
+    handed: u64,
 }
 
 impl ByteInput {
@@ -153,6 +204,7 @@ impl ByteInput {
             end,
             base: fetch_start,
             prefix_lines: (fetch_start == 0).then_some(0),
+            handed: 0,
         })
     }
 
@@ -180,6 +232,14 @@ impl ByteInput {
 
     /// The next bytes of the (aligned) input; `None` at its end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        let chunk = self.next_aligned().await?;
+        if let Some(c) = &chunk {
+            self.handed += c.len() as u64;
+        }
+        Ok(chunk)
+    }
+
+    async fn next_aligned(&mut self) -> Result<Option<Bytes>> {
         loop {
             if self.phase == Phase::Done {
                 return Ok(None);
@@ -254,15 +314,15 @@ impl ByteInput {
     }
 }
 
-/// Turn a decoder's bad rows into located [`BadRecord`]s and apply the table's policy.
+/// Turn a decoder's bad rows into located [`BadRecord`]s (`lines` newlines precede the stream,
+/// which starts at byte `base`) and apply the table's policy.
 async fn report_bad_rows(
     policy: &BadRecordPolicy,
     name: &Arc<str>,
-    input: &mut ByteInput,
+    base: u64,
+    lines: u64,
     rows: Vec<BadRow>,
 ) -> Result<()> {
-    let lines = input.lines_before_base().await?;
-    let base = input.base();
     let records = rows
         .into_iter()
         .map(|r| BadRecord {
@@ -276,43 +336,110 @@ async fn report_bad_rows(
     policy.handle(records).await
 }
 
+/// Bad rows of a range starting mid-file are held until the ranges before it report their line
+/// counts (or this many are held; then the prefix is counted by reading it).
+const MAX_HELD_BAD_ROWS: usize = 10_000;
+
+struct DecodeState {
+    input: ByteInput,
+    decoder: Box<dyn RecordDecoder>,
+    eof: bool,
+    held: Vec<BadRow>,
+}
+
 /// Feed `input` through `decoder`, yielding good batches and reporting bad rows to `policy`.
 pub fn decode_stream(
     input: ByteInput,
     decoder: Box<dyn RecordDecoder>,
     policy: Arc<BadRecordPolicy>,
     name: Arc<str>,
+    lines: Arc<LineIndex>,
     bad_records: Count,
 ) -> Stream<'static, Result<RecordBatch>> {
-    let state = (input, decoder, false);
-    futures::stream::try_unfold(state, move |(mut input, mut decoder, mut eof)| {
+    let key = input.location.to_string();
+    let state = DecodeState {
+        input,
+        decoder,
+        eof: false,
+        held: Vec::new(),
+    };
+    futures::stream::try_unfold(state, move |mut st| {
         let policy = Arc::clone(&policy);
         let name = Arc::clone(&name);
+        let lines = Arc::clone(&lines);
+        let key = key.clone();
         let bad_records = bad_records.clone();
         async move {
             loop {
-                if let Some(out) = decoder.next_output() {
+                if let Some(out) = st.decoder.next_output() {
                     if !out.bad.is_empty() {
                         bad_records.add(out.bad.len());
-                        report_bad_rows(&policy, &name, &mut input, out.bad).await?;
+                        let known = st.input.prefix_lines;
+                        let strict = policy.policy == engine::bad_records::ErrorPolicy::Fail;
+                        if known.is_some()
+                            || strict
+                            || st.held.len() + out.bad.len() > MAX_HELD_BAD_ROWS
+                        {
+                            let mut rows = std::mem::take(&mut st.held);
+                            rows.extend(out.bad);
+                            let before = st.input.lines_before_base().await?;
+                            report_bad_rows(&policy, &name, st.input.base(), before, rows).await?;
+                        } else {
+                            st.held.extend(out.bad);
+                        }
                     }
                     if let Some(batch) = out.batch {
-                        return Ok(Some((batch, (input, decoder, eof))));
+                        return Ok(Some((batch, st)));
                     }
                     continue;
                 }
-                if eof {
+                if st.eof {
                     return Ok(None);
                 }
-                match input.next_chunk().await? {
-                    Some(chunk) => decoder.push(&chunk),
+                match st.input.next_chunk().await? {
+                    Some(chunk) => st.decoder.push(&chunk),
                     None => {
-                        decoder.finish();
-                        eof = true;
+                        st.decoder.finish();
+                        st.eof = true;
+                        let (base, end) = (st.input.base(), st.input.base() + st.input.handed);
+                        lines.publish(&key, base, end, st.decoder.newlines());
+                        // Drain what finish() produced first, then place the held rows.
+                        let mut rest = Vec::new();
+                        while let Some(out) = st.decoder.next_output() {
+                            bad_records.add(out.bad.len());
+                            st.held.extend(out.bad);
+                            rest.extend(out.batch);
+                        }
+                        if !st.held.is_empty() {
+                            let before = match st.input.prefix_lines {
+                                Some(n) => n,
+                                None => match lines.lines_before(&key, base).await {
+                                    Some(n) => n,
+                                    None => st.input.lines_before_base().await?,
+                                },
+                            };
+                            let rows = std::mem::take(&mut st.held);
+                            report_bad_rows(&policy, &name, base, before, rows).await?;
+                        }
+                        if let Some(batch) = concat_or_first(rest)? {
+                            return Ok(Some((batch, st)));
+                        }
                     }
                 }
             }
         }
     })
     .boxed()
+}
+
+/// The batches left at the end of a stream, as one (they share a schema).
+fn concat_or_first(mut batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
+    match batches.len() {
+        0 => Ok(None),
+        1 => Ok(batches.pop()),
+        _ => Ok(Some(datafusion::arrow::compute::concat_batches(
+            &batches[0].schema(),
+            &batches,
+        )?)),
+    }
 }

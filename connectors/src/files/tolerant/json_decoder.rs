@@ -231,6 +231,10 @@ impl RecordDecoder for JsonDecoder {
     fn next_output(&mut self) -> Option<Decoded> {
         self.out.pop_front()
     }
+
+    fn newlines(&self) -> u64 {
+        self.next_line.saturating_sub(1)
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use object_store::{ObjectMeta, ObjectStore};
 use regex::Regex;
 
 use super::csv_decoder::{CsvDecoder, CsvDialect};
-use super::input::{ByteInput, RecordDecoder, ScanTarget, decode_stream};
+use super::input::{ByteInput, LineIndex, RecordDecoder, ScanTarget, decode_stream};
 use super::json_decoder::JsonDecoder;
 
 /// Which decoder a tolerant scan uses.
@@ -159,6 +159,7 @@ impl FileFormat for TolerantFormat {
             projection: SplitProjection::unprojected(&table_schema),
             table_schema,
             metrics: ExecutionPlanMetricsSet::new(),
+            lines: Arc::new(LineIndex::default()),
         })
     }
 }
@@ -188,6 +189,8 @@ pub struct TolerantSource {
     table_schema: TableSchema,
     projection: SplitProjection,
     metrics: ExecutionPlanMetricsSet,
+    /// Newline counts of finished byte ranges, shared by the scan's partitions.
+    lines: Arc<LineIndex>,
 }
 
 impl TolerantSource {
@@ -345,6 +348,7 @@ impl FileOpener for TolerantOpener {
                 decoder,
                 Arc::clone(&source.policy),
                 name,
+                Arc::clone(&source.lines),
                 bad_records,
             ))
         }))
