@@ -216,3 +216,74 @@ fn postgres_state_store_records_runs_and_resumes() {
         .stderr(predicate::str::contains("cannot connect"))
         .stderr(predicate::str::contains("s3cret").not());
 }
+
+/// Watermarks and quality results in the PostgreSQL store: an incremental load advances only
+/// on success, checks are recorded, both visible as system tables.
+#[test]
+fn postgres_state_store_keeps_watermarks_and_quality_results() {
+    let url = std::env::var("FLOWENGINE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".into());
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(
+        input.join("a.csv"),
+        "id,ts\n1,2024-01-01T00:00:00\n2,2024-01-02T00:00:00\n",
+    )
+    .unwrap();
+    let pipeline = write_pipeline(
+        dir.path(),
+        "pg_incremental.sql",
+        &format!(
+            "CREATE EXTERNAL TABLE src (id INT, ts TIMESTAMP) STORED AS CSV LOCATION '{}/';\n\
+             CREATE EXTERNAL TABLE dst (id INT, ts TIMESTAMP) STORED AS PARQUET LOCATION '{}/';\n\
+             CREATE INCREMENTAL VIEW fresh ON src BY ts;\n\
+             CREATE CHECK ids_present ON fresh EXPECT id IS NOT NULL WARN;\n\
+             INSERT INTO dst SELECT * FROM fresh;\n",
+            input.display(),
+            out.display()
+        ),
+    );
+    let run = || {
+        flowengine()
+            .env("FLOWENGINE_STATE_URL", &url)
+            .arg("run")
+            .arg(&pipeline)
+            .assert()
+            .success()
+            .get_output()
+            .stderr
+            .clone()
+    };
+    let first = String::from_utf8(run()).unwrap();
+    assert!(first.contains("2 rows written"), "{first}");
+    std::fs::write(input.join("b.csv"), "id,ts\n3,2024-01-03T00:00:00\n").unwrap();
+    let second = String::from_utf8(run()).unwrap();
+    assert!(
+        second.contains("after 2024-01-02T00:00:00 up to 2024-01-03T00:00:00"),
+        "{second}"
+    );
+    assert!(second.contains("1 rows written"), "{second}");
+    let canonical = std::fs::canonicalize(&pipeline)
+        .unwrap()
+        .display()
+        .to_string();
+    let query = format!(
+        "SELECT (SELECT value FROM system.watermarks WHERE pipeline = '{canonical}' AND committed ORDER BY recorded_at DESC LIMIT 1) AS mark, \
+                (SELECT count(*) FROM system.quality_results WHERE pipeline = '{canonical}' AND status = 'passed') AS passed"
+    );
+    let o = flowengine()
+        .env("FLOWENGINE_STATE_URL", &url)
+        .args(["run", "--format", "csv"])
+        .arg(write_pipeline(dir.path(), "q.sql", &format!("{query};\n")))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(
+        String::from_utf8(o).unwrap(),
+        "mark,passed\n2024-01-03T00:00:00,2\n"
+    );
+}
