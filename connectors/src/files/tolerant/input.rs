@@ -336,8 +336,9 @@ async fn report_bad_rows(
     policy.handle(records).await
 }
 
-/// Bad rows of a range starting mid-file are held until the ranges before it report their line
-/// counts (or this many are held; then the prefix is counted by reading it).
+/// Bad rows are held until the end of the range (one report, one dead-letter write; a range
+/// starting mid-file also waits for the ranges before it to report their line counts), or until
+/// this many are held (then a mid-file range counts its prefix by reading it).
 const MAX_HELD_BAD_ROWS: usize = 10_000;
 
 struct DecodeState {
@@ -374,12 +375,13 @@ pub fn decode_stream(
                 if let Some(out) = st.decoder.next_output() {
                     if !out.bad.is_empty() {
                         bad_records.add(out.bad.len());
-                        let known = st.input.prefix_lines;
+                        // Held rows are reported together (one dead-letter write) at the end of
+                        // the range, or as soon as `max_bad_records` could be exceeded.
+                        let limit = policy
+                            .max_bad_records
+                            .map_or(MAX_HELD_BAD_ROWS, |m| MAX_HELD_BAD_ROWS.min(m as usize + 1));
                         let strict = policy.policy == engine::bad_records::ErrorPolicy::Fail;
-                        if known.is_some()
-                            || strict
-                            || st.held.len() + out.bad.len() > MAX_HELD_BAD_ROWS
-                        {
+                        if strict || st.held.len() + out.bad.len() >= limit {
                             let mut rows = std::mem::take(&mut st.held);
                             rows.extend(out.bad);
                             let before = st.input.lines_before_base().await?;
