@@ -200,3 +200,13 @@ fn clean_data_matches_arrow_csv() {
         .unwrap();
     assert_eq!(ours, theirs);
 }
+
+#[test]
+fn huge_decimal_exponents_are_bad_values_not_panics() {
+    // Found by fuzzing: arrow's decimal parser overflows an i16 on long exponents.
+    let text = b"id,name,day,amount\n1,a,2024-01-01,1e88888888888888\n2,b,2024-01-02,1.5e2\n";
+    let (ids, bad) = decode(text, CsvDialect::default(), 64, 10);
+    assert_eq!(ids, vec![2]);
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0].reason.contains("exponent out of range"), "{bad:?}");
+}
