@@ -105,13 +105,8 @@ fn csv_dead_letters_account_for_every_bad_record_across_byte_ranges() {
         out.display()
     );
     let p = write_pipeline(tmp.path(), "p.sql", &sql);
-    let o = flowengine()
-        .args(["run", p.to_str().unwrap(), "--format", "csv"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{stderr}");
+    let (ok, stdout, stderr) = run_csv(&p);
+    assert!(ok, "{stderr}");
     // Good + bad = input, and the second scan of the table added no duplicate dead letters.
     assert_eq!(parquet_rows(&out), good as i64);
     assert_eq!(
@@ -267,13 +262,8 @@ fn json_dead_letters_to_a_table() {
         file.display()
     );
     let p = write_pipeline(tmp.path(), "p.sql", &sql);
-    let o = flowengine()
-        .args(["run", p.to_str().unwrap(), "--format", "csv"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{stderr}");
+    let (ok, stdout, stderr) = run_csv(&p);
+    assert!(ok, "{stderr}");
     let rows: Vec<(u64, u64)> = stdout
         .lines()
         .skip(1)

@@ -10,9 +10,11 @@ use std::time::Instant;
 use arrow::datatypes::{DataType, Field, Schema};
 use flowengine_connectors::files::tolerant::csv_decoder::{CsvDecoder, CsvDialect};
 
-fn main() {
-    let path = std::env::args().nth(1).expect("usage: csv_decode FILE.csv");
-    let bytes = std::fs::read(&path).expect("readable file");
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::env::args()
+        .nth(1)
+        .ok_or("usage: csv_decode FILE.csv")?;
+    let bytes = std::fs::read(&path)?;
     let t = |n: &str, d: DataType| Field::new(n, d, true);
     let dec = DataType::Decimal128(15, 2);
     let schema = Arc::new(Schema::new(vec![
@@ -42,8 +44,7 @@ fn main() {
         all,
         8192,
         true,
-    )
-    .expect("decoder");
+    )?;
     let (mut rows, mut bad) = (0, 0);
     for chunk in bytes.chunks(1 << 20) {
         d.push(chunk);
@@ -63,8 +64,7 @@ fn main() {
     let reader = arrow_csv::ReaderBuilder::new(schema)
         .with_header(true)
         .with_batch_size(8192)
-        .build(std::io::Cursor::new(&bytes[..]))
-        .expect("reader");
+        .build(std::io::Cursor::new(&bytes[..]))?;
     let mut theirs_rows = 0;
     for b in reader {
         match b {
@@ -80,4 +80,5 @@ fn main() {
         "tolerant: {rows} rows + {bad} bad in {ours:.2}s; arrow-csv: {theirs_rows} rows in {theirs:.2}s; ratio {:.2}x",
         theirs / ours
     );
+    Ok(())
 }

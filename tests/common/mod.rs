@@ -21,6 +21,21 @@ pub(crate) fn flowengine() -> Command {
     cmd
 }
 
+/// `flowengine run PIPELINE --format csv`: (succeeded, stdout, stderr).
+pub(crate) fn run_csv(pipeline: &Path) -> (bool, String, String) {
+    let o = flowengine()
+        .arg("run")
+        .arg(pipeline)
+        .args(["--format", "csv"])
+        .output()
+        .expect("the binary runs");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 pub(crate) fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }

@@ -265,7 +265,9 @@ pub fn steps_batch(steps: &[StepRecord]) -> RecordBatch {
 }
 
 /// `system.watermarks` as a record batch.
-pub fn watermarks_batch(marks: &[WatermarkRecord]) -> RecordBatch {
+pub fn watermarks_batch(
+    marks: &[WatermarkRecord],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("pipeline", DataType::Utf8, false),
         Field::new("name", DataType::Utf8, false),
@@ -289,11 +291,11 @@ pub fn watermarks_batch(marks: &[WatermarkRecord]) -> RecordBatch {
         )) as ArrayRef,
         text(&|w| Some(w.recorded_at.clone())),
     ];
-    RecordBatch::try_new(schema, columns).expect("columns match the schema")
+    RecordBatch::try_new(schema, columns)
 }
 
 /// `system.quality_results` as a record batch.
-pub fn checks_batch(checks: &[CheckRecord]) -> RecordBatch {
+pub fn checks_batch(checks: &[CheckRecord]) -> Result<RecordBatch, arrow::error::ArrowError> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("pipeline", DataType::Utf8, false),
@@ -324,7 +326,7 @@ pub fn checks_batch(checks: &[CheckRecord]) -> RecordBatch {
         num(&|c| c.duration_ms),
         text(&|c| Some(c.recorded_at.clone())),
     ];
-    RecordBatch::try_new(schema, columns).expect("columns match the schema")
+    RecordBatch::try_new(schema, columns)
 }
 
 /// Register `system.runs`, `system.steps`, `system.watermarks` and `system.quality_results` (a snapshot of the store) in the session's default
@@ -376,8 +378,14 @@ pub async fn register_system_tables(
     for (name, batch) in [
         ("runs", runs_batch(&runs)),
         ("steps", steps_batch(&steps)),
-        ("watermarks", watermarks_batch(&marks)),
-        ("quality_results", checks_batch(&checks)),
+        (
+            "watermarks",
+            watermarks_batch(&marks).map_err(datafusion::error::DataFusionError::from)?,
+        ),
+        (
+            "quality_results",
+            checks_batch(&checks).map_err(datafusion::error::DataFusionError::from)?,
+        ),
     ] {
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
         schema.deregister_table(name)?;

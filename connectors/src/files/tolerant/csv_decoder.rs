@@ -321,6 +321,8 @@ impl CsvDecoder {
             self.data_len = 0;
             self.ends_len = 0;
         }
+        // The broken line takes the header's place if it was the first one.
+        self.skip_header = false;
         self.reader.reset();
         self.reader.set_line(1);
         self.line_base = line;
@@ -379,7 +381,6 @@ impl CsvDecoder {
             if has_quote && self.has_terminator(trim_terminator(&self.pending[raw_start..raw_end]))
             {
                 // A quoted field swallowed line ends: report the first line only.
-                self.rec_start_reset_for_recovery();
                 self.recover_first_line(&reason);
                 return;
             }
@@ -392,7 +393,6 @@ impl CsvDecoder {
             self.discard_current_record();
         } else if let Some((reason, multiline)) = problem {
             if multiline {
-                self.rec_start_reset_for_recovery();
                 self.recover_first_line(reason);
                 return;
             }
@@ -447,12 +447,6 @@ impl CsvDecoder {
             .recs
             .last()
             .map_or(0, |r| r.data_start + self.record_data_len(r));
-    }
-
-    /// Before recovering from a completed-but-broken record, `recover_first_line` works from
-    /// `rec_start`, which is still the start of that record; nothing else to undo.
-    fn rec_start_reset_for_recovery(&mut self) {
-        self.skip_header = false;
     }
 
     /// Turn the buffered records into a batch, moving rows that fail to type into `bad`.
