@@ -70,6 +70,16 @@ fn every_example_runs() {
             "{} must start with a comment saying what it shows",
             example.display()
         );
+        // Examples that need a server this test cannot start are run by the test named here.
+        if let Some(runner) = text.strip_prefix("-- Run by: ") {
+            let file = runner.split_whitespace().next().unwrap_or("");
+            assert!(
+                repo(file).exists(),
+                "{}: no test file {file}",
+                example.display()
+            );
+            continue;
+        }
         let out = tempfile::tempdir().unwrap();
         flowengine()
             .arg("run")

@@ -2,6 +2,10 @@
 //! [`engine::Connector`]. [`registry`] lists them; adding a family is one module plus one line
 //! there.
 
+#[cfg(feature = "cloud")]
+pub mod cloud;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub mod database;
 pub mod files;
 
 use std::sync::Arc;
@@ -10,5 +14,10 @@ use engine::ConnectorRegistry;
 
 /// Every connector family this build includes, in registration order.
 pub fn registry() -> ConnectorRegistry {
-    ConnectorRegistry::new().with(Arc::new(files::FilesConnector))
+    let registry = ConnectorRegistry::new().with(Arc::new(files::FilesConnector));
+    #[cfg(feature = "cloud")]
+    let registry = registry.with(Arc::new(cloud::CloudConnector));
+    #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+    let registry = registry.with(Arc::new(database::DatabaseConnector));
+    registry
 }

@@ -69,6 +69,11 @@ pub struct EngineConfig {
     /// writes. Env: `FLOWENGINE_LINEAGE_FILE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage_file: Option<PathBuf>,
+    /// TOML file of `NAME = "value"` secrets for `${secret:NAME}` references (mode 600).
+    /// `FLOWENGINE_SECRET_<NAME>` environment variables take precedence. Env:
+    /// `FLOWENGINE_SECRETS_FILE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_file: Option<PathBuf>,
     /// `flowengine serve` settings.
     #[serde(default, skip_serializing_if = "ServerConfig::is_default")]
     pub server: ServerConfig,
@@ -250,6 +255,7 @@ impl EngineConfig {
                 "SPILL_DIR" => self.spill_dir = Some(PathBuf::from(&value)),
                 "STATE_DIR" => self.state_dir = Some(PathBuf::from(&value)),
                 "STATE_URL" => self.state_url = Some(value.clone()),
+                "SECRETS_FILE" => self.secrets_file = Some(PathBuf::from(&value)),
                 "LINEAGE_FILE" => self.lineage_file = Some(PathBuf::from(&value)),
                 "MAX_SPILL_SIZE" => {
                     self.max_spill_size = Some(

@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod placeholders;
 pub mod profile;
 pub mod progress;
+pub mod secrets;
 pub mod server_config;
 pub mod session;
 pub mod staging;
@@ -22,6 +23,7 @@ pub mod state;
 pub use config::EngineConfig;
 pub use connector::{Connector, ConnectorRegistry, ParamSpec};
 pub use error::{EngineError, Result};
+pub use secrets::SecretStore;
 pub use server_config::ServerConfig;
 pub use session::Engine;
 

@@ -15,6 +15,7 @@ use crate::bad_records::BadRecordLedger;
 use crate::config::{EngineConfig, MemoryPoolKind};
 use crate::connector::ConnectorRegistry;
 use crate::error::{EngineError, Result};
+use crate::secrets::SecretStore;
 use crate::staging::{StagingRegistry, WriteTxn};
 
 /// A configured DataFusion session: the catalog and runtime every statement of a run shares.
@@ -41,9 +42,16 @@ impl Engine {
         };
         let runtime = build_runtime(config).map_err(build_err)?;
         let bad_records = Arc::new(BadRecordLedger::new());
+        let secrets = SecretStore::load(config.secrets_file.as_deref()).map_err(|e| {
+            EngineError::InvalidConfig {
+                origin: "secrets_file".into(),
+                message: e.to_string(),
+            }
+        })?;
         let session_config = session_config(config)
             .map_err(build_err)?
-            .with_extension(Arc::clone(&bad_records));
+            .with_extension(Arc::clone(&bad_records))
+            .with_extension(Arc::new(secrets));
         let builder = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)

@@ -3,7 +3,8 @@
 //! Variables are replaced in code and in string literals (`LOCATION '${DATA}/orders.csv'`), but not
 //! inside comments, so commented-out references never fail a run. `${NAME:-default}` falls back
 //! to `default` when `NAME` is unset; `$${` writes a literal `${`.
-//! An undefined variable is an error naming it and its line.
+//! An undefined variable is an error naming it and its line. `${secret:NAME}` is left as it is:
+//! connectors resolve it when they connect ([`crate::secrets`]).
 
 use crate::error::{EngineError, Result, SourceLocation};
 
@@ -104,6 +105,13 @@ pub fn substitute(text: &str, file: &str, vars: &dyn VarLookup) -> Result<String
                 i += 3;
                 col += 3;
                 copied = i;
+                continue;
+            }
+            if next == Some(b'{') && text[i + 2..].starts_with("secret:") {
+                // `${secret:NAME}` is resolved by the connector that uses it, never here, so
+                // the value never enters the statement text (see `crate::secrets`).
+                i += 2;
+                col += 2;
                 continue;
             }
             if next == Some(b'{') {
@@ -218,6 +226,17 @@ mod tests {
             substitute("SELECT $1, $$a$$", "p", &vars).unwrap(),
             "SELECT $1, $$a$$"
         );
+    }
+
+    #[test]
+    fn secret_references_are_left_for_connectors() {
+        let out = substitute(
+            "OPTIONS ('pass' '${secret:PG_PASS}', 'n' '${N}')",
+            "p",
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(out, "OPTIONS ('pass' '${secret:PG_PASS}', 'n' '10')");
     }
 
     #[test]

@@ -1,0 +1,226 @@
+//! Databases as sources and sinks: `STORED AS POSTGRES | MYSQL | SQLITE`.
+//!
+//! The table providers come from `datafusion-table-providers` (connection pools, type mapping,
+//! filter/limit/projection pushdown, batched transactional inserts, upserts); FlowEngine adds
+//! one option vocabulary for all three, `${secret:NAME}` resolution, pool sharing between the
+//! tables of one database, connect timeouts and clear errors that never print a password.
+//! `datafusion-federation` is installed in the session so a subquery whose tables all live in
+//! one database (joins, aggregates) runs in that database.
+//!
+//! ```sql
+//! CREATE EXTERNAL TABLE orders STORED AS POSTGRES LOCATION 'public.orders'
+//! OPTIONS ('connection' 'postgresql://app:${secret:PG_PASS}@db:5432/shop');
+//! ```
+
+mod federation;
+#[cfg(feature = "mysql")]
+mod mysql;
+mod options;
+mod plain;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::common::TableReference;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::CreateExternalTable;
+use engine::{Connector, ParamSpec};
+
+pub use options::DbOptions;
+
+/// PostgreSQL, MySQL/MariaDB and SQLite tables.
+#[derive(Debug, Default)]
+pub struct DatabaseConnector;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "connection",
+        description: "PostgreSQL/MySQL: URL `postgresql://user:pass@host:port/db` or `mysql://...`; may hold ${secret:NAME}",
+        secret: true,
+    },
+    ParamSpec {
+        name: "host / port / user / database",
+        description: "PostgreSQL/MySQL: connection parts, instead of `connection`",
+        secret: false,
+    },
+    ParamSpec {
+        name: "password",
+        description: "PostgreSQL/MySQL: password; write it as ${secret:NAME}",
+        secret: true,
+    },
+    ParamSpec {
+        name: "sslmode",
+        description: "PostgreSQL: disable, prefer (default), require; MySQL: disabled, preferred (default), required",
+        secret: false,
+    },
+    ParamSpec {
+        name: "pool_size",
+        description: "maximum connections to this database (default 10), shared by its tables",
+        secret: false,
+    },
+    ParamSpec {
+        name: "connect_timeout",
+        description: "seconds to wait for a connection (default 10)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "statement_timeout",
+        description: "PostgreSQL: milliseconds a query may run in the database (default: none)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "on_conflict",
+        description: "sinks: `upsert:col` or `upsert:(a,b)` to update rows with an existing key, `do_nothing:col` to keep them",
+        secret: false,
+    },
+    ParamSpec {
+        name: "path",
+        description: "SQLite: the database file",
+        secret: false,
+    },
+];
+
+impl Connector for DatabaseConnector {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+
+    fn register(&self, builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
+        let mut builder = builder;
+        let factories = builder
+            .table_factories()
+            .get_or_insert_with(Default::default);
+        #[cfg(feature = "postgres")]
+        factories.insert(
+            "POSTGRES".into(),
+            Arc::new(DbTableFactory::new(postgres::PostgresBackend::default())),
+        );
+        #[cfg(feature = "mysql")]
+        factories.insert(
+            "MYSQL".into(),
+            Arc::new(DbTableFactory::new(mysql::MysqlBackend::default())),
+        );
+        #[cfg(feature = "sqlite")]
+        factories.insert(
+            "SQLITE".into(),
+            Arc::new(DbTableFactory::new(sqlite::SqliteBackend::default())),
+        );
+        // Federation: the optimizer rule finds maximal subplans over one database and the
+        // planner sends them as SQL. Plans without database tables are left as they are.
+        Ok(builder
+            .with_optimizer_rules(federation::optimizer_rules())
+            .with_query_planner(Arc::new(datafusion_federation::FederatedQueryPlanner::new())))
+    }
+}
+
+/// One database family: opens (and pools) connections and builds a table provider.
+#[async_trait]
+pub(crate) trait Backend: Debug + Send + Sync + 'static {
+    /// Display name for messages (`PostgreSQL`).
+    fn display_name(&self) -> &'static str;
+
+    /// The provider for `table`, readable and (where the backend can) writable. `declared` is
+    /// the `CREATE EXTERNAL TABLE` when it lists columns: the table is created if it is missing.
+    async fn open(
+        &self,
+        options: &mut DbOptions,
+        table: TableReference,
+        declared: Option<&CreateExternalTable>,
+    ) -> Result<Arc<dyn TableProvider>>;
+}
+
+/// `CREATE EXTERNAL TABLE ... STORED AS <backend>`: options resolved, then the backend opens.
+#[derive(Debug)]
+pub(crate) struct DbTableFactory<B> {
+    backend: B,
+}
+
+impl<B: Backend> DbTableFactory<B> {
+    fn new(backend: B) -> Self {
+        Self { backend }
+    }
+}
+
+#[async_trait]
+impl<B: Backend> TableProviderFactory for DbTableFactory<B> {
+    async fn create(
+        &self,
+        state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let name = self.backend.display_name();
+        let mut options = DbOptions::from_command(state, cmd)?;
+        let location = match cmd.locations.as_slice() {
+            [] => "",
+            [one] => one.trim(),
+            _ => {
+                return Err(DataFusionError::Plan(format!(
+                    "{name} table `{}`: LOCATION names one database table",
+                    cmd.name
+                )));
+            }
+        };
+        let table = if location.is_empty() {
+            TableReference::bare(cmd.name.table())
+        } else {
+            TableReference::parse_str(location)
+        };
+        let declared = (!cmd.schema.fields().is_empty()).then_some(cmd);
+        let provider = self
+            .backend
+            .open(&mut options, table.clone(), declared)
+            .await
+            .map_err(|e| {
+                DataFusionError::Plan(format!(
+                    "{name} table `{table}` (for `{}`): {}",
+                    cmd.name,
+                    strip_external(&e)
+                ))
+            })?;
+        options.finish(name)?;
+        Ok(provider)
+    }
+}
+
+/// The message of an error without DataFusion's `External error: ` prefixes.
+fn strip_external(e: &DataFusionError) -> String {
+    let s = e.to_string();
+    let mut rest = s.as_str();
+    while let Some(r) = rest.strip_prefix("External error: ") {
+        rest = r;
+    }
+    rest.to_string()
+}
+
+/// Map a boxed error from the providers crate into DataFusion's.
+pub(crate) fn external(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> DataFusionError {
+    DataFusionError::External(e.into())
+}
+
+/// The provider to register: `writer` behind the federation adaptor of its read side, so the
+/// federation optimizer sees the table (and can push whole subqueries down) while `INSERT`
+/// still reaches the writer.
+pub(crate) fn federated(
+    read: &Arc<dyn TableProvider>,
+    writer: Arc<dyn TableProvider>,
+) -> Arc<dyn TableProvider> {
+    use datafusion_federation::FederatedTableProviderAdaptor;
+    match (read.as_ref() as &dyn std::any::Any).downcast_ref::<FederatedTableProviderAdaptor>() {
+        Some(adaptor) => Arc::new(FederatedTableProviderAdaptor::new_with_provider(
+            Arc::clone(&adaptor.source),
+            writer,
+        )),
+        None => writer,
+    }
+}

@@ -1,0 +1,175 @@
+//! `STORED AS MYSQL`: MySQL and MariaDB tables through `datafusion-table-providers`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{TableProvider, TableProviderFactory};
+use datafusion::common::{Constraints, TableReference};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::CreateExternalTable;
+use datafusion::prelude::SessionContext;
+use datafusion_table_providers::mysql::{
+    MySQL, MySQLTableFactory, MySQLTableProviderFactory, write::MySQLTableWriter,
+};
+use datafusion_table_providers::sql::db_connection_pool::mysqlpool::MySQLConnectionPool;
+use datafusion_table_providers::util::secrets::to_secret_map;
+use tokio::sync::Mutex;
+
+use super::options::{DbOptions, Endpoint};
+use super::plain::PlainRead;
+use super::postgres::on_conflict;
+use super::{Backend, external, federated};
+
+/// Connection parameters of the providers crate.
+type Params = HashMap<String, String>;
+
+/// Pools shared by every table of one database (same endpoint and settings).
+#[derive(Debug, Default)]
+pub(crate) struct MysqlBackend {
+    /// Pool and the parameters it connected with (after a TLS fallback), by requested parameters.
+    pools: Mutex<HashMap<String, (Arc<MySQLConnectionPool>, Params)>>,
+}
+
+#[async_trait]
+impl Backend for MysqlBackend {
+    fn display_name(&self) -> &'static str {
+        "MySQL"
+    }
+
+    async fn open(
+        &self,
+        options: &mut DbOptions,
+        table: TableReference,
+        declared: Option<&CreateExternalTable>,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let params = pool_params(options)?;
+        let prefer_tls = params.get("sslmode").is_some_and(|m| m == "preferred");
+        let timeout = options.connect_timeout()?;
+        let on_conflict = on_conflict(options)?;
+        let key = {
+            let mut p: Vec<_> = params.iter().collect();
+            p.sort();
+            format!("{p:?}")
+        };
+        let (pool, params) = {
+            let mut pools = self.pools.lock().await;
+            match pools.get(&key) {
+                Some((p, effective)) => (Arc::clone(p), effective.clone()),
+                None => {
+                    let connect = |params: HashMap<String, String>| async move {
+                        let secret = to_secret_map(params.clone());
+                        tokio::time::timeout(timeout, MySQLConnectionPool::new(secret))
+                            .await
+                            .map_err(|_| {
+                                DataFusionError::Plan(format!(
+                                    "no connection to {}:{} within {timeout:?} (option connect_timeout)",
+                                    params.get("host").map_or("", String::as_str),
+                                    params.get("tcp_port").map_or("", String::as_str),
+                                ))
+                            })
+                    };
+                    let mut effective = params.clone();
+                    let pool = match connect(params.clone()).await? {
+                        Ok(pool) => pool,
+                        // `preferred` means TLS when the server offers it: mysql_async has no
+                        // such mode, so a server without TLS is retried in plain text.
+                        Err(e) if prefer_tls && e.to_string().contains("SSL") => {
+                            tracing::info!("MySQL server offers no TLS; connecting without it");
+                            effective.insert("sslmode".into(), "disabled".into());
+                            connect(effective.clone()).await?.map_err(external)?
+                        }
+                        Err(e) => return Err(external(e)),
+                    };
+                    let pool = Arc::new(pool);
+                    pools.insert(key, (Arc::clone(&pool), effective.clone()));
+                    (pool, effective)
+                }
+            }
+        };
+        let factory = MySQLTableFactory::new(Arc::clone(&pool));
+        match factory.table_provider(table.clone()).await {
+            Ok(read) => {
+                // Enums are read as dictionaries; the writer only inserts plain values. Sorts
+                // stay in DataFusion (see `SortedHere`).
+                let plain = PlainRead::wrap_sorting_here(Arc::clone(&read));
+                let schema = plain.schema();
+                let my = MySQL::new(table.to_string(), pool, schema, Constraints::default());
+                let writer = MySQLTableWriter::create(plain, my, on_conflict);
+                Ok(federated(&read, writer))
+            }
+            Err(e) => match declared {
+                // The table is missing and the statement says what it holds: create it.
+                Some(cmd) => {
+                    let mut cmd = cmd.clone();
+                    cmd.name = table;
+                    cmd.options = params;
+                    if let Some(c) = options.get("on_conflict")? {
+                        cmd.options.insert("on_conflict".into(), c);
+                    }
+                    let state = SessionContext::new().state();
+                    let created = MySQLTableProviderFactory::new()
+                        .create(&state, &cmd)
+                        .await
+                        .map_err(|create| {
+                            DataFusionError::Plan(format!(
+                                "{e}; creating it from the declared columns failed too: {create}"
+                            ))
+                        })?;
+                    Ok(
+                        match (created.as_ref() as &dyn std::any::Any)
+                            .downcast_ref::<MySQLTableWriter>()
+                        {
+                            Some(w) => federated(&w.read_provider, Arc::clone(&created)),
+                            None => created,
+                        },
+                    )
+                }
+                None => Err(external(e)),
+            },
+        }
+    }
+}
+
+/// The providers crate's connection parameters (`host`, `user`, `pass`, `db`, `tcp_port`).
+fn pool_params(options: &mut DbOptions) -> Result<HashMap<String, String>> {
+    let Endpoint {
+        host,
+        port,
+        user,
+        password,
+        database,
+        params,
+    } = options.endpoint(3306)?;
+    let mut out = HashMap::new();
+    out.insert("host".into(), host);
+    out.insert("tcp_port".into(), port.to_string());
+    out.insert("user".into(), user.unwrap_or_else(|| "root".into()));
+    if let Some(p) = password {
+        out.insert("pass".into(), p);
+    }
+    if let Some(d) = database {
+        out.insert("db".into(), d);
+    }
+    let sslmode = match options.get("sslmode")? {
+        Some(m) => m,
+        None => params
+            .get("sslmode")
+            .or_else(|| params.get("ssl-mode"))
+            .cloned()
+            .unwrap_or_else(|| "preferred".into()),
+    };
+    out.insert("sslmode".into(), sslmode.to_ascii_lowercase());
+    if let Some(cert) = options.get("sslrootcert")? {
+        out.insert("sslrootcert".into(), cert);
+    }
+    let pool_size: usize = options.number("pool_size", 10)?;
+    if pool_size == 0 {
+        return Err(DataFusionError::Plan(
+            "option `pool_size` must be at least 1".into(),
+        ));
+    }
+    out.insert("pool_min".into(), "0".into());
+    out.insert("pool_max".into(), pool_size.to_string());
+    Ok(out)
+}

@@ -1,0 +1,198 @@
+//! `STORED AS POSTGRES`: PostgreSQL tables through `datafusion-table-providers`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{TableProvider, TableProviderFactory};
+use datafusion::common::{Constraints, TableReference};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::CreateExternalTable;
+use datafusion::prelude::SessionContext;
+use datafusion_table_providers::UnsupportedTypeAction;
+use datafusion_table_providers::postgres::{
+    Postgres, PostgresTableFactory, PostgresTableProviderFactory, write::PostgresTableWriter,
+};
+use datafusion_table_providers::sql::db_connection_pool::postgrespool::PostgresConnectionPool;
+use datafusion_table_providers::util::on_conflict::OnConflict;
+use datafusion_table_providers::util::secrets::to_secret_map;
+use tokio::sync::Mutex;
+
+use super::options::{DbOptions, Endpoint};
+use super::plain::PlainRead;
+use super::{Backend, external, federated};
+
+/// Pools shared by every table of one database (same endpoint and settings).
+#[derive(Debug, Default)]
+pub(crate) struct PostgresBackend {
+    pools: Mutex<HashMap<String, Arc<PostgresConnectionPool>>>,
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    fn display_name(&self) -> &'static str {
+        "PostgreSQL"
+    }
+
+    async fn open(
+        &self,
+        options: &mut DbOptions,
+        table: TableReference,
+        declared: Option<&CreateExternalTable>,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let params = pool_params(options)?;
+        let timeout = options.connect_timeout()?;
+        let on_conflict = on_conflict(options)?;
+        let unsupported = unsupported_types(options)?;
+        let key = {
+            let mut p: Vec<_> = params.iter().collect();
+            p.sort();
+            format!("{p:?} {unsupported:?}")
+        };
+        let pool = {
+            let mut pools = self.pools.lock().await;
+            match pools.get(&key) {
+                Some(p) => Arc::clone(p),
+                None => {
+                    let secret = to_secret_map(params.clone());
+                    let pool = tokio::time::timeout(timeout, PostgresConnectionPool::new(secret))
+                        .await
+                        .map_err(|_| {
+                            DataFusionError::Plan(format!(
+                                "no connection to {}:{} within {timeout:?} (option connect_timeout)",
+                                params.get("host").map_or("", String::as_str),
+                                params.get("port").map_or("", String::as_str),
+                            ))
+                        })?
+                        .map_err(external)?
+                        .with_unsupported_type_action(unsupported);
+                    let pool = Arc::new(pool);
+                    pools.insert(key, Arc::clone(&pool));
+                    pool
+                }
+            }
+        };
+        let factory = PostgresTableFactory::new(Arc::clone(&pool));
+        match factory.table_provider(table.clone()).await {
+            Ok(read) => {
+                // Enums are read as dictionaries; the writer only inserts plain values, and a
+                // table has one schema for both: present the value type.
+                let plain = PlainRead::wrap(Arc::clone(&read));
+                let schema = plain.schema();
+                let pg = Postgres::new(table, pool, schema, Constraints::default());
+                let writer = PostgresTableWriter::create(plain, pg, on_conflict);
+                Ok(federated(&read, writer))
+            }
+            Err(e) => match declared {
+                // The table is missing and the statement says what it holds: create it.
+                Some(cmd) if table.schema().is_none() => {
+                    let mut cmd = cmd.clone();
+                    cmd.name = table;
+                    cmd.options = params;
+                    if let Some(c) = options.get("on_conflict")? {
+                        cmd.options.insert("on_conflict".into(), c);
+                    }
+                    let state = SessionContext::new().state();
+                    let created = PostgresTableProviderFactory::new()
+                        .create(&state, &cmd)
+                        .await
+                        .map_err(|create| {
+                            DataFusionError::Plan(format!(
+                                "{e}; creating it from the declared columns failed too: {create}"
+                            ))
+                        })?;
+                    Ok(
+                        match (created.as_ref() as &dyn std::any::Any)
+                            .downcast_ref::<PostgresTableWriter>()
+                        {
+                            Some(w) => federated(&w.read_provider, Arc::clone(&created)),
+                            None => created,
+                        },
+                    )
+                }
+                _ => Err(external(e)),
+            },
+        }
+    }
+}
+
+/// The providers crate's connection parameters (`host`, `user`, `pass`, `db`, ...).
+fn pool_params(options: &mut DbOptions) -> Result<HashMap<String, String>> {
+    let Endpoint {
+        host,
+        port,
+        user,
+        password,
+        database,
+        params,
+    } = options.endpoint(5432)?;
+    let mut out = HashMap::new();
+    out.insert("host".into(), host);
+    out.insert("port".into(), port.to_string());
+    out.insert("user".into(), user.unwrap_or_else(|| "postgres".into()));
+    if let Some(p) = password {
+        out.insert("pass".into(), p);
+    }
+    if let Some(d) = database {
+        out.insert("db".into(), d);
+    }
+    let sslmode = match options.get("sslmode")? {
+        Some(m) => m,
+        None => params
+            .get("sslmode")
+            .cloned()
+            .unwrap_or_else(|| "prefer".into()),
+    };
+    out.insert("sslmode".into(), sslmode);
+    if let Some(cert) = options.get("sslrootcert")? {
+        out.insert("sslrootcert".into(), cert);
+    }
+    let pool_size: u32 = options.number("pool_size", 10)?;
+    if pool_size == 0 {
+        return Err(DataFusionError::Plan(
+            "option `pool_size` must be at least 1".into(),
+        ));
+    }
+    out.insert("connection_pool_size".into(), pool_size.to_string());
+    let mut session = vec!["-c application_name=flowengine".to_string()];
+    if let Some(ms) = options.get("statement_timeout")? {
+        let ms: u64 = ms.trim().parse().map_err(|_| {
+            DataFusionError::Plan(format!(
+                "option `statement_timeout`: `{ms}` is not a number of milliseconds"
+            ))
+        })?;
+        session.push(format!("-c statement_timeout={ms}"));
+    }
+    out.insert("options".into(), session.join(" "));
+    Ok(out)
+}
+
+pub(super) fn on_conflict(options: &mut DbOptions) -> Result<Option<OnConflict>> {
+    options
+        .get("on_conflict")?
+        .map(|s| {
+            OnConflict::try_from(s.as_str()).map_err(|e| {
+                DataFusionError::Plan(format!(
+                    "option `on_conflict` `{s}`: {e} (use upsert:col, upsert:(a,b) or do_nothing:col)"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// `unsupported_types`: what to do with a column whose database type has no Arrow mapping
+/// (jsonb, geometry, ...): `string` (default: read it as text), `error`, `warn` (skip the column
+/// with a warning) or `ignore` (skip it).
+pub(super) fn unsupported_types(options: &mut DbOptions) -> Result<UnsupportedTypeAction> {
+    Ok(match options.get("unsupported_types")?.as_deref() {
+        None | Some("string") => UnsupportedTypeAction::String,
+        Some("error") => UnsupportedTypeAction::Error,
+        Some("warn") => UnsupportedTypeAction::Warn,
+        Some("ignore") => UnsupportedTypeAction::Ignore,
+        Some(other) => {
+            return Err(DataFusionError::Plan(format!(
+                "option `unsupported_types` `{other}`: expected string, error, warn or ignore"
+            )));
+        }
+    })
+}

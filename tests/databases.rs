@@ -1,0 +1,636 @@
+//! Databases as sources and sinks, against the real servers on this machine: PostgreSQL
+//! (127.0.0.1:5432, database `test`), MariaDB (127.0.0.1:3306, root, database `test`) and SQLite
+//! files. Each test loads its data with the database's own client, reads and writes it through
+//! `flowengine run`, and checks the result with the client again. Tables get unique names and
+//! are dropped at the end.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{flowengine, write_pipeline};
+use predicates::prelude::*;
+
+const PG_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
+const MY_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+/// Run SQL with `psql` and return its unaligned, tuples-only output.
+fn psql(sql: &str) -> String {
+    let o = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+        ])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        o.status.success(),
+        "psql failed: {sql}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// Run SQL with the `mariadb` client (batch mode, no column names).
+fn mysql(sql: &str) -> String {
+    let o = Command::new("mariadb")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            "3306",
+            "-u",
+            "root",
+            "test",
+            "-N",
+            "-B",
+            "-e",
+            sql,
+        ])
+        .output()
+        .expect("mariadb client runs");
+    assert!(
+        o.status.success(),
+        "mariadb failed: {sql}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Binary columns print raw bytes: compare them through HEX() instead.
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let o = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 runs");
+    assert!(
+        o.status.success(),
+        "sqlite3 failed: {sql}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// Drops the named tables when the test ends, pass or fail.
+struct Cleanup(Box<dyn Fn()>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+fn run_ok(pipeline: &Path) -> String {
+    let out = flowengine()
+        .arg("run")
+        .arg(pipeline)
+        .args(["--format", "csv"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The shared million-row scenario: `source` holds ids 1..=1M with `amount = id % 1000` and
+/// `region = id % 7`; the pipeline joins it with a Parquet dimension, writes the result into
+/// a new database table and returns count and sums.
+fn million_row_pipeline(dir: &Path, create_src: &str, create_dst: &str) -> String {
+    let dim = dir.join("regions.parquet");
+    format!(
+        "COPY (SELECT column1 AS region, column2 AS region_name FROM (VALUES (0,'north'),(1,'south'),(2,'east'),(3,'west'),(4,'centre'),(5,'islands'),(6,'abroad'))) TO '{dim}';
+CREATE EXTERNAL TABLE regions STORED AS PARQUET LOCATION '{dim}';
+{create_src};
+{create_dst};
+INSERT INTO dst SELECT s.id, s.amount, r.region_name FROM src s JOIN regions r ON s.region = r.region;
+SELECT count(*) AS n, sum(amount) AS total, count(DISTINCT region_name) AS regions FROM dst;
+",
+        dim = dim.display()
+    )
+}
+
+/// Expected `n,total,regions` of the million-row scenario.
+const MILLION_EXPECTED: &str = "n,total,regions\n1000000,499500000,7";
+
+#[test]
+fn postgres_million_rows_join_parquet_and_write_back() {
+    let src = unique("fe_src");
+    let dst = unique("fe_dst");
+    let (s, d) = (src.clone(), dst.clone());
+    let _cleanup = Cleanup(Box::new(move || {
+        let _ = psql(&format!(
+            "DROP TABLE IF EXISTS {s}; DROP TABLE IF EXISTS {d}"
+        ));
+    }));
+    psql(&format!(
+        "CREATE TABLE {src} AS SELECT g::bigint AS id, (g % 1000)::int AS amount, (g % 7)::int AS region FROM generate_series(1, 1000000) g"
+    ));
+    psql(&format!(
+        "CREATE TABLE {dst} (id bigint PRIMARY KEY, amount int, region_name text)"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let sql = million_row_pipeline(
+        dir.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE src STORED AS POSTGRES LOCATION 'public.{src}' OPTIONS ('connection' '{PG_URL}')"
+        ),
+        &format!(
+            "CREATE EXTERNAL TABLE dst STORED AS POSTGRES LOCATION '{dst}' OPTIONS ('connection' '{PG_URL}')"
+        ),
+    );
+    let out = run_ok(&write_pipeline(dir.path(), "pg.sql", &sql));
+    assert_eq!(out.trim(), MILLION_EXPECTED);
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*), sum(amount), min(region_name) FROM {dst}"
+        )),
+        "1000000|499500000|abroad"
+    );
+}
+
+#[test]
+fn mariadb_million_rows_join_parquet_and_write_back() {
+    let src = unique("fe_src");
+    let dst = unique("fe_dst");
+    let (s, d) = (src.clone(), dst.clone());
+    let _cleanup = Cleanup(Box::new(move || {
+        let _ = mysql(&format!(
+            "DROP TABLE IF EXISTS {s}; DROP TABLE IF EXISTS {d}"
+        ));
+    }));
+    // MariaDB's sequence engine generates the rows inside the server.
+    mysql(&format!(
+        "CREATE TABLE {src} (id BIGINT PRIMARY KEY, amount INT, region INT); INSERT INTO {src} SELECT seq, seq % 1000, seq % 7 FROM seq_1_to_1000000"
+    ));
+    mysql(&format!(
+        "CREATE TABLE {dst} (id BIGINT PRIMARY KEY, amount INT, region_name VARCHAR(20))"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let sql = million_row_pipeline(
+        dir.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE src STORED AS MYSQL LOCATION '{src}' OPTIONS ('connection' '{MY_URL}')"
+        ),
+        &format!(
+            "CREATE EXTERNAL TABLE dst STORED AS MYSQL LOCATION '{dst}' OPTIONS ('connection' '{MY_URL}')"
+        ),
+    );
+    let out = run_ok(&write_pipeline(dir.path(), "my.sql", &sql));
+    assert_eq!(out.trim(), MILLION_EXPECTED);
+    assert_eq!(
+        mysql(&format!(
+            "SELECT count(*), sum(amount), min(region_name) FROM {dst}"
+        )),
+        "1000000\t499500000\tabroad"
+    );
+}
+
+#[test]
+fn sqlite_million_rows_join_parquet_and_write_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shop.db");
+    sqlite(
+        &db,
+        "CREATE TABLE src (id INTEGER PRIMARY KEY, amount INTEGER, region INTEGER);
+         WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 1000000)
+         INSERT INTO src SELECT n, n % 1000, n % 7 FROM g;
+         CREATE TABLE dst (id INTEGER PRIMARY KEY, amount INTEGER, region_name TEXT);",
+    );
+    let sql = million_row_pipeline(
+        dir.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE src STORED AS SQLITE LOCATION 'src' OPTIONS ('path' '{}')",
+            db.display()
+        ),
+        &format!(
+            "CREATE EXTERNAL TABLE dst STORED AS SQLITE LOCATION 'dst' OPTIONS ('path' '{}')",
+            db.display()
+        ),
+    );
+    let out = run_ok(&write_pipeline(dir.path(), "lite.sql", &sql));
+    assert_eq!(out.trim(), MILLION_EXPECTED);
+    assert_eq!(
+        sqlite(
+            &db,
+            "SELECT count(*), sum(amount), min(region_name) FROM dst"
+        ),
+        "1000000|499500000|abroad"
+    );
+}
+
+/// A load that fails part-way leaves the target exactly as it was (one transaction), and an
+/// upsert on the key makes a reload idempotent.
+#[test]
+fn postgres_sink_is_transactional_and_upserts() {
+    let dst = unique("fe_tx");
+    let d = dst.clone();
+    let _cleanup = Cleanup(Box::new(move || {
+        let _ = psql(&format!("DROP TABLE IF EXISTS {d}"));
+    }));
+    psql(&format!(
+        "CREATE TABLE {dst} (id int PRIMARY KEY, v text NOT NULL); INSERT INTO {dst} VALUES (1, 'old')"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    // Row 150000 has a NULL `v`: the database rejects it after earlier batches were sent.
+    let failing = write_pipeline(
+        dir.path(),
+        "fail.sql",
+        &format!(
+            "CREATE EXTERNAL TABLE dst STORED AS POSTGRES LOCATION '{dst}' OPTIONS ('connection' '{PG_URL}');
+INSERT INTO dst SELECT CAST(value + 1 AS INT) AS id, CASE WHEN value = 150000 THEN NULL ELSE 'new' END AS v FROM generate_series(1, 200000);"
+        ),
+    );
+    flowengine()
+        .arg("run")
+        .arg(&failing)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("fail.sql:2"));
+    assert_eq!(
+        psql(&format!("SELECT count(*), min(v) FROM {dst}")),
+        "1|old"
+    );
+
+    let upsert = write_pipeline(
+        dir.path(),
+        "upsert.sql",
+        &format!(
+            "CREATE EXTERNAL TABLE dst STORED AS POSTGRES LOCATION '{dst}' OPTIONS ('connection' '{PG_URL}', 'on_conflict' 'upsert:id');
+INSERT INTO dst SELECT CAST(value AS INT) AS id, 'v' || CAST(value AS VARCHAR) AS v FROM generate_series(1, 3);"
+        ),
+    );
+    for _ in 0..2 {
+        flowengine().arg("run").arg(&upsert).assert().success();
+    }
+    assert_eq!(
+        psql(&format!(
+            "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM {dst}"
+        )),
+        "1=v1,2=v2,3=v3"
+    );
+}
+
+/// With federation, a join and aggregate over two tables of one database runs in the database:
+/// the plan holds one federated SQL scan and no DataFusion join.
+#[test]
+fn postgres_join_and_aggregate_are_pushed_down() {
+    let orders = unique("fe_orders");
+    let customers = unique("fe_customers");
+    let (o2, c2) = (orders.clone(), customers.clone());
+    let _cleanup = Cleanup(Box::new(move || {
+        let _ = psql(&format!(
+            "DROP TABLE IF EXISTS {o2}; DROP TABLE IF EXISTS {c2}"
+        ));
+    }));
+    psql(&format!(
+        "CREATE TABLE {customers} (id int PRIMARY KEY, name text);
+         INSERT INTO {customers} VALUES (1, 'ann'), (2, 'bob');
+         CREATE TABLE {orders} (id int, customer_id int, amount numeric(10,2));
+         INSERT INTO {orders} VALUES (1, 1, 10.50), (2, 1, 4.25), (3, 2, 7.00);"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let sql = format!(
+        "CREATE EXTERNAL TABLE orders STORED AS POSTGRES LOCATION '{orders}' OPTIONS ('connection' '{PG_URL}');
+CREATE EXTERNAL TABLE customers STORED AS POSTGRES LOCATION '{customers}' OPTIONS ('connection' '{PG_URL}');
+EXPLAIN SELECT c.name, sum(o.amount) AS total FROM orders o JOIN customers c ON o.customer_id = c.id WHERE o.amount > 5 GROUP BY c.name;
+"
+    );
+    let out = run_ok(&write_pipeline(dir.path(), "explain.sql", &sql));
+    let physical = out
+        .split("physical_plan")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no physical plan in:\n{out}"));
+    assert!(
+        physical.contains("VirtualExecutionPlan")
+            || physical.contains("SQLExecutor")
+            || physical.contains("sql="),
+        "{out}"
+    );
+    assert!(physical.to_uppercase().contains("JOIN"), "{out}");
+    assert!(physical.to_uppercase().contains("GROUP BY"), "{out}");
+    assert!(
+        !physical.contains("HashJoinExec"),
+        "join ran in DataFusion:\n{out}"
+    );
+
+    let result = write_pipeline(
+        dir.path(),
+        "result.sql",
+        &sql.replace("EXPLAIN SELECT", "SELECT")
+            .replace("GROUP BY c.name;", "GROUP BY c.name ORDER BY c.name;"),
+    );
+    assert_eq!(run_ok(&result).trim(), "name,total\nann,10.50\nbob,7.00");
+}
+
+/// Passwords come from `${secret:NAME}`; they are never in output, errors or `--explain`.
+#[test]
+fn secrets_resolve_at_connect_time_and_are_never_printed() {
+    let t = unique("fe_secret");
+    let t2 = t.clone();
+    let _cleanup = Cleanup(Box::new(move || {
+        let _ = psql(&format!("DROP TABLE IF EXISTS {t2}"));
+    }));
+    psql(&format!(
+        "CREATE TABLE {t} (x int); INSERT INTO {t} VALUES (42)"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let ok = write_pipeline(
+        dir.path(),
+        "ok.sql",
+        &format!(
+            "CREATE EXTERNAL TABLE t STORED AS POSTGRES LOCATION '{t}' OPTIONS ('connection' 'postgresql://postgres:${{secret:PG_PASS}}@127.0.0.1:5432/test');
+SELECT x FROM t;"
+        ),
+    );
+    let out = flowengine()
+        .env("FLOWENGINE_SECRET_PG_PASS", "hunter2-very-secret")
+        .arg("run")
+        .arg(&ok)
+        .args(["--format", "csv", "--explain"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("42"), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+
+    // Undefined secret: the error names it.
+    flowengine()
+        .arg("run")
+        .arg(&ok)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("FLOWENGINE_SECRET_PG_PASS"));
+
+    // Unreachable server: a clear error within the connect timeout, without the password.
+    let down = write_pipeline(
+        dir.path(),
+        "down.sql",
+        "CREATE EXTERNAL TABLE t STORED AS POSTGRES LOCATION 'x' OPTIONS ('connection' 'postgresql://postgres:${secret:PG_PASS}@127.0.0.1:1/test', 'connect_timeout' '3');",
+    );
+    flowengine()
+        .env("FLOWENGINE_SECRET_PG_PASS", "hunter2-very-secret")
+        .arg("run")
+        .arg(&down)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("PostgreSQL table `x`"))
+        .stderr(predicate::str::contains("hunter2").not());
+
+    // A misspelt option is named, not ignored.
+    let typo = write_pipeline(
+        dir.path(),
+        "typo.sql",
+        &format!(
+            "CREATE EXTERNAL TABLE t STORED AS POSTGRES LOCATION '{t}' OPTIONS ('connection' '{PG_URL}', 'pool_sise' '3');"
+        ),
+    );
+    flowengine()
+        .arg("run")
+        .arg(&typo)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("pool_sise"));
+}
+
+fn run_json(pipeline: &Path) -> String {
+    let out = flowengine()
+        .arg("run")
+        .arg(pipeline)
+        .args(["--format", "json", "-q"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every common PostgreSQL type, read (values and Arrow types) and written back into a table
+/// of the same definition: the database's own text form of each row is unchanged, NULLs included.
+#[test]
+fn postgres_type_mapping_both_ways() {
+    let src = unique("fe_types");
+    let dst = unique("fe_types_out");
+    let en = unique("fe_mood");
+    let (s, d, e) = (src.clone(), dst.clone(), en.clone());
+    let _cleanup = Cleanup(Box::new(move || {
+        let _ = psql(&format!(
+            "DROP TABLE IF EXISTS {s}; DROP TABLE IF EXISTS {d}; DROP TYPE IF EXISTS {e}"
+        ));
+    }));
+    psql(&format!(
+        "CREATE TYPE {en} AS ENUM ('sad', 'ok', 'happy');
+         CREATE TABLE {src} (i2 smallint, i4 int, i8 bigint, n numeric(12,3), f4 real, f8 double precision,
+           t text, vc varchar(10), b boolean, d date, tm time, ts timestamp, tstz timestamptz, iv interval,
+           j json, jb jsonb, u uuid, by bytea, ia int[], ta text[], e {en});
+         INSERT INTO {src} VALUES (-2, 40000, 9000000000, 12345.678, 1.5, 2.25, 'héllo', 'vc', true,
+           '2024-02-29', '13:14:15.123456', '2024-01-02 03:04:05.678901', '2024-01-02 03:04:05+02',
+           '1 year 2 mons 3 days 04:05:06', '{{\"a\":1}}', '{{\"b\": [1, 2]}}',
+           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\xdeadbeef', '{{1,2,3}}', '{{x,y}}', 'happy');
+         INSERT INTO {src} DEFAULT VALUES;
+         CREATE TABLE {dst} (LIKE {src});"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let defs = format!(
+        "CREATE EXTERNAL TABLE t STORED AS POSTGRES LOCATION '{src}' OPTIONS ('connection' '{PG_URL}');
+CREATE EXTERNAL TABLE o STORED AS POSTGRES LOCATION '{dst}' OPTIONS ('connection' '{PG_URL}');
+"
+    );
+    let read = run_json(&write_pipeline(
+        dir.path(),
+        "read.sql",
+        &format!("{defs}SELECT * FROM t ORDER BY i2 NULLS LAST;"),
+    ));
+    assert_eq!(
+        read.trim(),
+        r#"{"i2":-2,"i4":40000,"i8":9000000000,"n":12345.678,"f4":1.5,"f8":2.25,"t":"héllo","vc":"vc","b":true,"d":"2024-02-29","tm":"13:14:15.123456","ts":"2024-01-02T03:04:05.678901","tstz":"2024-01-02T01:04:05Z","iv":"14 mons 3 days 4 hours 5 mins 6.000000000 secs","j":"{\"a\":1}","jb":"{\"b\": [1, 2]}","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","by":"deadbeef","ia":[1,2,3],"ta":["x","y"],"e":"happy"}
+{}"#
+    );
+    let types = run_json(&write_pipeline(
+        dir.path(),
+        "types.sql",
+        &format!(
+            "{defs}SELECT arrow_typeof(i2) AS i2, arrow_typeof(n) AS n, arrow_typeof(tstz) AS tstz, arrow_typeof(iv) AS iv, arrow_typeof(ia) AS ia, arrow_typeof(e) AS e FROM t LIMIT 1;"
+        ),
+    ));
+    assert_eq!(
+        types.trim(),
+        r#"{"i2":"Int16","n":"Decimal128(12, 3)","tstz":"Timestamp(ns, \"UTC\")","iv":"Interval(MonthDayNano)","ia":"List(Int32)","e":"Utf8"}"#
+    );
+    flowengine()
+        .arg("run")
+        .arg(write_pipeline(
+            dir.path(),
+            "write.sql",
+            &format!("{defs}INSERT INTO o SELECT * FROM t;"),
+        ))
+        .assert()
+        .success();
+    let text = |table: &str| {
+        psql(&format!(
+            "SELECT string_agg(x::text, E'\\n' ORDER BY x.i2 NULLS LAST) FROM {table} x"
+        ))
+    };
+    assert_eq!(text(&dst), text(&src));
+}
+
+/// Every common MySQL/MariaDB type, read and written back; `BOOLEAN` is MySQL's `TINYINT(1)`
+/// and reads as a number.
+#[test]
+fn mariadb_type_mapping_both_ways() {
+    let src = unique("fe_types");
+    let dst = unique("fe_types_out");
+    let (s, d) = (src.clone(), dst.clone());
+    let _cleanup = Cleanup(Box::new(move || {
+        let _ = mysql(&format!(
+            "DROP TABLE IF EXISTS {s}; DROP TABLE IF EXISTS {d}"
+        ));
+    }));
+    mysql(&format!(
+        "CREATE TABLE {src} (i1 TINYINT, i2 SMALLINT, i4 INT, i8 BIGINT, u8 BIGINT UNSIGNED, n DECIMAL(12,3),
+           f4 FLOAT, f8 DOUBLE, vc VARCHAR(20), t TEXT, b BOOLEAN, d DATE, tm TIME, dt DATETIME(6),
+           ts TIMESTAMP NULL, j JSON, bl BLOB, vb VARBINARY(10), e ENUM('sad','ok','happy'));
+         INSERT INTO {src} VALUES (-1, -2, 40000, 9000000000, 18000000000000000000, 12345.678, 1.5, 2.25,
+           'héllo', 'text', true, '2024-02-29', '13:14:15', '2024-01-02 03:04:05.678901',
+           '2024-01-02 03:04:05', '{{\"a\": 1}}', x'DEADBEEF', x'CAFE', 'happy');
+         INSERT INTO {src} () VALUES ();
+         CREATE TABLE {dst} LIKE {src};"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let defs = format!(
+        "CREATE EXTERNAL TABLE t STORED AS MYSQL LOCATION '{src}' OPTIONS ('connection' '{MY_URL}');
+CREATE EXTERNAL TABLE o STORED AS MYSQL LOCATION '{dst}' OPTIONS ('connection' '{MY_URL}');
+"
+    );
+    let read = run_json(&write_pipeline(
+        dir.path(),
+        "read.sql",
+        &format!("{defs}SELECT * FROM t ORDER BY i1 NULLS LAST;"),
+    ));
+    assert_eq!(
+        read.trim(),
+        r#"{"i1":-1,"i2":-2,"i4":40000,"i8":9000000000,"u8":18000000000000000000,"n":12345.678,"f4":1.5,"f8":2.25,"vc":"héllo","t":"text","b":1,"d":"2024-02-29","tm":"13:14:15","dt":"2024-01-02T03:04:05.678901","ts":"2024-01-02T03:04:05","j":"{\"a\": 1}","bl":"deadbeef","vb":"cafe","e":"happy"}
+{}"#
+    );
+    flowengine()
+        .arg("run")
+        .arg(write_pipeline(
+            dir.path(),
+            "write.sql",
+            &format!("{defs}INSERT INTO o SELECT * FROM t;"),
+        ))
+        .assert()
+        .success();
+    let rows = |table: &str| {
+        mysql(&format!(
+            "SELECT *, HEX(bl), HEX(vb) FROM {table} ORDER BY i1 IS NULL, i1"
+        ))
+    };
+    assert_eq!(rows(&dst), rows(&src));
+}
+
+/// SQLite's storage classes: integers, reals, text, blobs, booleans; dates and decimals as SQLite
+/// keeps them (text and REAL). Written back, the stored values and their storage classes match.
+#[test]
+fn sqlite_type_mapping_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("types.db");
+    sqlite(
+        &db,
+        "CREATE TABLE t (i INTEGER, r REAL, s TEXT, bl BLOB, n DECIMAL(10,2), d DATE, dt DATETIME, b BOOLEAN, v VARCHAR(10));
+         INSERT INTO t VALUES (9000000000, 2.5, 'héllo', x'DEADBEEF', 12.34, '2024-02-29', '2024-01-02 03:04:05', 1, 'vc');
+         INSERT INTO t DEFAULT VALUES;
+         CREATE TABLE o (i INTEGER, r REAL, s TEXT, bl BLOB, n DECIMAL(10,2), d DATE, dt DATETIME, b BOOLEAN, v VARCHAR(10));",
+    );
+    let defs = format!(
+        "CREATE EXTERNAL TABLE t STORED AS SQLITE LOCATION 't' OPTIONS ('path' '{0}');
+CREATE EXTERNAL TABLE o STORED AS SQLITE LOCATION 'o' OPTIONS ('path' '{0}');
+",
+        db.display()
+    );
+    let read = run_json(&write_pipeline(
+        dir.path(),
+        "read.sql",
+        &format!("{defs}SELECT *, CAST(d AS DATE) AS as_date FROM t ORDER BY i NULLS LAST;"),
+    ));
+    assert_eq!(
+        read.trim(),
+        r#"{"i":9000000000,"r":2.5,"s":"héllo","bl":"deadbeef","n":12.34,"d":"2024-02-29","dt":"2024-01-02 03:04:05","b":true,"v":"vc","as_date":"2024-02-29"}
+{}"#
+    );
+    flowengine()
+        .arg("run")
+        .arg(write_pipeline(
+            dir.path(),
+            "write.sql",
+            &format!("{defs}INSERT INTO o SELECT * FROM t;"),
+        ))
+        .assert()
+        .success();
+    let rows = |table: &str| {
+        sqlite(
+            &db,
+            &format!(
+                "SELECT i, r, s, hex(bl), n, d, dt, b, v, typeof(i), typeof(r), typeof(s), typeof(bl), typeof(n), typeof(d) FROM {table} ORDER BY i IS NULL, i"
+            ),
+        )
+    };
+    assert_eq!(rows("o"), rows("t"));
+}
+
+/// Queries using DataFusion's own functions over a database table run (in DataFusion, with the
+/// scan still pushed down) instead of being sent to a database that lacks them; limits and
+/// views over database tables unparse to valid SQL.
+#[test]
+fn federation_falls_back_for_datafusion_functions() {
+    let t = unique("fe_fed");
+    let t2 = t.clone();
+    let _cleanup = Cleanup(Box::new(move || {
+        let _ = psql(&format!("DROP TABLE IF EXISTS {t2}"));
+    }));
+    psql(&format!(
+        "CREATE TABLE {t} (id int, s text, at timestamp); INSERT INTO {t} VALUES (1, 'a', '2024-01-01 10:07'), (2, 'b', '2024-01-01 10:31')"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let sql = format!(
+        "CREATE EXTERNAL TABLE t STORED AS POSTGRES LOCATION '{t}' OPTIONS ('connection' '{PG_URL}');
+CREATE VIEW v AS SELECT id AS k, upper(s) AS u FROM t;
+CREATE TABLE results AS
+  SELECT 'typeof' AS q, arrow_typeof(id) AS r FROM t WHERE id = 1
+  UNION ALL SELECT 'bin', CAST(date_bin(INTERVAL '15 minutes', at) AS VARCHAR) FROM t WHERE id = 2
+  UNION ALL SELECT 'limit', (SELECT upper(s) FROM t ORDER BY id LIMIT 1)
+  UNION ALL SELECT 'view', CAST((SELECT max(k) FROM v WHERE u = 'B') AS VARCHAR);
+SELECT q, r FROM results ORDER BY q;"
+    );
+    let out = run_ok(&write_pipeline(dir.path(), "fed.sql", &sql));
+    assert_eq!(
+        out.trim(),
+        "q,r\nbin,2024-01-01T10:30:00\nlimit,A\ntypeof,Int32\nview,2"
+    );
+}
