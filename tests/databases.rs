@@ -634,3 +634,106 @@ SELECT q, r FROM results ORDER BY q;"
         "q,r\nbin,2024-01-01T10:30:00\nlimit,A\ntypeof,Int32\nview,2"
     );
 }
+
+/// A TCP proxy to PostgreSQL that drops its first `drop_first` connections: a server that
+/// fails the first requests, then recovers.
+fn flaky_proxy(drop_first: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::copy;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            if counter.fetch_add(1, Ordering::SeqCst) < drop_first {
+                drop(client);
+                continue;
+            }
+            let Ok(server) = TcpStream::connect("127.0.0.1:5432") else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c1, mut s1) = (client, server);
+            std::thread::spawn(move || {
+                let _ = copy(&mut c1, &mut s1);
+                let _ = s1.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let _ = copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// Connecting retries transient failures with backoff (a server dropping the first connections
+/// is reached), gives up on a server that is down with a clear error after the configured
+/// attempts, and a circuit breaker then fails further calls to it fast.
+#[test]
+fn connections_retry_back_off_and_break_the_circuit() {
+    let t = unique("fe_retry");
+    let t2 = t.clone();
+    let _cleanup = Cleanup(Box::new(move || {
+        let _ = psql(&format!("DROP TABLE IF EXISTS {t2}"));
+    }));
+    psql(&format!(
+        "CREATE TABLE {t} (x int); INSERT INTO {t} VALUES (1), (2)"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+
+    let (port, accepted) = flaky_proxy(3);
+    let flaky = write_pipeline(
+        dir.path(),
+        "flaky.sql",
+        &format!(
+            "CREATE EXTERNAL TABLE t STORED AS POSTGRES LOCATION '{t}'
+OPTIONS ('connection' 'postgresql://postgres@127.0.0.1:{port}/test', 'sslmode' 'disable', 'retry_backoff_ms' '50');
+SELECT sum(x) AS s FROM t;"
+        ),
+    );
+    let out = flowengine()
+        .arg("run")
+        .arg(&flaky)
+        .args(["--format", "csv"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "s\n3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("failed transiently; retrying"), "{stderr}");
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) > 3);
+
+    // A server that is down: retried with backoff until its breaker opens, then a clear error.
+    // (Later calls to an open breaker fail at once: see the unit tests in resilience.rs.)
+    let down = write_pipeline(
+        dir.path(),
+        "down.sql",
+        "CREATE EXTERNAL TABLE a STORED AS POSTGRES LOCATION 'a'
+  OPTIONS ('connection' 'postgresql://postgres@127.0.0.1:1/test', 'retries' '2', 'retry_backoff_ms' '20', 'circuit_failures' '2', 'circuit_cooldown_secs' '60');
+CREATE EXTERNAL TABLE b STORED AS POSTGRES LOCATION 'b'
+  OPTIONS ('connection' 'postgresql://postgres@127.0.0.1:1/test', 'retries' '2', 'retry_backoff_ms' '20', 'circuit_failures' '2', 'circuit_cooldown_secs' '60');
+",
+    );
+    let out = flowengine()
+        .arg("sql")
+        .arg("--init")
+        .arg(&down)
+        .args(["-c", "SELECT 1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // Two failed attempts opened the breaker (circuit_failures 2): the third attempt was not
+    // made, and the error gives both the cause and the breaker's state.
+    assert!(
+        stderr.contains("connecting to PostgreSQL failed after 2 attempts: ")
+            && stderr.contains("Cannot connect to PostgreSQL on 127.0.0.1:1")
+            && stderr.contains("circuit open for postgresql://127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("circuit opened"), "{stderr}");
+}

@@ -403,3 +403,70 @@ SELECT sum(pop) AS pop FROM cities;",
         .sum();
     assert_eq!(total, products.lines().count() - 1, "{out}");
 }
+
+/// A web server answering 503 to its first requests: object_store's retry layer (exponential
+/// backoff with jitter) gets the file anyway; a 404 is not retried.
+#[test]
+fn http_requests_are_retried_on_5xx() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("n.csv"), "n\n1\n2\n3\n").unwrap();
+    let script = r#"
+import http.server, sys
+state = {"left": int(sys.argv[2])}
+class H(http.server.SimpleHTTPRequestHandler):
+    def fail(self):
+        if state["left"] > 0:
+            state["left"] -= 1
+            self.send_response(503); self.send_header("Content-Length", "0"); self.end_headers()
+            sys.stderr.write("503\n"); sys.stderr.flush()
+            return True
+        return False
+    def do_GET(self):
+        if not self.fail(): super().do_GET()
+    def do_HEAD(self):
+        if not self.fail(): super().do_HEAD()
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new("python3")
+        .args(["-c", script, &port.to_string(), "3"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "flaky http server", &mut child);
+    let server = Server {
+        child,
+        port,
+        log: Some(log),
+    };
+    let p = write_pipeline(
+        dir.path(),
+        "flaky.sql",
+        &format!(
+            "CREATE EXTERNAL TABLE n STORED AS CSV LOCATION 'http://127.0.0.1:{}/n.csv' OPTIONS ('retry.init_backoff' '20ms');
+SELECT sum(n) AS s FROM n;",
+            server.port
+        ),
+    );
+    assert_eq!(run_csv_with(&p, |_| {}).trim(), "s\n6");
+    let log = server.log();
+    assert_eq!(log.lines().filter(|l| *l == "503").count(), 3, "{log}");
+
+    let missing = write_pipeline(
+        dir.path(),
+        "missing.sql",
+        &format!(
+            "CREATE EXTERNAL TABLE m STORED AS CSV LOCATION 'http://127.0.0.1:{}/missing.csv';",
+            server.port
+        ),
+    );
+    let started = std::time::Instant::now();
+    flowengine().arg("run").arg(&missing).assert().failure();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a 404 must not be retried for long"
+    );
+}

@@ -7,6 +7,7 @@ pub mod cloud;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub mod database;
 pub mod files;
+pub mod resilience;
 
 use std::sync::Arc;
 

@@ -33,6 +33,8 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::CreateExternalTable;
 use engine::{Connector, ParamSpec};
 
+use crate::resilience::Resilience;
+
 pub use options::DbOptions;
 
 /// PostgreSQL, MySQL/MariaDB and SQLite tables.
@@ -71,6 +73,16 @@ const PARAMS: &[ParamSpec] = &[
         secret: false,
     },
     ParamSpec {
+        name: "retries / retry_backoff_ms",
+        description: "connecting: transient failures (refused, reset, timeout, too many connections) are retried this often, backoff doubling from this with jitter (defaults 3, 200)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "circuit_failures / circuit_cooldown_secs",
+        description: "after this many consecutive failures to one server, calls fail fast for the cooldown, then one probe is let through (defaults 5, 30)",
+        secret: false,
+    },
+    ParamSpec {
         name: "statement_timeout",
         description: "PostgreSQL: milliseconds a query may run in the database (default: none)",
         secret: false,
@@ -101,15 +113,21 @@ impl Connector for DatabaseConnector {
         let factories = builder
             .table_factories()
             .get_or_insert_with(Default::default);
+        // One set of circuit breakers per session, shared by the families (keyed by endpoint).
+        let resilience = Arc::new(Resilience::new());
         #[cfg(feature = "postgres")]
         factories.insert(
             "POSTGRES".into(),
-            Arc::new(DbTableFactory::new(postgres::PostgresBackend::default())),
+            Arc::new(DbTableFactory::new(postgres::PostgresBackend::new(
+                Arc::clone(&resilience),
+            ))),
         );
         #[cfg(feature = "mysql")]
         factories.insert(
             "MYSQL".into(),
-            Arc::new(DbTableFactory::new(mysql::MysqlBackend::default())),
+            Arc::new(DbTableFactory::new(mysql::MysqlBackend::new(Arc::clone(
+                &resilience,
+            )))),
         );
         #[cfg(feature = "sqlite")]
         factories.insert(

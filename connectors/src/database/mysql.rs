@@ -20,15 +20,26 @@ use super::options::{DbOptions, Endpoint};
 use super::plain::PlainRead;
 use super::postgres::on_conflict;
 use super::{Backend, external, federated};
+use crate::resilience::Resilience;
 
 /// Connection parameters of the providers crate.
 type Params = HashMap<String, String>;
 
 /// Pools shared by every table of one database (same endpoint and settings).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct MysqlBackend {
     /// Pool and the parameters it connected with (after a TLS fallback), by requested parameters.
     pools: Mutex<HashMap<String, (Arc<MySQLConnectionPool>, Params)>>,
+    resilience: Arc<Resilience>,
+}
+
+impl MysqlBackend {
+    pub(crate) fn new(resilience: Arc<Resilience>) -> Self {
+        Self {
+            pools: Mutex::default(),
+            resilience,
+        }
+    }
 }
 
 #[async_trait]
@@ -46,6 +57,7 @@ impl Backend for MysqlBackend {
         let params = pool_params(options)?;
         let prefer_tls = params.get("sslmode").is_some_and(|m| m == "preferred");
         let timeout = options.connect_timeout()?;
+        let policy = options.retry_policy()?;
         let on_conflict = on_conflict(options)?;
         let key = {
             let mut p: Vec<_> = params.iter().collect();
@@ -57,29 +69,46 @@ impl Backend for MysqlBackend {
             match pools.get(&key) {
                 Some((p, effective)) => (Arc::clone(p), effective.clone()),
                 None => {
-                    let connect = |params: HashMap<String, String>| async move {
-                        let secret = to_secret_map(params.clone());
-                        tokio::time::timeout(timeout, MySQLConnectionPool::new(secret))
-                            .await
-                            .map_err(|_| {
-                                DataFusionError::Plan(format!(
-                                    "no connection to {}:{} within {timeout:?} (option connect_timeout)",
-                                    params.get("host").map_or("", String::as_str),
-                                    params.get("tcp_port").map_or("", String::as_str),
-                                ))
-                            })
+                    let endpoint = format!(
+                        "mysql://{}:{}",
+                        params.get("host").map_or("", String::as_str),
+                        params.get("tcp_port").map_or("", String::as_str)
+                    );
+                    let connect = |params: Params| {
+                        let endpoint = endpoint.clone();
+                        async move {
+                            let secret = to_secret_map(params);
+                            tokio::time::timeout(timeout, MySQLConnectionPool::new(secret))
+                                .await
+                                .map_err(|_| {
+                                    DataFusionError::Plan(format!(
+                                        "no connection to {endpoint} within {timeout:?} (option connect_timeout)"
+                                    ))
+                                })?
+                                .map_err(external)
+                        }
                     };
                     let mut effective = params.clone();
-                    let pool = match connect(params.clone()).await? {
+                    let first = self
+                        .resilience
+                        .call(&endpoint, "connecting to MySQL", &policy, || {
+                            connect(params.clone())
+                        })
+                        .await;
+                    let pool = match first {
                         Ok(pool) => pool,
                         // `preferred` means TLS when the server offers it: mysql_async has no
                         // such mode, so a server without TLS is retried in plain text.
                         Err(e) if prefer_tls && e.to_string().contains("SSL") => {
                             tracing::info!("MySQL server offers no TLS; connecting without it");
                             effective.insert("sslmode".into(), "disabled".into());
-                            connect(effective.clone()).await?.map_err(external)?
+                            self.resilience
+                                .call(&endpoint, "connecting to MySQL", &policy, || {
+                                    connect(effective.clone())
+                                })
+                                .await?
                         }
-                        Err(e) => return Err(external(e)),
+                        Err(e) => return Err(e),
                     };
                     let pool = Arc::new(pool);
                     pools.insert(key, (Arc::clone(&pool), effective.clone()));

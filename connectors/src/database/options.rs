@@ -10,6 +10,8 @@ use datafusion::logical_expr::CreateExternalTable;
 use engine::SecretStore;
 use engine::secrets::redact_url;
 
+use crate::resilience::RetryPolicy;
+
 /// Options of one database table. Values may hold secrets: this type has no `Display`, and
 /// its `Debug` shows keys only.
 pub struct DbOptions {
@@ -88,6 +90,28 @@ impl DbOptions {
             ));
         }
         Ok(Duration::from_secs_f64(secs))
+    }
+
+    /// Retry and circuit-breaker settings: `retries` (default 3), `retry_backoff_ms` (200),
+    /// `circuit_failures` (5), `circuit_cooldown_secs` (30).
+    pub fn retry_policy(&mut self) -> Result<RetryPolicy> {
+        let d = RetryPolicy::default();
+        let backoff_ms: u64 =
+            self.number("retry_backoff_ms", d.initial_backoff.as_millis() as u64)?;
+        let cooldown: f64 =
+            self.number("circuit_cooldown_secs", d.circuit_cooldown.as_secs_f64())?;
+        if !(cooldown >= 0.0 && cooldown.is_finite()) {
+            return Err(DataFusionError::Plan(
+                "option `circuit_cooldown_secs` must be a number of seconds".into(),
+            ));
+        }
+        Ok(RetryPolicy {
+            max_retries: self.number("retries", d.max_retries)?,
+            initial_backoff: Duration::from_millis(backoff_ms),
+            max_backoff: d.max_backoff.max(Duration::from_millis(backoff_ms)),
+            circuit_failures: self.number("circuit_failures", d.circuit_failures)?,
+            circuit_cooldown: Duration::from_secs_f64(cooldown),
+        })
     }
 
     /// Host, port, user, password and database from `connection` (a URL) and the separate

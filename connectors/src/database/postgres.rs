@@ -21,11 +21,22 @@ use tokio::sync::Mutex;
 use super::options::{DbOptions, Endpoint};
 use super::plain::PlainRead;
 use super::{Backend, external, federated};
+use crate::resilience::Resilience;
 
 /// Pools shared by every table of one database (same endpoint and settings).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PostgresBackend {
     pools: Mutex<HashMap<String, Arc<PostgresConnectionPool>>>,
+    resilience: Arc<Resilience>,
+}
+
+impl PostgresBackend {
+    pub(crate) fn new(resilience: Arc<Resilience>) -> Self {
+        Self {
+            pools: Mutex::default(),
+            resilience,
+        }
+    }
 }
 
 #[async_trait]
@@ -42,6 +53,7 @@ impl Backend for PostgresBackend {
     ) -> Result<Arc<dyn TableProvider>> {
         let params = pool_params(options)?;
         let timeout = options.connect_timeout()?;
+        let policy = options.retry_policy()?;
         let on_conflict = on_conflict(options)?;
         let unsupported = unsupported_types(options)?;
         let key = {
@@ -54,17 +66,28 @@ impl Backend for PostgresBackend {
             match pools.get(&key) {
                 Some(p) => Arc::clone(p),
                 None => {
-                    let secret = to_secret_map(params.clone());
-                    let pool = tokio::time::timeout(timeout, PostgresConnectionPool::new(secret))
-                        .await
-                        .map_err(|_| {
-                            DataFusionError::Plan(format!(
-                                "no connection to {}:{} within {timeout:?} (option connect_timeout)",
-                                params.get("host").map_or("", String::as_str),
-                                params.get("port").map_or("", String::as_str),
-                            ))
-                        })?
-                        .map_err(external)?
+                    let endpoint = format!(
+                        "postgresql://{}:{}",
+                        params.get("host").map_or("", String::as_str),
+                        params.get("port").map_or("", String::as_str)
+                    );
+                    let pool = self
+                        .resilience
+                        .call(&endpoint, "connecting to PostgreSQL", &policy, || {
+                            let secret = to_secret_map(params.clone());
+                            let endpoint = endpoint.clone();
+                            async move {
+                                tokio::time::timeout(timeout, PostgresConnectionPool::new(secret))
+                                    .await
+                                    .map_err(|_| {
+                                        DataFusionError::Plan(format!(
+                                            "no connection to {endpoint} within {timeout:?} (option connect_timeout)"
+                                        ))
+                                    })?
+                                    .map_err(external)
+                            }
+                        })
+                        .await?
                         .with_unsupported_type_action(unsupported);
                     let pool = Arc::new(pool);
                     pools.insert(key, Arc::clone(&pool));
