@@ -26,7 +26,7 @@ COLUMNS = "id bigint, customer int, amount numeric(12,2), status text, created t
 
 
 def psql(sql):
-    r = subprocess.run(PG + ["-c", sql], capture_output=True, text=True)
+    r = subprocess.run(PG + ["-A", "-t", "-c", sql], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"psql failed: {sql}\n{r.stderr}")
     return r.stdout
@@ -54,7 +54,8 @@ def main():
          f"INSERT INTO {SRC} SELECT g, g % 5000, (g % 100000) / 100.0, "
          f"(ARRAY['new','paid','shipped','returned'])[1 + g % 4], "
          f"timestamp '2024-01-01' + g * interval '1 second' FROM generate_series(1, {n}) g;"
-         f"CREATE TABLE {DST} ({COLUMNS}); VACUUM ANALYZE {SRC};")
+         f"CREATE TABLE {DST} ({COLUMNS});")
+    psql(f"VACUUM ANALYZE {SRC}")
     times = {k: [] for k in ("fe_export", "psql_export", "fe_import", "psql_import")}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)

@@ -283,6 +283,21 @@ INSERT INTO dst SELECT CAST(value AS INT) AS id, 'v' || CAST(value AS VARCHAR) A
     for _ in 0..2 {
         flowengine().arg("run").arg(&upsert).assert().success();
     }
+    // Plain appends go through COPY; upserts through INSERT ... ON CONFLICT.
+    let explain = |opts: &str| {
+        let p = write_pipeline(
+            dir.path(),
+            "explain.sql",
+            &format!(
+                "CREATE EXTERNAL TABLE dst STORED AS POSTGRES LOCATION '{dst}' OPTIONS ('connection' '{PG_URL}'{opts});
+EXPLAIN INSERT INTO dst SELECT 9 AS id, 'x' AS v;"
+            ),
+        );
+        run_ok(&p)
+    };
+    assert!(explain("").contains("PostgresCopySink"), "{}", explain(""));
+    let upsert_plan = explain(", 'on_conflict' 'upsert:id'");
+    assert!(upsert_plan.contains("PostgresDataSink"), "{upsert_plan}");
     assert_eq!(
         psql(&format!(
             "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM {dst}"

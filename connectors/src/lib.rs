@@ -7,6 +7,7 @@ pub mod cloud;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub mod database;
 pub mod files;
+pub mod http;
 pub mod resilience;
 
 use std::sync::Arc;
@@ -20,5 +21,5 @@ pub fn registry() -> ConnectorRegistry {
     let registry = registry.with(Arc::new(cloud::CloudConnector));
     #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
     let registry = registry.with(Arc::new(database::DatabaseConnector));
-    registry
+    registry.with(Arc::new(http::HttpConnector))
 }

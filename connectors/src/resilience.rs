@@ -137,6 +137,23 @@ impl Resilience {
         endpoint: &str,
         what: &str,
         policy: &RetryPolicy,
+        op: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.call_classified(endpoint, what, policy, is_transient, op)
+            .await
+    }
+
+    /// [`Resilience::call`] with the caller's idea of which failures are transient.
+    pub async fn call_classified<T, F, Fut>(
+        &self,
+        endpoint: &str,
+        what: &str,
+        policy: &RetryPolicy,
+        transient: fn(&DataFusionError) -> bool,
         mut op: F,
     ) -> Result<T>
     where
@@ -169,7 +186,7 @@ impl Resilience {
                 }
                 Err(e) => {
                     self.failure(endpoint, policy);
-                    let transient = is_transient(&e);
+                    let transient = transient(&e);
                     match backoff.next() {
                         Some(delay) if transient => {
                             self.stats.retries.fetch_add(1, Ordering::Relaxed);

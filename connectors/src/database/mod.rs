@@ -16,6 +16,8 @@ mod federation;
 #[cfg(feature = "mysql")]
 mod mysql;
 mod options;
+#[cfg(feature = "postgres")]
+mod pg_copy;
 mod plain;
 #[cfg(feature = "postgres")]
 mod postgres;

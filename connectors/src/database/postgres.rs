@@ -19,6 +19,7 @@ use datafusion_table_providers::util::secrets::to_secret_map;
 use tokio::sync::Mutex;
 
 use super::options::{DbOptions, Endpoint};
+use super::pg_copy::PgCopyWriter;
 use super::plain::PlainRead;
 use super::{Backend, external, federated};
 use crate::resilience::Resilience;
@@ -102,8 +103,10 @@ impl Backend for PostgresBackend {
                 // table has one schema for both: present the value type.
                 let plain = PlainRead::wrap(Arc::clone(&read));
                 let schema = plain.schema();
-                let pg = Postgres::new(table, pool, schema, Constraints::default());
-                let writer = PostgresTableWriter::create(plain, pg, on_conflict);
+                let pg = Postgres::new(table.clone(), pool, schema, Constraints::default());
+                let upserts = on_conflict.is_some();
+                let writer = PostgresTableWriter::create(plain, pg.clone(), on_conflict);
+                let writer = PgCopyWriter::wrap(writer, pg, table, upserts);
                 Ok(federated(&read, writer))
             }
             Err(e) => match declared {
