@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{flowengine, write_pipeline};
+use common::{flowengine, psql, write_pipeline};
 use predicates::prelude::*;
 
 const PG_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
@@ -24,32 +24,6 @@ fn unique(prefix: &str) -> String {
             .unwrap()
             .subsec_nanos()
     )
-}
-
-/// Run SQL with `psql` and return its unaligned, tuples-only output.
-fn psql(sql: &str) -> String {
-    let o = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-        ])
-        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        o.status.success(),
-        "psql failed: {sql}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
 /// Run SQL with the `mariadb` client (batch mode, no column names).
@@ -751,4 +725,28 @@ CREATE EXTERNAL TABLE b STORED AS POSTGRES LOCATION 'b'
         "{stderr}"
     );
     assert!(stderr.contains("circuit opened"), "{stderr}");
+}
+
+/// Tables declared with columns are created when missing, in the database file itself (the
+/// SQLite example), and a rerun upserts instead of duplicating.
+#[test]
+fn sqlite_example_creates_the_table_in_the_file_and_reruns_idempotently() {
+    let out = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        flowengine()
+            .arg("run")
+            .arg(common::repo("sql-examples/sqlite_load.sql"))
+            .arg("--var")
+            .arg(format!("OUT_DIR={}", out.path().display()))
+            .assert()
+            .success();
+    }
+    let csv = std::fs::read_to_string(common::repo("sql-examples/data/customers.csv")).unwrap();
+    assert_eq!(
+        sqlite(
+            &out.path().join("shop.sqlite"),
+            "SELECT count(*) FROM customers"
+        ),
+        (csv.lines().count() - 1).to_string()
+    );
 }

@@ -175,27 +175,6 @@ fn resume_after_the_load_committed_does_not_load_twice() {
     assert_eq!(sink_rows(&s), (50, 50));
 }
 
-fn psql(sql: &str) -> String {
-    let o = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-        ])
-        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("psql runs");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
-
 /// The same incremental load from a PostgreSQL source into a PostgreSQL sink: rows added at the
 /// source after a run are the only ones the next run reads, and the filter on the watermark
 /// column runs in PostgreSQL.

@@ -99,3 +99,30 @@ pub(crate) fn run_example(name: &str, format: &str, out: &Path) -> (String, Stri
         String::from_utf8_lossy(&o.stderr).to_string(),
     )
 }
+
+/// Run SQL with `psql` against the local PostgreSQL (database `test`) and return its unaligned,
+/// tuples-only output.
+pub(crate) fn psql(sql: &str) -> String {
+    let o = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+        ])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        o.status.success(),
+        "psql failed: {sql}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}

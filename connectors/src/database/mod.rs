@@ -244,3 +244,37 @@ pub(crate) fn federated(
         None => writer,
     }
 }
+
+/// The key under which a backend shares one pool: every connection parameter (and `extra`
+/// settings of the pool). Kept in memory only: it holds the password.
+pub(crate) fn pool_key(
+    params: &std::collections::HashMap<String, String>,
+    extra: impl std::fmt::Debug,
+) -> String {
+    let mut p: Vec<_> = params.iter().collect();
+    p.sort();
+    format!("{p:?} {extra:?}")
+}
+
+/// Create a table that does not exist yet from the statement's declared columns, with the
+/// providers crate's own factory (`options` in its vocabulary). The caller then opens it like
+/// any existing table, so created and existing tables are read and written the same way.
+/// `missing` is why opening the table failed.
+pub(crate) async fn create_declared(
+    factory: &dyn TableProviderFactory,
+    cmd: &CreateExternalTable,
+    table: TableReference,
+    options: std::collections::HashMap<String, String>,
+    missing: Box<dyn std::error::Error + Send + Sync>,
+) -> Result<()> {
+    let mut cmd = cmd.clone();
+    cmd.name = table;
+    cmd.options = options;
+    let state = datafusion::prelude::SessionContext::new().state();
+    factory.create(&state, &cmd).await.map_err(|create| {
+        DataFusionError::Plan(format!(
+            "{missing}; creating it from the declared columns failed too: {create}"
+        ))
+    })?;
+    Ok(())
+}

@@ -4,11 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::catalog::{TableProvider, TableProviderFactory};
+use datafusion::catalog::TableProvider;
 use datafusion::common::{Constraints, TableReference};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::CreateExternalTable;
-use datafusion::prelude::SessionContext;
 use datafusion_table_providers::mysql::{
     MySQL, MySQLTableFactory, MySQLTableProviderFactory, write::MySQLTableWriter,
 };
@@ -19,7 +18,7 @@ use tokio::sync::Mutex;
 use super::options::{DbOptions, Endpoint};
 use super::plain::PlainRead;
 use super::postgres::on_conflict;
-use super::{Backend, external, federated};
+use super::{Backend, create_declared, external, federated, pool_key};
 use crate::resilience::Resilience;
 
 /// Connection parameters of the providers crate.
@@ -59,11 +58,7 @@ impl Backend for MysqlBackend {
         let timeout = options.connect_timeout()?;
         let policy = options.retry_policy()?;
         let on_conflict = on_conflict(options)?;
-        let key = {
-            let mut p: Vec<_> = params.iter().collect();
-            p.sort();
-            format!("{p:?}")
-        };
+        let key = pool_key(&params, ());
         let (pool, params) = {
             let mut pools = self.pools.lock().await;
             match pools.get(&key) {
@@ -130,29 +125,19 @@ impl Backend for MysqlBackend {
             Err(e) => match declared {
                 // The table is missing and the statement says what it holds: create it.
                 Some(cmd) => {
-                    let mut cmd = cmd.clone();
-                    cmd.name = table;
-                    cmd.options = params;
+                    let mut params = params;
                     if let Some(c) = options.get("on_conflict")? {
-                        cmd.options.insert("on_conflict".into(), c);
+                        params.insert("on_conflict".into(), c);
                     }
-                    let state = SessionContext::new().state();
-                    let created = MySQLTableProviderFactory::new()
-                        .create(&state, &cmd)
-                        .await
-                        .map_err(|create| {
-                            DataFusionError::Plan(format!(
-                                "{e}; creating it from the declared columns failed too: {create}"
-                            ))
-                        })?;
-                    Ok(
-                        match (created.as_ref() as &dyn std::any::Any)
-                            .downcast_ref::<MySQLTableWriter>()
-                        {
-                            Some(w) => federated(&w.read_provider, Arc::clone(&created)),
-                            None => created,
-                        },
+                    create_declared(
+                        &MySQLTableProviderFactory::new(),
+                        cmd,
+                        table.clone(),
+                        params,
+                        e,
                     )
+                    .await?;
+                    self.open(options, table, None).await
                 }
                 None => Err(external(e)),
             },

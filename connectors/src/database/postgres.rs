@@ -4,11 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::catalog::{TableProvider, TableProviderFactory};
+use datafusion::catalog::TableProvider;
 use datafusion::common::{Constraints, TableReference};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::CreateExternalTable;
-use datafusion::prelude::SessionContext;
 use datafusion_table_providers::UnsupportedTypeAction;
 use datafusion_table_providers::postgres::{
     Postgres, PostgresTableFactory, PostgresTableProviderFactory, write::PostgresTableWriter,
@@ -21,7 +20,7 @@ use tokio::sync::Mutex;
 use super::options::{DbOptions, Endpoint};
 use super::pg_copy::PgCopyWriter;
 use super::plain::PlainRead;
-use super::{Backend, external, federated};
+use super::{Backend, create_declared, external, federated, pool_key};
 use crate::resilience::Resilience;
 
 /// Pools shared by every table of one database (same endpoint and settings).
@@ -57,11 +56,7 @@ impl Backend for PostgresBackend {
         let policy = options.retry_policy()?;
         let on_conflict = on_conflict(options)?;
         let unsupported = unsupported_types(options)?;
-        let key = {
-            let mut p: Vec<_> = params.iter().collect();
-            p.sort();
-            format!("{p:?} {unsupported:?}")
-        };
+        let key = pool_key(&params, unsupported);
         let pool = {
             let mut pools = self.pools.lock().await;
             match pools.get(&key) {
@@ -112,29 +107,19 @@ impl Backend for PostgresBackend {
             Err(e) => match declared {
                 // The table is missing and the statement says what it holds: create it.
                 Some(cmd) if table.schema().is_none() => {
-                    let mut cmd = cmd.clone();
-                    cmd.name = table;
-                    cmd.options = params;
+                    let mut params = params;
                     if let Some(c) = options.get("on_conflict")? {
-                        cmd.options.insert("on_conflict".into(), c);
+                        params.insert("on_conflict".into(), c);
                     }
-                    let state = SessionContext::new().state();
-                    let created = PostgresTableProviderFactory::new()
-                        .create(&state, &cmd)
-                        .await
-                        .map_err(|create| {
-                            DataFusionError::Plan(format!(
-                                "{e}; creating it from the declared columns failed too: {create}"
-                            ))
-                        })?;
-                    Ok(
-                        match (created.as_ref() as &dyn std::any::Any)
-                            .downcast_ref::<PostgresTableWriter>()
-                        {
-                            Some(w) => federated(&w.read_provider, Arc::clone(&created)),
-                            None => created,
-                        },
+                    create_declared(
+                        &PostgresTableProviderFactory::new(),
+                        cmd,
+                        table.clone(),
+                        params,
+                        e,
                     )
+                    .await?;
+                    self.open(options, table, None).await
                 }
                 _ => Err(external(e)),
             },

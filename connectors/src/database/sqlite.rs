@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{TableProvider, TableProviderFactory};
+use datafusion::catalog::TableProvider;
 use datafusion::common::{Constraints, TableReference};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::CreateExternalTable;
-use datafusion::prelude::SessionContext;
 use datafusion_table_providers::sql::db_connection_pool::DbConnectionPool;
 use datafusion_table_providers::sql::db_connection_pool::Mode;
 use datafusion_table_providers::sqlite::pool::SqliteConnectionPool;
@@ -22,7 +21,7 @@ use datafusion_table_providers::sqlite::{
 use super::options::DbOptions;
 use super::plain::{CastingWriter, sqlite_storage_type};
 use super::postgres::on_conflict;
-use super::{Backend, external, federated};
+use super::{Backend, create_declared, external, federated};
 
 /// SQLite connections, one per database file, kept by the providers crate's factory.
 #[derive(Debug)]
@@ -98,38 +97,21 @@ impl Backend for SqliteBackend {
                 let writer = CastingWriter::wrap(writer, sqlite_storage_type);
                 Ok(federated(&read, writer))
             }
-            Err(e) => {
-                match declared {
-                    Some(cmd) if table.schema().is_none() => {
-                        let mut cmd = cmd.clone();
-                        cmd.name = table;
-                        cmd.options = [("file".to_string(), path)].into_iter().collect();
-                        cmd.options
-                            .insert("busy_timeout".into(), format!("{busy_ms}ms"));
-                        if let Some(c) = options.get("on_conflict")? {
-                            cmd.options.insert("on_conflict".into(), c);
-                        }
-                        let state = SessionContext::new().state();
-                        let created = self.instances.create(&state, &cmd).await.map_err(|create| {
-                        DataFusionError::Plan(format!(
-                            "{e}; creating it from the declared columns failed too: {create}"
-                        ))
-                    })?;
-                        Ok(
-                            match (created.as_ref() as &dyn std::any::Any)
-                                .downcast_ref::<SqliteTableWriter>()
-                            {
-                                Some(w) => federated(
-                                    &w.read_provider,
-                                    CastingWriter::wrap(Arc::clone(&created), sqlite_storage_type),
-                                ),
-                                None => CastingWriter::wrap(created, sqlite_storage_type),
-                            },
-                        )
+            Err(e) => match declared {
+                Some(cmd) if table.schema().is_none() => {
+                    let mut params: std::collections::HashMap<String, String> =
+                        [("file".to_string(), path)].into_iter().collect();
+                    params.insert("busy_timeout".into(), format!("{busy_ms}ms"));
+                    // The providers crate's factory defaults to an in-memory database.
+                    params.insert("mode".into(), "file".into());
+                    if let Some(c) = options.get("on_conflict")? {
+                        params.insert("on_conflict".into(), c);
                     }
-                    _ => Err(external(e)),
+                    create_declared(&self.instances, cmd, table.clone(), params, e).await?;
+                    self.open(options, table, None).await
                 }
-            }
+                _ => Err(external(e)),
+            },
         }
     }
 }
