@@ -9,7 +9,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def snippets():
     text = README.read_text()
-    section = text.split("## Connect", 1)[1].split("\n## ", 1)[0]
+    # The exact heading: "## Connectors" also starts with "## Connect".
+    section = text.split("\n## Connect\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
