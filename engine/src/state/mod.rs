@@ -200,7 +200,7 @@ pub fn now() -> String {
 }
 
 /// `system.runs` as a record batch.
-pub fn runs_batch(runs: &[RunRecord]) -> RecordBatch {
+pub fn runs_batch(runs: &[RunRecord]) -> Result<RecordBatch, arrow::error::ArrowError> {
     let s = |f: &dyn Fn(&RunRecord) -> Option<String>| -> ArrayRef {
         Arc::new(StringArray::from(runs.iter().map(f).collect::<Vec<_>>()))
     };
@@ -226,11 +226,11 @@ pub fn runs_batch(runs: &[RunRecord]) -> RecordBatch {
         s(&|r| r.error.clone()),
         s(&|r| r.resumed_from.clone()),
     ];
-    RecordBatch::try_new(schema, columns).expect("columns match the schema")
+    RecordBatch::try_new(schema, columns)
 }
 
 /// `system.steps` as a record batch.
-pub fn steps_batch(steps: &[StepRecord]) -> RecordBatch {
+pub fn steps_batch(steps: &[StepRecord]) -> Result<RecordBatch, arrow::error::ArrowError> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("step", DataType::UInt64, false),
@@ -261,7 +261,7 @@ pub fn steps_batch(steps: &[StepRecord]) -> RecordBatch {
         text(&|s| Some(s.finished_at.clone())),
         text(&|s| s.committed_by.clone()),
     ];
-    RecordBatch::try_new(schema, columns).expect("columns match the schema")
+    RecordBatch::try_new(schema, columns)
 }
 
 /// `system.watermarks` as a record batch.
@@ -376,8 +376,14 @@ pub async fn register_system_tables(
         }
     };
     for (name, batch) in [
-        ("runs", runs_batch(&runs)),
-        ("steps", steps_batch(&steps)),
+        (
+            "runs",
+            runs_batch(&runs).map_err(datafusion::error::DataFusionError::from)?,
+        ),
+        (
+            "steps",
+            steps_batch(&steps).map_err(datafusion::error::DataFusionError::from)?,
+        ),
         (
             "watermarks",
             watermarks_batch(&marks).map_err(datafusion::error::DataFusionError::from)?,
