@@ -72,6 +72,10 @@ impl FederateBelowWrites {
         plan: LogicalPlan,
         config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
+        // Most plans read no database table: leave them without cloning or walking them again.
+        if !reads_database(&plan)? {
+            return Ok(Transformed::no(plan));
+        }
         let original = plan.clone();
         let plan = if self.stage == Stage::Writes {
             without_scan_fetch(plan)?
@@ -109,6 +113,21 @@ pub(crate) fn optimizer_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
         stage: Stage::Writes,
     }));
     rules
+}
+
+/// Whether `plan` scans a table the federation rule can send to a database.
+fn reads_database(plan: &LogicalPlan) -> Result<bool> {
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && get_table_source(&scan.source)?.is_some()
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(found)
 }
 
 /// `plan` with the row limit DataFusion pushed into database table scans removed (the `Limit`
