@@ -44,14 +44,23 @@ pub(crate) struct StatementOptions<'a> {
     /// RunContext of the pipeline's incremental views (`flowengine run`); without them an
     /// incremental view shows every row.
     pub(crate) run: Option<&'a RunContext>,
+    /// Checks deferred into this statement's scan (see `engine::pipeline::fused_checks`).
+    pub(crate) deferred: &'a [DeferredCheck],
+}
+
+/// A `CREATE CHECK` whose evaluation was deferred into the scan of the write after it.
+#[derive(Debug, Clone)]
+pub(crate) struct DeferredCheck {
+    pub(crate) statement: PipelineStatement,
+    pub(crate) check: Check,
 }
 
 /// What a recorded run (`flowengine run`) carries between statements: the watermarks it starts
 /// from, the ranges its incremental views read, and the results of its quality checks.
 #[derive(Debug, Default)]
 pub(crate) struct RunContext {
-    /// Where OpenLineage events of the run's writes go (`lineage_file`), and the job name.
-    pub(crate) lineage: Option<(std::path::PathBuf, String)>,
+    /// Where OpenLineage events of the run's writes go (`lineage_file`, `lineage_url`).
+    pub(crate) lineage: Option<crate::lineage_sink::LineageSink>,
     /// Quality check results not yet written to the state store.
     pub(crate) checks: std::sync::Mutex<Vec<(Check, CheckOutcome)>>,
     /// Last committed watermark per view.
@@ -147,7 +156,115 @@ async fn run_inner(
     if let Some(check) = quality::parse(&statement.sql) {
         return quality_check(engine, statement, opts, check).await;
     }
+    if !opts.deferred.is_empty() {
+        return run_with_checks(engine, statement, display, opts, dry_run).await;
+    }
+    match run_planned(engine, statement, display, opts, dry_run, None).await? {
+        Planned::Ran(report) => Ok(report),
+        Planned::NotFusable => Err(anyhow!("internal: no checks to fuse")),
+    }
+}
+
+/// What [`run_planned`] did.
+enum Planned {
+    Ran(Report),
+    /// The statement cannot carry the deferred checks; nothing was executed.
+    NotFusable,
+}
+
+/// Run a write with the checks deferred into it evaluated in its scan; when its plan does not
+/// allow that, run the checks on their own first, then the write.
+async fn run_with_checks(
+    engine: &Engine,
+    statement: &PipelineStatement,
+    display: &DisplayArgs,
+    opts: &StatementOptions<'_>,
+    dry_run: Option<&mut DryRun>,
+) -> Result<Report> {
+    let checks: Vec<Check> = opts.deferred.iter().map(|d| d.check.clone()).collect();
+    let fused = engine.observe_checks(&checks).await.map_err(|e| {
+        anyhow!(
+            "{}: statement {} failed: installing checks: {e}",
+            statement.location,
+            statement.index
+        )
+    })?;
+    if let Some(fused) = fused {
+        let planned = run_planned(engine, statement, display, opts, None, Some(&fused)).await;
+        let outcomes = fused.outcomes();
+        fused.restore(engine)?;
+        match planned {
+            Ok(Planned::NotFusable) => {}
+            Ok(Planned::Ran(report)) => {
+                let outcomes = outcomes?;
+                for (d, (_, outcome)) in opts.deferred.iter().zip(outcomes) {
+                    match outcome {
+                        Some(o) => report_check(&d.statement, opts, &d.check, o)?,
+                        // The scan did not run to its end (cannot happen for the plans
+                        // accepted): check on its own rather than report nothing.
+                        None => standalone_check(engine, d, opts).await?,
+                    }
+                }
+                return Ok(report);
+            }
+            Err(e) => {
+                // A failing ERROR check stopped the write: report it as the check's failure.
+                if let Ok(outcomes) = outcomes {
+                    for (d, (_, outcome)) in opts.deferred.iter().zip(outcomes) {
+                        if let Some(o) = outcome {
+                            report_check(&d.statement, opts, &d.check, o)?;
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    for d in opts.deferred {
+        standalone_check(engine, d, opts).await?;
+    }
+    match run_planned(engine, statement, display, opts, dry_run, None).await? {
+        Planned::Ran(report) => Ok(report),
+        Planned::NotFusable => Err(anyhow!("internal: no checks to fuse")),
+    }
+}
+
+/// Run a deferred check on its own, printing its summary line as its statement would.
+async fn standalone_check(
+    engine: &Engine,
+    d: &DeferredCheck,
+    opts: &StatementOptions<'_>,
+) -> Result<()> {
+    let started = Instant::now();
+    let report = quality_check(engine, &d.statement, opts, Ok(d.check.clone())).await?;
+    if opts.summary {
+        eprintln!(
+            "{}",
+            summary_line(&d.statement, opts.total, &report, started.elapsed())
+        );
+    }
+    Ok(())
+}
+
+/// Plan and run `statement`; with `fused`, only when its plan lets the checks see every row
+/// of their tables ([`Planned::NotFusable`] otherwise, before anything ran).
+async fn run_planned(
+    engine: &Engine,
+    statement: &PipelineStatement,
+    display: &DisplayArgs,
+    opts: &StatementOptions<'_>,
+    dry_run: Option<&mut DryRun>,
+    fused: Option<&engine::pipeline::fused_checks::FusedChecks>,
+) -> Result<Planned> {
     let mut prepared = engine.prepare(statement).await?;
+    if let Some(f) = fused
+        && (prepared.class != StatementClass::Write
+            || opts.committed_by.is_some()
+            || opts.explain
+            || !f.plan_is_fusable(&prepared.logical).unwrap_or(false))
+    {
+        return Ok(Planned::NotFusable);
+    }
     if let Some(path) = opts.output {
         if prepared.class != StatementClass::Query {
             return Err(prepared
@@ -172,34 +289,41 @@ async fn run_inner(
     if let Some(run) = opts.committed_by
         && prepared.class == StatementClass::Write
     {
-        return Ok(Report {
+        return Ok(Planned::Ran(Report {
             kind,
             detail: format!("skipped: committed by run {run}"),
             rows: None,
             skipped: true,
-        });
+        }));
     }
     let executes = dry_run.is_none();
     let (detail, rows) = match engine.start(&prepared, dry_run).await? {
         Started::Done => ("ok".to_string(), None),
         Started::Planned { .. } => ("planned (dry run)".to_string(), None),
         Started::Running(execution) => {
+            if let Some(f) = fused
+                && !f.each_scanned_once()
+            {
+                // Nothing was read or written yet: drop it and check on its own first.
+                execution.abort().await;
+                return Ok(Planned::NotFusable);
+            }
             let (detail, rows) = drive(execution, &prepared, display, opts).await?;
             (detail, Some(rows))
         }
     };
     if executes
-        && let Some((path, job)) = opts.run.and_then(|r| r.lineage.as_ref())
+        && let Some(sink) = opts.run.and_then(|r| r.lineage.as_ref())
         && let Some(l) = engine::lineage::of_plan(&prepared.logical)
     {
-        emit_lineage(path, &format!("{job}#{}", statement.index), &l).await?;
+        sink.emit(statement.index, &l).await?;
     }
-    Ok(Report {
+    Ok(Planned::Ran(Report {
         kind,
         detail,
         rows,
         skipped: false,
-    })
+    }))
 }
 
 async fn drive(
@@ -259,29 +383,6 @@ async fn drive(
         None => counted,
     };
     Ok((format!("{} rows", group(rows)), rows))
-}
-
-/// Append one OpenLineage event for a committed write.
-async fn emit_lineage(
-    path: &std::path::Path,
-    job: &str,
-    l: &engine::lineage::Lineage,
-) -> Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let run_id = uuid::Uuid::new_v4().to_string();
-    let now = engine::state::now();
-    let mut line = engine::lineage::openlineage_event(l, job, &run_id, &now).to_string();
-    line.push('\n');
-    let mut f = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
-        .map_err(|e| anyhow!("cannot write lineage to {}: {e}", path.display()))?;
-    f.write_all(line.as_bytes())
-        .await
-        .map_err(|e| anyhow!("cannot write lineage to {}: {e}", path.display()))?;
-    Ok(())
 }
 
 async fn incremental_view(
@@ -350,6 +451,42 @@ async fn quality_check(
         .run_check(&check)
         .await
         .map_err(|e| fail(e.to_string()))?;
+    check_report(statement, opts, &check, outcome)
+}
+
+/// Record a check's outcome in the run, print its summary line (a deferred check's, whose own
+/// statement ran inside another), and fail for a failing `ERROR` check.
+fn report_check(
+    statement: &PipelineStatement,
+    opts: &StatementOptions<'_>,
+    check: &Check,
+    outcome: CheckOutcome,
+) -> Result<()> {
+    let duration = Duration::from_millis(outcome.duration_ms);
+    let mut report = check_report(statement, opts, check, outcome)?;
+    report.detail.push_str(" (in the next write's scan)");
+    if opts.summary {
+        eprintln!("{}", summary_line(statement, opts.total, &report, duration));
+    }
+    Ok(())
+}
+
+/// A check's outcome as its statement's report (or the error of a failing `ERROR` check),
+/// recorded in the run.
+fn check_report(
+    statement: &PipelineStatement,
+    opts: &StatementOptions<'_>,
+    check: &Check,
+    outcome: CheckOutcome,
+) -> Result<Report> {
+    let kind = "CHECK";
+    let fail = |m: String| {
+        anyhow!(
+            "{}: statement {} ({kind}) failed: {m}",
+            statement.location,
+            statement.index
+        )
+    };
     if let Some(run) = opts.run {
         run.checks
             .lock()

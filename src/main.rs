@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod exec;
+mod lineage_sink;
 mod output;
 mod progress;
 

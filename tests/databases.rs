@@ -750,3 +750,50 @@ fn sqlite_example_creates_the_table_in_the_file_and_reruns_idempotently() {
         (csv.lines().count() - 1).to_string()
     );
 }
+
+#[test]
+fn slow_queries_fail_at_the_statement_timeout() {
+    let t = unique("fe_slow");
+    let (t2, t3) = (t.clone(), t.clone());
+    let _cleanup = Cleanup(Box::new(move || {
+        let _ = psql(&format!("DROP VIEW IF EXISTS {t2}"));
+        mysql(&format!("DROP VIEW IF EXISTS {t2}"));
+    }));
+    // Views that take 3 s to produce one row.
+    psql(&format!(
+        "CREATE VIEW {t} AS SELECT 1 AS x FROM pg_sleep(3)"
+    ));
+    mysql(&format!("CREATE VIEW {t3} AS SELECT SLEEP(3) AS x"));
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, url, message) in [
+        ("POSTGRES", PG_URL, "statement timeout"),
+        (
+            "MYSQL",
+            MY_URL,
+            "ran longer than statement_timeout (300 ms)",
+        ),
+    ] {
+        // A scan, and the same through federation (an aggregate in the database).
+        for query in ["SELECT x FROM slow", "SELECT max(x) FROM slow"] {
+            let sql = format!(
+                "CREATE EXTERNAL TABLE slow STORED AS {kind} LOCATION '{t}'
+  OPTIONS ('connection' '{url}', 'statement_timeout' '300');
+{query};"
+            );
+            let p = write_pipeline(dir.path(), "slow.sql", &sql);
+            let started = std::time::Instant::now();
+            flowengine()
+                .arg("run")
+                .arg(&p)
+                .assert()
+                .failure()
+                .stderr(predicate::str::contains(message));
+            // Not a timing claim: only that the 3 s query was not waited for.
+            assert!(
+                started.elapsed() < std::time::Duration::from_millis(2900),
+                "{kind}: {query} waited {:?}",
+                started.elapsed()
+            );
+        }
+    }
+}

@@ -101,6 +101,21 @@ async fn admin_endpoint_health_ready_metrics_and_query_log() {
     assert_eq!(http_get(server.admin, "/ready").0, 200);
     query(&mut c, "SELECT * FROM orders").await.unwrap();
     let _ = query(&mut c, "SELECT * FROM nope").await;
+    // A database that refuses connections: the connector retries twice, then gives up; the
+    // retries are counted.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let refused = query(
+        &mut c,
+        &format!(
+            "CREATE EXTERNAL TABLE down STORED AS POSTGRES LOCATION 't' OPTIONS ('host' '127.0.0.1', 'port' '{closed}', 'retries' '2', 'retry_backoff_ms' '10')"
+        ),
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
     let (code, metrics) = http_get(server.admin, "/metrics");
     assert_eq!(code, 200);
     for needle in [
@@ -114,6 +129,9 @@ async fn admin_endpoint_health_ready_metrics_and_query_log() {
         "flowengine_memory_pool_reserved_bytes",
         "flowengine_memory_pool_limit_bytes",
         "flowengine_build_info",
+        "flowengine_connector_retries_total 2",
+        "flowengine_connector_circuits_opened_total 0",
+        "flowengine_connector_fast_failures_total 0",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }

@@ -1,6 +1,7 @@
 //! Lineage end to end: `flowengine lineage` (text, DOT, JSON) derives table- and column-level
 //! lineage from the plans, through views, joins, aggregates and subqueries, without writing;
-//! `flowengine run` with `FLOWENGINE_LINEAGE_FILE` emits one OpenLineage event per write.
+//! `flowengine run` with `FLOWENGINE_LINEAGE_FILE` emits one OpenLineage event per write, and
+//! with `FLOWENGINE_LINEAGE_URL` POSTs each to an HTTP endpoint (a local server here).
 
 mod common;
 
@@ -139,6 +140,105 @@ fn run_emits_openlineage_events_for_each_write() {
         ctas["outputs"][0]["facets"]["columnLineage"]["fields"]["revenue"]["inputFields"][0],
         serde_json::json!({"namespace": "flowengine", "name": "orders", "field": "amount"})
     );
+}
+
+/// An OpenLineage endpoint: needs the bearer token `lk3y`, answers 503 to the first POST, and
+/// appends each event it accepts (one JSON line) to the file `argv[2]`.
+const RECEIVER: &str = r#"
+import http.server, sys
+state = {"fail": 1}
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.headers.get("Authorization") != "Bearer lk3y":
+            code = 401
+        elif state["fail"] > 0:
+            state["fail"] -= 1
+            code = 503
+        else:
+            with open(sys.argv[2], "ab") as f:
+                f.write(body + b"\n")
+            code = 201
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+#[test]
+fn run_posts_openlineage_events_to_an_http_endpoint() {
+    let tmp = setup();
+    let received = tmp.path().join("received.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        std::process::Command::new("python3")
+            .args(["-c", RECEIVER, &port.to_string()])
+            .arg(&received)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receiver did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = flowengine()
+        .current_dir(tmp.path())
+        .env("FLOWENGINE_STATE_DIR", tmp.path().join("state"))
+        .env(
+            "FLOWENGINE_LINEAGE_URL",
+            format!("http://127.0.0.1:{port}/api/v1/lineage"),
+        )
+        .env("FLOWENGINE_LINEAGE_API_KEY", "${secret:LINEAGE_KEY}")
+        .env("FLOWENGINE_SECRET_LINEAGE_KEY", "lk3y")
+        .args(["run", "p.sql"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("lk3y") && !stderr.contains("not delivered"),
+        "{stderr}"
+    );
+    // The first POST got a 503 and was retried: all three events arrived, once each.
+    let text = std::fs::read_to_string(&received).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3, "{text}");
+    assert_eq!(events[1]["outputs"][0]["name"], "by_country");
+    assert!(events.iter().all(|e| e["eventType"] == "COMPLETE"));
+
+    // An endpoint that is down does not fail the run (its writes committed): a warning.
+    let o = flowengine()
+        .current_dir(tmp.path())
+        .env("FLOWENGINE_STATE_DIR", tmp.path().join("state"))
+        .env(
+            "FLOWENGINE_LINEAGE_URL",
+            "http://127.0.0.1:9/api/v1/lineage",
+        )
+        .args(["run", "p.sql"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("not delivered"), "{stderr}");
 }
 
 fn uuid_like(s: &str) -> bool {

@@ -107,3 +107,75 @@ volume,warned,1\n";
         "{stderr}"
     );
 }
+
+#[test]
+fn expect_checks_before_a_write_run_in_its_scan_and_see_every_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    // The write reads only the paid orders' ids; the checks still see all four rows.
+    let (ok, _, stderr) = run(
+        dir,
+        "CREATE CHECK positive ON orders EXPECT amount BETWEEN 0 AND 100 WARN;\n\
+         CREATE CHECK id_present ON orders EXPECT id IS NOT NULL WARN;\n\
+         COPY (SELECT id FROM orders WHERE status = 'paid') TO 'paid.parquet';\n",
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("CHECK  positive: evaluated in the scan of the next write"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("positive on orders WARN 1 failing row(s) (in the next write's scan)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("id_present on orders WARN 1 failing row(s) (in the next write's scan)"),
+        "{stderr}"
+    );
+    // The failing row is shown.
+    assert!(stderr.contains("-1.0"), "{stderr}");
+    assert_eq!(parquet_rows(&dir.join("paid.parquet")), 2);
+
+    // A write that joins cannot promise to read every row: the check runs on its own first.
+    let (ok, _, stderr) = run(
+        dir,
+        "CREATE CHECK positive ON orders EXPECT amount >= 0 WARN;\n\
+         COPY (SELECT o.id, c.name FROM orders o JOIN customers c ON o.customer = c.id) TO 'joined.parquet';\n",
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("positive on orders WARN 1 failing row(s)")
+            && !stderr.contains("(in the next write's scan)"),
+        "{stderr}"
+    );
+    assert!(dir.join("joined.parquet").exists());
+
+    // A failing ERROR check in the scan stops the write: nothing is committed, and an
+    // INSERT into a file table is rolled back the same way.
+    std::fs::create_dir_all(dir.join("sink")).unwrap();
+    let (ok, _, stderr) = run(
+        dir,
+        "CREATE EXTERNAL TABLE sink (id INT, amount DOUBLE) STORED AS PARQUET LOCATION 'sink/';\n\
+         CREATE CHECK positive ON orders EXPECT amount >= 0;\n\
+         INSERT INTO sink SELECT id, amount FROM orders;\n",
+    );
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("p.sql:4:1")
+            && stderr.contains("check positive on orders: 1 failing row(s)"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(dir.join("sink")).unwrap().count(), 0);
+
+    // Every outcome is in the state store.
+    let (ok, stdout, stderr) = run(
+        dir,
+        "SELECT check_name, status, failing_rows FROM system.quality_results ORDER BY check_name, status;\n",
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout,
+        "check_name,status,failing_rows\nid_present,warned,1\npositive,failed,1\npositive,warned,1\npositive,warned,1\n"
+    );
+}

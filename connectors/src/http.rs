@@ -1,4 +1,5 @@
-//! REST APIs as tables: `STORED AS HTTP_JSON`.
+//! REST APIs as tables: `STORED AS HTTP_JSON` (sources; this module) and `STORED AS WEBHOOK`
+//! (sinks; [`crate::webhook`]).
 //!
 //! ```sql
 //! CREATE EXTERNAL TABLE issues STORED AS HTTP_JSON LOCATION 'https://api.example.com/issues'
@@ -64,6 +65,11 @@ const PARAMS: &[ParamSpec] = &[
         description: "request timeout (30) and retry/breaker settings as for databases",
         secret: false,
     },
+    ParamSpec {
+        name: "WEBHOOK: batch_size / body / records_key / method",
+        description: "rows per request (1000); `array` (default) or `ndjson` bodies; wrap the array in an object under this key; POST (default) or PUT",
+        secret: false,
+    },
 ];
 
 impl Connector for HttpConnector {
@@ -76,11 +82,25 @@ impl Connector for HttpConnector {
     }
 
     fn register(&self, mut builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
-        let resilience = Arc::new(Resilience::new());
+        let resilience = Arc::new(Resilience::with_stats(engine::RemoteCallStats::of(
+            &mut builder,
+        )));
         builder
             .table_factories()
             .get_or_insert_with(Default::default)
-            .insert("HTTP_JSON".into(), Arc::new(HttpJsonFactory { resilience }));
+            .insert(
+                "HTTP_JSON".into(),
+                Arc::new(HttpJsonFactory {
+                    resilience: Arc::clone(&resilience),
+                }),
+            );
+        builder
+            .table_factories()
+            .get_or_insert_with(Default::default)
+            .insert(
+                "WEBHOOK".into(),
+                Arc::new(crate::webhook::WebhookFactory { resilience }),
+            );
         Ok(builder)
     }
 }
@@ -139,21 +159,8 @@ impl TableProviderFactory for HttpJsonFactory {
         };
         let url =
             Url::parse(location).map_err(|e| plan(format!("`{location}` is not a URL: {e}")))?;
-        let secrets = state
-            .config()
-            .get_extension::<SecretStore>()
-            .map(|s| (*s).clone())
-            .unwrap_or_else(SecretStore::from_env);
-        let mut opts: BTreeMap<String, String> = cmd
-            .options
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.strip_prefix("format.").unwrap_or(k).to_string(),
-                    v.clone(),
-                )
-            })
-            .collect();
+        let secrets = secrets_of(state);
+        let mut opts = options_of(cmd);
         let mut take = |k: &str| opts.remove(k);
         let number = |v: Option<String>, k: &str, d: u64| -> Result<u64> {
             v.map_or(Ok(d), |v| {
@@ -189,45 +196,12 @@ impl TableProviderFactory for HttpJsonFactory {
             }
         };
         let max_pages = number(take("max_pages"), "max_pages", 1000)?;
-        let timeout = Duration::from_secs(number(take("timeout_secs"), "timeout_secs", 30)?);
-        let d = RetryPolicy::default();
-        let policy = RetryPolicy {
-            max_retries: number(take("retries"), "retries", d.max_retries as u64)? as usize,
-            initial_backoff: Duration::from_millis(number(
-                take("retry_backoff_ms"),
-                "retry_backoff_ms",
-                d.initial_backoff.as_millis() as u64,
-            )?),
-            max_backoff: d.max_backoff,
-            circuit_failures: number(
-                take("circuit_failures"),
-                "circuit_failures",
-                u64::from(d.circuit_failures),
-            )? as u32,
-            circuit_cooldown: Duration::from_secs(number(
-                take("circuit_cooldown_secs"),
-                "circuit_cooldown_secs",
-                d.circuit_cooldown.as_secs(),
-            )?),
-        };
-        let mut headers = Vec::new();
-        for (k, v) in std::mem::take(&mut opts) {
-            match k.strip_prefix("header.") {
-                Some(name) => {
-                    let value = secrets
-                        .expand(&v)
-                        .map_err(|e| plan(format!("option `{k}`: {e}")))?;
-                    headers.push((name.to_string(), value));
-                }
-                None => opts.insert(k, v).map_or((), |_| ()),
-            }
-        }
-        if !opts.is_empty() {
-            return Err(plan(format!(
-                "unknown option(s): {}",
-                opts.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
-        }
+        let RequestOptions {
+            headers,
+            timeout,
+            policy,
+        } = RequestOptions::take(&mut opts, &secrets, &plan)?;
+        reject_unknown(&opts, &plan)?;
         let source = Source {
             url,
             headers,
@@ -260,6 +234,110 @@ impl TableProviderFactory for HttpJsonFactory {
     }
 }
 
+/// The session's secret store (or one over the environment).
+pub(crate) fn secrets_of(state: &dyn Session) -> SecretStore {
+    state
+        .config()
+        .get_extension::<SecretStore>()
+        .map(|s| (*s).clone())
+        .unwrap_or_else(SecretStore::from_env)
+}
+
+/// A `CREATE EXTERNAL TABLE`'s options, without DataFusion's `format.` prefix.
+pub(crate) fn options_of(cmd: &CreateExternalTable) -> BTreeMap<String, String> {
+    cmd.options
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.strip_prefix("format.").unwrap_or(k).to_string(),
+                v.clone(),
+            )
+        })
+        .collect()
+}
+
+/// An error naming the options nobody took (misspellings).
+pub(crate) fn reject_unknown(
+    opts: &BTreeMap<String, String>,
+    plan: &dyn Fn(String) -> DataFusionError,
+) -> Result<()> {
+    if opts.is_empty() {
+        return Ok(());
+    }
+    Err(plan(format!(
+        "unknown option(s): {}",
+        opts.keys().cloned().collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// What every HTTP table says about its requests: headers (values may hold secrets), the
+/// timeout, and retries and the circuit breaker.
+pub(crate) struct RequestOptions {
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) timeout: Duration,
+    pub(crate) policy: RetryPolicy,
+}
+
+impl RequestOptions {
+    /// Take `header.*`, `timeout_secs`, `retries`, `retry_backoff_ms`, `circuit_failures` and
+    /// `circuit_cooldown_secs` out of `opts`.
+    pub(crate) fn take(
+        opts: &mut BTreeMap<String, String>,
+        secrets: &SecretStore,
+        plan: &dyn Fn(String) -> DataFusionError,
+    ) -> Result<Self> {
+        let mut number = |k: &str, d: u64| -> Result<u64> {
+            opts.remove(k).map_or(Ok(d), |v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| plan(format!("option `{k}`: `{v}` is not a number")))
+            })
+        };
+        let timeout = Duration::from_secs(number("timeout_secs", 30)?);
+        let d = RetryPolicy::default();
+        let policy = RetryPolicy {
+            max_retries: number("retries", d.max_retries as u64)? as usize,
+            initial_backoff: Duration::from_millis(number(
+                "retry_backoff_ms",
+                d.initial_backoff.as_millis() as u64,
+            )?),
+            max_backoff: d.max_backoff,
+            circuit_failures: number("circuit_failures", u64::from(d.circuit_failures))? as u32,
+            circuit_cooldown: Duration::from_secs(number(
+                "circuit_cooldown_secs",
+                d.circuit_cooldown.as_secs(),
+            )?),
+        };
+        let mut headers = Vec::new();
+        let names: Vec<String> = opts
+            .keys()
+            .filter(|k| k.starts_with("header."))
+            .cloned()
+            .collect();
+        for k in names {
+            let v = opts.remove(&k).unwrap_or_default();
+            let value = secrets
+                .expand(&v)
+                .map_err(|e| plan(format!("option `{k}`: {e}")))?;
+            headers.push((k["header.".len()..].to_string(), value));
+        }
+        Ok(Self {
+            headers,
+            timeout,
+            policy,
+        })
+    }
+}
+
+/// `scheme://host:port` of `url`: the circuit breaker's key.
+pub(crate) fn endpoint_of(url: &Url) -> String {
+    format!(
+        "{}://{}",
+        url.scheme(),
+        &url[url::Position::BeforeHost..url::Position::AfterPort]
+    )
+}
+
 impl Source {
     /// The records of every page (or the first `limit_pages`).
     async fn fetch(&self, limit_pages: Option<u64>) -> Result<Vec<Value>> {
@@ -267,11 +345,7 @@ impl Source {
             .timeout(self.timeout)
             .build()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let endpoint = format!(
-            "{}://{}",
-            self.url.scheme(),
-            &self.url[url::Position::BeforeHost..url::Position::AfterPort]
-        );
+        let endpoint = endpoint_of(&self.url);
         let max = limit_pages.unwrap_or(self.max_pages);
         let mut records = Vec::new();
         let mut next = Some(self.url.clone());
@@ -383,7 +457,7 @@ impl Source {
 }
 
 /// An HTTP failure; the status (if any) is kept in the message for [`is_retryable`].
-fn http_error(url: &Url, status: Option<u16>, reason: &str) -> DataFusionError {
+pub(crate) fn http_error(url: &Url, status: Option<u16>, reason: &str) -> DataFusionError {
     // Never the query string: it may carry a token.
     let mut shown = url.clone();
     shown.set_query(None);
@@ -394,7 +468,7 @@ fn http_error(url: &Url, status: Option<u16>, reason: &str) -> DataFusionError {
 }
 
 /// 429, 5xx and connection-level failures are worth retrying; other statuses are not.
-fn is_retryable(e: &DataFusionError) -> bool {
+pub(crate) fn is_retryable(e: &DataFusionError) -> bool {
     let msg = e.to_string();
     if let Some(rest) = msg.split("HTTP ").nth(1)
         && let Some(code) = rest.get(..3).and_then(|c| c.parse::<u16>().ok())

@@ -9,6 +9,7 @@ pub mod database;
 pub mod files;
 pub mod http;
 pub mod resilience;
+mod webhook;
 
 use std::sync::Arc;
 

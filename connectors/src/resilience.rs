@@ -8,12 +8,13 @@
 //! - After `circuit_failures` consecutive failed calls to one endpoint its breaker opens: calls
 //!   fail fast for `circuit_cooldown`, then one probe is let through (half-open); its success
 //!   closes the breaker, its failure opens it again.
-//! - Every retry and every breaker transition is logged, and counted in [`ResilienceStats`].
+//! - Every retry and every breaker transition is logged, and counted in [`ResilienceStats`] (the
+//!   session's, exported by `flowengine serve` at `/metrics`).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -45,13 +46,8 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Counters since the session started.
-#[derive(Debug, Default)]
-pub struct ResilienceStats {
-    pub retries: AtomicU64,
-    pub circuit_opened: AtomicU64,
-    pub fast_failures: AtomicU64,
-}
+/// Counters since the session started (shared by the session's connectors).
+pub type ResilienceStats = engine::RemoteCallStats;
 
 #[derive(Debug, Default)]
 struct Breaker {
@@ -64,12 +60,20 @@ struct Breaker {
 #[derive(Debug, Default)]
 pub struct Resilience {
     breakers: Mutex<HashMap<String, Breaker>>,
-    pub stats: ResilienceStats,
+    pub stats: Arc<ResilienceStats>,
 }
 
 impl Resilience {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Breakers counting into the session's `stats`.
+    pub fn with_stats(stats: Arc<ResilienceStats>) -> Self {
+        Self {
+            breakers: Mutex::default(),
+            stats,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Breaker>> {

@@ -69,6 +69,14 @@ pub struct EngineConfig {
     /// writes. Env: `FLOWENGINE_LINEAGE_FILE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage_file: Option<PathBuf>,
+    /// POST every such event to this OpenLineage HTTP endpoint (e.g. Marquez's
+    /// `http://marquez:5000/api/v1/lineage`). Env: `FLOWENGINE_LINEAGE_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage_url: Option<String>,
+    /// Bearer token for `lineage_url`; write it as `${secret:NAME}`. Never printed. Env:
+    /// `FLOWENGINE_LINEAGE_API_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage_api_key: Option<String>,
     /// TOML file of `NAME = "value"` secrets for `${secret:NAME}` references (mode 600).
     /// `FLOWENGINE_SECRET_<NAME>` environment variables take precedence. Env:
     /// `FLOWENGINE_SECRETS_FILE`.
@@ -257,6 +265,8 @@ impl EngineConfig {
                 "STATE_URL" => self.state_url = Some(value.clone()),
                 "SECRETS_FILE" => self.secrets_file = Some(PathBuf::from(&value)),
                 "LINEAGE_FILE" => self.lineage_file = Some(PathBuf::from(&value)),
+                "LINEAGE_URL" => self.lineage_url = Some(value.clone()),
+                "LINEAGE_API_KEY" => self.lineage_api_key = Some(value.clone()),
                 "MAX_SPILL_SIZE" => {
                     self.max_spill_size = Some(
                         value
@@ -347,6 +357,14 @@ impl EngineConfig {
         }
         // Never show a password.
         effective.state_url = self.state_url.as_deref().map(redact_url);
+        effective.lineage_url = self.lineage_url.as_deref().map(redact_url);
+        effective.lineage_api_key = self.lineage_api_key.as_deref().map(|k| {
+            if k.trim_start().starts_with("${secret:") {
+                k.to_string()
+            } else {
+                "***".to_string()
+            }
+        });
         toml::to_string(&effective).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }

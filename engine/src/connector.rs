@@ -6,6 +6,7 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use datafusion::error::Result as DfResult;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -65,5 +66,30 @@ impl ConnectorRegistry {
                 })?;
         }
         Ok(builder)
+    }
+}
+
+/// Counts of the remote calls connectors retried or refused, shared by every connector of a
+/// session (a session config extension that [`crate::Engine`] installs) and exported by
+/// `flowengine serve` at `/metrics`.
+#[derive(Debug, Default)]
+pub struct RemoteCallStats {
+    /// Calls retried after a transient failure.
+    pub retries: AtomicU64,
+    /// Circuit breakers opened (an endpoint failed `circuit_failures` times in a row).
+    pub circuit_opened: AtomicU64,
+    /// Calls refused at once by an open breaker.
+    pub fast_failures: AtomicU64,
+}
+
+impl RemoteCallStats {
+    /// The session's counters, as registered in `builder`'s configuration; fresh ones when the
+    /// session has none (a session not built by [`crate::Engine`]).
+    pub fn of(builder: &mut SessionStateBuilder) -> Arc<Self> {
+        builder
+            .config()
+            .as_ref()
+            .and_then(|c| c.get_extension::<Self>())
+            .unwrap_or_default()
     }
 }

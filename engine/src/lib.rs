@@ -21,7 +21,7 @@ pub mod staging;
 pub mod state;
 
 pub use config::EngineConfig;
-pub use connector::{Connector, ConnectorRegistry, ParamSpec};
+pub use connector::{Connector, ConnectorRegistry, ParamSpec, RemoteCallStats};
 pub use error::{EngineError, Result};
 pub use secrets::SecretStore;
 pub use server_config::ServerConfig;

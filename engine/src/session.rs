@@ -51,7 +51,8 @@ impl Engine {
         let session_config = session_config(config)
             .map_err(build_err)?
             .with_extension(Arc::clone(&bad_records))
-            .with_extension(Arc::new(secrets));
+            .with_extension(Arc::new(secrets))
+            .with_extension(Arc::new(crate::RemoteCallStats::default()));
         let builder = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
@@ -71,6 +72,15 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Retries and circuit-breaker counts of this session's connectors.
+    pub fn remote_call_stats(&self) -> Arc<crate::RemoteCallStats> {
+        self.ctx
+            .state()
+            .config()
+            .get_extension::<crate::RemoteCallStats>()
+            .unwrap_or_default()
     }
 
     /// Bad input records met by tolerant readers: per-statement counts and dead-letter tables.

@@ -36,6 +36,9 @@ async fn ready(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
 async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
     let pool = &state.engine.context().runtime_env().memory_pool;
     state.metrics.memory_reserved.set(pool.reserved() as u64);
+    state
+        .metrics
+        .sync_connectors(&state.engine.remote_call_stats());
     (
         [(
             CONTENT_TYPE,

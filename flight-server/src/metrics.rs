@@ -35,6 +35,11 @@ pub(crate) struct Metrics {
     pub(crate) queued: Gauge,
     pub(crate) memory_reserved: Gauge<u64, AtomicU64>,
     pub(crate) memory_limit: Gauge<u64, AtomicU64>,
+    /// Connector calls retried, breakers opened and calls refused by an open breaker; brought
+    /// up to the session's [`engine::RemoteCallStats`] at each scrape.
+    pub(crate) connector_retries: Counter,
+    pub(crate) connector_circuits_opened: Counter,
+    pub(crate) connector_fast_failures: Counter,
 }
 
 impl Metrics {
@@ -92,6 +97,24 @@ impl Metrics {
             "Size of the DataFusion memory pool",
             memory_limit.clone(),
         );
+        let connector_retries = Counter::default();
+        registry.register(
+            "connector_retries",
+            "Connector calls (database connections, HTTP requests) retried after a transient failure",
+            connector_retries.clone(),
+        );
+        let connector_circuits_opened = Counter::default();
+        registry.register(
+            "connector_circuits_opened",
+            "Circuit breakers opened after consecutive failures of one endpoint",
+            connector_circuits_opened.clone(),
+        );
+        let connector_fast_failures = Counter::default();
+        registry.register(
+            "connector_fast_failures",
+            "Connector calls refused at once by an open circuit breaker",
+            connector_fast_failures.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -111,6 +134,30 @@ impl Metrics {
             queued,
             memory_reserved,
             memory_limit,
+            connector_retries,
+            connector_circuits_opened,
+            connector_fast_failures,
+        }
+    }
+
+    /// Bring the connector counters up to `stats` (counted by the connectors themselves).
+    pub(crate) fn sync_connectors(&self, stats: &engine::RemoteCallStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (counter, now) in [
+            (&self.connector_retries, stats.retries.load(Relaxed)),
+            (
+                &self.connector_circuits_opened,
+                stats.circuit_opened.load(Relaxed),
+            ),
+            (
+                &self.connector_fast_failures,
+                stats.fast_failures.load(Relaxed),
+            ),
+        ] {
+            let seen = counter.get();
+            if now > seen {
+                counter.inc_by(now - seen);
+            }
         }
     }
 

@@ -64,6 +64,7 @@ pub(crate) async fn run_pipeline(
             total,
             committed_by: None,
             run: None,
+            deferred: &[],
         };
         run_statement(engine, statement, display, &opts, None).await?;
     }

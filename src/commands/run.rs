@@ -16,7 +16,7 @@ use engine::state::{
 };
 
 use crate::cli::{GlobalArgs, RunArgs};
-use crate::exec::{Rows, RunContext, StatementOptions, run_statement};
+use crate::exec::{DeferredCheck, Rows, RunContext, StatementOptions, run_statement};
 
 pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
     let (engine, loaded) = super::build_engine(global)?;
@@ -81,17 +81,57 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
         Some(store) => load_watermarks(store.as_ref(), &canonical, resume.as_ref()).await?,
         None => RunContext::default(),
     };
-    watermarks.lineage = engine
+    let secrets = engine
+        .context()
+        .state()
         .config()
-        .lineage_file
-        .clone()
-        .map(|p| (p, canonical.clone()));
+        .get_extension::<engine::SecretStore>()
+        .map(|s| (*s).clone())
+        .unwrap_or_else(engine::SecretStore::from_env);
+    watermarks.lineage = crate::lineage_sink::LineageSink::from_config(
+        engine.config(),
+        &secrets,
+        canonical.clone(),
+    )?;
     let mut recorded_marks = 0;
 
     let total = pipeline.statements.len();
     let mut dry_run = args.dry_run.then(engine::pipeline::DryRun::new);
-    for statement in &pipeline.statements {
+    // Checks waiting to be evaluated in the scan of the write that follows them.
+    let mut deferred: Vec<DeferredCheck> = Vec::new();
+    for (position, statement) in pipeline.statements.iter().enumerate() {
         let last = statement.index == total;
+        if !args.dry_run
+            && !args.explain
+            && let Some(check) = deferrable(&pipeline.statements[position..], resume.as_ref())
+        {
+            if !args.display.quiet {
+                eprintln!(
+                    "[{}/{}] {}  CHECK  {}: evaluated in the scan of the next write",
+                    statement.index, total, statement.location, check.name
+                );
+            }
+            recorder
+                .step(StepRecord {
+                    run_id: run_id.clone(),
+                    index: statement.index,
+                    line: statement.location.line,
+                    column: statement.location.column,
+                    kind: "CHECK".into(),
+                    status: StepStatus::Succeeded,
+                    rows: None,
+                    duration_ms: 0,
+                    error: None,
+                    finished_at: state::now(),
+                    committed_by: None,
+                })
+                .await;
+            deferred.push(DeferredCheck {
+                statement: statement.clone(),
+                check,
+            });
+            continue;
+        }
         let committed_by = resume
             .as_ref()
             .and_then(|r| r.committed.get(&statement.index))
@@ -104,6 +144,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
             total,
             committed_by,
             run: Some(&watermarks),
+            deferred: &deferred,
         };
         let started = Instant::now();
         // Ctrl-C cancels the running statement: dropping it drops its staged writes, so an
@@ -120,6 +161,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
             }
         };
         let elapsed = started.elapsed().as_millis() as u64;
+        deferred.clear();
         let checks: Vec<_> =
             std::mem::take(&mut *watermarks.checks.lock().unwrap_or_else(|p| p.into_inner()));
         for (check, outcome) in &checks {
@@ -353,6 +395,34 @@ impl Recorder {
             );
         }
     }
+}
+
+/// The check `statements[0]` declares, when it can be evaluated in the scan of a write: it and
+/// any checks right after it are `EXPECT` checks ([`fused_checks::fusable`]), followed by an
+/// `INSERT` or `COPY` that this run executes (not one a resumed run already committed).
+fn deferrable(
+    statements: &[engine::pipeline::PipelineStatement],
+    resume: Option<&ResumePoint>,
+) -> Option<Check> {
+    use engine::pipeline::{fused_checks, quality};
+    let Some(Ok(first)) = quality::parse(&statements[0].sql) else {
+        return None;
+    };
+    if !fused_checks::fusable(&first) {
+        return None;
+    }
+    for next in &statements[1..] {
+        match quality::parse(&next.sql) {
+            Some(Ok(c)) if fused_checks::fusable(&c) => continue,
+            Some(_) => return None,
+            None => {}
+        }
+        let keyword = leading_keyword(&next.sql);
+        let writes = keyword.starts_with("COPY ") || keyword.starts_with("INSERT ");
+        let committed = resume.is_some_and(|r| r.committed.contains_key(&next.index));
+        return (writes && !committed).then_some(first);
+    }
+    None
 }
 
 fn leading_keyword(sql: &str) -> String {

@@ -58,6 +58,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode>
         total: 1,
         committed_by: None,
         run: None,
+        deferred: &[],
     };
     run_statement(&engine, &statement, &args.display, &opts, None).await?;
     Ok(ExitCode::SUCCESS)

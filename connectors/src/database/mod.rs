@@ -12,10 +12,13 @@
 //! OPTIONS ('connection' 'postgresql://app:${secret:PG_PASS}@db:5432/shop');
 //! ```
 
+mod deadline;
 mod federation;
 #[cfg(feature = "mysql")]
 mod mysql;
 mod options;
+#[cfg(feature = "postgres")]
+mod pg_binary;
 #[cfg(feature = "postgres")]
 mod pg_copy;
 mod plain;
@@ -86,7 +89,7 @@ const PARAMS: &[ParamSpec] = &[
     },
     ParamSpec {
         name: "statement_timeout",
-        description: "PostgreSQL: milliseconds a query may run in the database (default: none)",
+        description: "milliseconds a query may run (default: none); PostgreSQL enforces it in the database, MySQL reads are abandoned by FlowEngine",
         secret: false,
     },
     ParamSpec {
@@ -112,11 +115,13 @@ impl Connector for DatabaseConnector {
 
     fn register(&self, builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
         let mut builder = builder;
+        // One set of circuit breakers per session, shared by the families (keyed by endpoint).
+        let resilience = Arc::new(Resilience::with_stats(engine::RemoteCallStats::of(
+            &mut builder,
+        )));
         let factories = builder
             .table_factories()
             .get_or_insert_with(Default::default);
-        // One set of circuit breakers per session, shared by the families (keyed by endpoint).
-        let resilience = Arc::new(Resilience::new());
         #[cfg(feature = "postgres")]
         factories.insert(
             "POSTGRES".into(),

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::catalog::TableProvider;
@@ -15,6 +16,7 @@ use datafusion_table_providers::sql::db_connection_pool::mysqlpool::MySQLConnect
 use datafusion_table_providers::util::secrets::to_secret_map;
 use tokio::sync::Mutex;
 
+use super::deadline::with_executor_deadline;
 use super::options::{DbOptions, Endpoint};
 use super::plain::PlainRead;
 use super::postgres::on_conflict;
@@ -111,12 +113,17 @@ impl Backend for MysqlBackend {
                 }
             }
         };
+        let statement_timeout = statement_timeout(options)?;
         let factory = MySQLTableFactory::new(Arc::clone(&pool));
         match factory.table_provider(table.clone()).await {
             Ok(read) => {
+                let read = match statement_timeout {
+                    Some(t) => with_executor_deadline(read, t, "MySQL"),
+                    None => read,
+                };
                 // Enums are read as dictionaries; the writer only inserts plain values. Sorts
                 // stay in DataFusion (see `SortedHere`).
-                let plain = PlainRead::wrap_sorting_here(Arc::clone(&read));
+                let plain = PlainRead::wrap_sorting_here(Arc::clone(&read), statement_timeout);
                 let schema = plain.schema();
                 let my = MySQL::new(table.to_string(), pool, schema, Constraints::default());
                 let writer = MySQLTableWriter::create(plain, my, on_conflict);
@@ -142,6 +149,19 @@ impl Backend for MysqlBackend {
                 None => Err(external(e)),
             },
         }
+    }
+}
+
+/// `statement_timeout` (milliseconds), enforced by FlowEngine ([`super::deadline`]).
+fn statement_timeout(options: &mut DbOptions) -> Result<Option<Duration>> {
+    let Some(ms) = options.get("statement_timeout")? else {
+        return Ok(None);
+    };
+    match ms.trim().parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(DataFusionError::Plan(format!(
+            "option `statement_timeout`: `{ms}` is not a positive number of milliseconds"
+        ))),
     }
 }
 

@@ -58,6 +58,8 @@ pub(crate) struct PlainRead {
     schema: SchemaRef,
     /// Wrap scans in [`SortedHere`].
     sort_here: bool,
+    /// Scans fail after this long (see [`super::deadline`]).
+    timeout: Option<std::time::Duration>,
 }
 
 impl PlainRead {
@@ -71,15 +73,20 @@ impl PlainRead {
             schema: plain_schema(&schema),
             inner,
             sort_here: false,
+            timeout: None,
         })
     }
 
-    /// [`PlainRead::wrap`], and sorts stay in DataFusion (MySQL).
-    pub(crate) fn wrap_sorting_here(inner: Arc<dyn TableProvider>) -> Arc<dyn TableProvider> {
+    /// [`PlainRead::wrap`], and sorts stay in DataFusion (MySQL); scans fail after `timeout`.
+    pub(crate) fn wrap_sorting_here(
+        inner: Arc<dyn TableProvider>,
+        timeout: Option<std::time::Duration>,
+    ) -> Arc<dyn TableProvider> {
         Arc::new(Self {
             schema: plain_schema(&inner.schema()),
             inner,
             sort_here: true,
+            timeout,
         })
     }
 }
@@ -103,7 +110,10 @@ impl TableProvider for PlainRead {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut plan = self.inner.scan(state, projection, filters, limit).await?;
         if self.sort_here {
-            plan = Arc::new(SortedHere { input: plan });
+            plan = Arc::new(SortedHere {
+                input: plan,
+                timeout: self.timeout,
+            });
         }
         cast_columns(plan, |t| match t {
             DataType::Dictionary(_, value) => Some(value.as_ref().clone()),
@@ -249,10 +259,12 @@ impl TableProvider for CastingWriter {
     }
 }
 
-/// Passes its input through and declines sort pushdown, so a `SortExec` above it sorts.
+/// Passes its input through and declines sort pushdown, so a `SortExec` above it sorts; with a
+/// `timeout`, its streams fail once that has passed.
 #[derive(Debug)]
 pub(crate) struct SortedHere {
     input: Arc<dyn ExecutionPlan>,
+    timeout: Option<std::time::Duration>,
 }
 
 impl DisplayAs for SortedHere {
@@ -291,7 +303,10 @@ impl ExecutionPlan for SortedHere {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(Self { input })),
+            (Some(input), true) => Ok(Arc::new(Self {
+                input,
+                timeout: self.timeout,
+            })),
             _ => Err(DataFusionError::Internal("SortedHere has one child".into())),
         }
     }
@@ -301,6 +316,10 @@ impl ExecutionPlan for SortedHere {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        self.input.execute(partition, context)
+        let stream = self.input.execute(partition, context)?;
+        Ok(match self.timeout {
+            Some(t) => super::deadline::with_deadline(stream, t, "MySQL"),
+            None => stream,
+        })
     }
 }

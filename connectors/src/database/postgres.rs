@@ -8,16 +8,19 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::{Constraints, TableReference};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::CreateExternalTable;
+use datafusion::sql::unparser::dialect::PostgreSqlDialect;
 use datafusion_table_providers::UnsupportedTypeAction;
 use datafusion_table_providers::postgres::{
-    Postgres, PostgresTableFactory, PostgresTableProviderFactory, write::PostgresTableWriter,
+    DynPostgresConnectionPool, Postgres, PostgresTableProviderFactory, write::PostgresTableWriter,
 };
 use datafusion_table_providers::sql::db_connection_pool::postgrespool::PostgresConnectionPool;
+use datafusion_table_providers::sql::sql_provider_datafusion::SqlTable;
 use datafusion_table_providers::util::on_conflict::OnConflict;
 use datafusion_table_providers::util::secrets::to_secret_map;
 use tokio::sync::Mutex;
 
 use super::options::{DbOptions, Endpoint};
+use super::pg_binary::CopyOutPool;
 use super::pg_copy::PgCopyWriter;
 use super::plain::PlainRead;
 use super::{Backend, create_declared, external, federated, pool_key};
@@ -91,8 +94,7 @@ impl Backend for PostgresBackend {
                 }
             }
         };
-        let factory = PostgresTableFactory::new(Arc::clone(&pool));
-        match factory.table_provider(table.clone()).await {
+        match read_provider(&pool, unsupported, table.clone()).await {
             Ok(read) => {
                 // Enums are read as dictionaries; the writer only inserts plain values, and a
                 // table has one schema for both: present the value type.
@@ -125,6 +127,24 @@ impl Backend for PostgresBackend {
             },
         }
     }
+}
+
+/// The read side of `table`, as the providers crate's `PostgresTableFactory::table_provider`
+/// builds it (an SQL table behind the federation adaptor), but over [`CopyOutPool`], so its
+/// queries read by binary COPY.
+async fn read_provider(
+    pool: &Arc<PostgresConnectionPool>,
+    unsupported: UnsupportedTypeAction,
+    table: TableReference,
+) -> std::result::Result<Arc<dyn TableProvider>, Box<dyn std::error::Error + Send + Sync>> {
+    let copy_pool: Arc<DynPostgresConnectionPool> =
+        Arc::new(CopyOutPool::new(Arc::clone(pool), unsupported));
+    let sql_table = SqlTable::new("postgres", &copy_pool, table)
+        .await?
+        .with_dialect(Arc::new(PostgreSqlDialect {}));
+    Ok(Arc::new(
+        Arc::new(sql_table).create_federated_table_provider()?,
+    ))
 }
 
 /// The providers crate's connection parameters (`host`, `user`, `pass`, `db`, ...).

@@ -4,6 +4,7 @@
 //! DataFusion's tokenizer, and [`runner`] plans and executes each statement, staging writes so
 //! a failed statement leaves no output.
 
+pub mod fused_checks;
 pub mod incremental;
 pub mod quality;
 pub mod runner;

@@ -38,6 +38,9 @@ pub struct Check {
     pub failing_rows_sql: String,
     /// Where failing rows are also written (JSON lines).
     pub dead_letter: Option<String>,
+    /// The predicate of an `EXPECT` rule (which [`super::fused_checks`] can evaluate inside the
+    /// scan of the write that follows the check).
+    pub expect: Option<String>,
 }
 
 /// The outcome of running a check.
@@ -121,6 +124,7 @@ pub fn parse(sql: &str) -> Option<std::result::Result<Check, String>> {
         let b = toks.get(to).map_or(sql.len(), |t| t.1);
         sql.get(a..b).unwrap_or("").trim().to_string()
     };
+    let mut expect = None;
     let (table, failing) = if kw(3, "AS") {
         (None, text_between(4, end))
     } else if kw(3, "ON") {
@@ -142,6 +146,7 @@ pub fn parse(sql: &str) -> Option<std::result::Result<Check, String>> {
         let table = parts.join(".");
         let rule = if kw(i, "EXPECT") {
             let p = text_between(i + 1, end);
+            expect = Some(p.clone());
             format!("SELECT * FROM {table} WHERE ({p}) IS NOT TRUE")
         } else if kw(i, "UNIQUE") {
             let cols = text_between(i + 1, end);
@@ -178,6 +183,7 @@ pub fn parse(sql: &str) -> Option<std::result::Result<Check, String>> {
         severity,
         failing_rows_sql: failing,
         dead_letter,
+        expect,
     }))
 }
 
@@ -242,6 +248,7 @@ mod tests {
     fn rules_become_failing_row_queries() {
         let c = ok("CREATE CHECK ids ON orders EXPECT id IS NOT NULL AND amount >= 0 WARN");
         assert_eq!(c.severity, Severity::Warn);
+        assert_eq!(c.expect.as_deref(), Some("id IS NOT NULL AND amount >= 0"));
         assert_eq!(
             c.failing_rows_sql,
             "SELECT * FROM orders WHERE (id IS NOT NULL AND amount >= 0) IS NOT TRUE"
