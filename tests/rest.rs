@@ -281,9 +281,9 @@ INSERT INTO denied SELECT value, 'x', 1.0 FROM generate_series(1, 5);"
         dir.path(),
         "attempts.sql",
         &format!(
-            "CREATE EXTERNAL TABLE attempts (path VARCHAR, key VARCHAR, status BIGINT)
+            "CREATE EXTERNAL TABLE attempts (path VARCHAR, \"key\" VARCHAR, status BIGINT)
   STORED AS HTTP_JSON LOCATION '{base}/attempts' OPTIONS ({auth});
-SELECT path, count(*) AS tries, count(DISTINCT key) AS keys, max(status) AS last
+SELECT path, count(*) AS tries, count(DISTINCT \"key\") AS keys, max(status) AS last
 FROM attempts WHERE path IN ('/hook-flaky', '/hook-denied') GROUP BY path ORDER BY path;"
         ),
     );

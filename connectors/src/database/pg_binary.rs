@@ -156,7 +156,7 @@ impl AsyncDbConnection<PooledConnection, Param> for CopyOutConnection {
         let (Some(schema), true) = (projected_schema.as_ref(), params.is_empty()) else {
             return inner.query_arrow(sql, params, projected_schema).await;
         };
-        let statement = client.prepare(sql).await?;
+        let statement = client.prepare(sql).await.map_err(|e| describe(&e))?;
         let types: Vec<Type> = statement
             .columns()
             .iter()
@@ -167,7 +167,10 @@ impl AsyncDbConnection<PooledConnection, Param> for CopyOutConnection {
             return inner.query_arrow(sql, params, projected_schema).await;
         };
         let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
-        let stream = client.copy_out(copy.as_str()).await?;
+        let stream = client
+            .copy_out(copy.as_str())
+            .await
+            .map_err(|e| describe(&e))?;
         tracing::debug!(sql, "reading PostgreSQL by binary COPY");
         let mut builder = RecordBatchReceiverStreamBuilder::new(Arc::clone(schema), 2);
         let tx = builder.tx();
@@ -176,7 +179,7 @@ impl AsyncDbConnection<PooledConnection, Param> for CopyOutConnection {
             let mut pending: Vec<u8> = Vec::new();
             futures::pin_mut!(stream);
             while let Some(chunk) = stream.next().await {
-                let chunk: Bytes = chunk.map_err(|e| copy_error(&e.to_string()))?;
+                let chunk: Bytes = chunk.map_err(|e| copy_error(&describe(&e)))?;
                 // A row may span messages: an incomplete tail waits in `pending`.
                 if pending.is_empty() {
                     let used = decoder.parse(&chunk)?;
@@ -206,6 +209,22 @@ impl AsyncDbConnection<PooledConnection, Param> for CopyOutConnection {
 
     async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64, BoxError> {
         self.inner().execute(sql, params).await
+    }
+}
+
+/// A PostgreSQL error with the server's message (`db error` alone says nothing).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
