@@ -105,8 +105,10 @@ def main():
         f"{rate['fe_import']:,.0f} | {rate['psql_import']:,.0f} | {import_ratio:.2f}x (>= 0.5x) |",
         "",
         f"Rows differing from the source: 0 after every FlowEngine import (checked with EXCEPT), {same} after psql's. "
-        "Export goes through the datafusion-table-providers scan (rows converted one by one); import "
-        "through FlowEngine's COPY FROM STDIN sink (`connectors/src/database/pg_copy.rs`).",
+        "Each FlowEngine import reads the Parquet file FlowEngine exported, so the check covers the export too. "
+        "Export reads with `COPY (query) TO STDOUT (FORMAT binary)`, decoded into Arrow on its own task "
+        "(`connectors/src/database/pg_binary.rs`); import writes through FlowEngine's COPY FROM STDIN sink "
+        "(`connectors/src/database/pg_copy.rs`).",
         "",
         "All runs (s): " + ", ".join(f"{k}: {', '.join(f'{x:.2f}' for x in v)}" for k, v in times.items()),
     ]

@@ -63,7 +63,9 @@ def main():
     for name, ts in times.items():
         s = statistics.median(ts)
         lines.append(f"| {name} | {s:.2f} | {100 * (s / plain_s - 1):+.0f}% |")
-    lines.append("\nA check is a query of its own: over a CSV source it re-reads the file. "
+    lines.append("\nThe EXPECT check stands right before the write, so it is evaluated inside the write's own scan "
+                 "(`engine/src/pipeline/fused_checks.rs`): one predicate per batch. Run as a query of its own it "
+                 "re-read the CSV file (+32% in the previous measurement). "
                  "Lineage is a walk of the plan and one JSON line per write.\n")
     text = "\n".join(lines)
     print(text)
