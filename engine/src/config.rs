@@ -14,6 +14,9 @@ use crate::server_config::ServerConfig;
 
 /// Lower bound of the default `target_partitions`.
 const MIN_DEFAULT_PARTITIONS: usize = 4;
+/// Memory pool per partition below which plans use fewer partitions (see
+/// [`EngineConfig::effective_target_partitions`]).
+pub const PARTITION_MEMORY: u64 = 256 * 1024 * 1024;
 
 /// Default file looked up in the working directory when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "flowengine.toml";
@@ -329,9 +332,20 @@ impl EngineConfig {
     /// Number of partitions plans use: the cores, but at least 4. On small machines a few more
     /// partitions than cores overlap I/O with compute and absorb skew (TPC-H SF1 on 2 cores:
     /// 3.73s with 2 partitions, 3.55s with 4; see benches/RESULTS.md).
+    ///
+    /// Without an explicit setting the memory limit caps it too: one partition per
+    /// [`PARTITION_MEMORY`] of pool. Every partition of a DataFusion 55 sort reserves memory to
+    /// merge its spill files, and the final merge of the partitions cannot spill; with too
+    /// little memory per partition a sort that could spill fails instead (lineitem SF1 sorted
+    /// under 64 MiB: finishes with 1 partition, fails with 2 or 4; 256 MiB with 2 fails, 512 MiB
+    /// with 2 or 4 finishes).
     pub fn effective_target_partitions(&self) -> usize {
-        self.target_partitions
-            .unwrap_or_else(|| num_cores().max(MIN_DEFAULT_PARTITIONS))
+        self.target_partitions.unwrap_or_else(|| {
+            let by_memory = (self.memory_limit_bytes() / PARTITION_MEMORY).max(1);
+            num_cores()
+                .max(MIN_DEFAULT_PARTITIONS)
+                .min(usize::try_from(by_memory).unwrap_or(usize::MAX))
+        })
     }
 
     /// The state directory in effect.
@@ -406,6 +420,28 @@ pub fn physical_memory() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_memory_limits_cap_the_default_partitions() {
+        let with = |limit: u64, partitions: Option<usize>| EngineConfig {
+            memory_limit: Some(MemoryLimit::Bytes(limit)),
+            target_partitions: partitions,
+            ..Default::default()
+        };
+        let mib = 1024 * 1024;
+        assert_eq!(with(64 * mib, None).effective_target_partitions(), 1);
+        assert_eq!(with(256 * mib, None).effective_target_partitions(), 1);
+        assert_eq!(
+            with(512 * mib, None).effective_target_partitions(),
+            2.min(num_cores().max(MIN_DEFAULT_PARTITIONS))
+        );
+        assert_eq!(
+            with(64 * 1024 * mib, None).effective_target_partitions(),
+            num_cores().max(MIN_DEFAULT_PARTITIONS)
+        );
+        // An explicit setting wins.
+        assert_eq!(with(64 * mib, Some(8)).effective_target_partitions(), 8);
+    }
 
     #[test]
     fn parses_file_and_env() {
