@@ -119,7 +119,11 @@ FROM (SELECT pad, count(*) AS n FROM big GROUP BY pad);
             .output()
             .unwrap();
         let plan = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let spills: u64 = plan
             .split("spill_count=")
             .skip(1)
