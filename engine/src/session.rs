@@ -57,7 +57,10 @@ impl Engine {
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features();
-        let state = connectors.register_all(builder)?.build();
+        let state = connectors
+            .register_all(builder)?
+            .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins))
+            .build();
         Ok(Self {
             ctx: SessionContext::new_with_state(state),
             config: config.clone(),
