@@ -759,11 +759,11 @@ fn slow_queries_fail_at_the_statement_timeout() {
         let _ = psql(&format!("DROP VIEW IF EXISTS {t2}"));
         mysql(&format!("DROP VIEW IF EXISTS {t2}"));
     }));
-    // Views that take 3 s to produce one row.
+    // Views that take 10 s to produce one row.
     psql(&format!(
-        "CREATE VIEW {t} AS SELECT 1 AS x FROM pg_sleep(3)"
+        "CREATE VIEW {t} AS SELECT 1 AS x FROM pg_sleep(10)"
     ));
-    mysql(&format!("CREATE VIEW {t3} AS SELECT SLEEP(3) AS x"));
+    mysql(&format!("CREATE VIEW {t3} AS SELECT SLEEP(10) AS x"));
     let dir = tempfile::tempdir().unwrap();
     for (kind, url, message) in [
         ("POSTGRES", PG_URL, "statement timeout"),
@@ -788,9 +788,10 @@ fn slow_queries_fail_at_the_statement_timeout() {
                 .assert()
                 .failure()
                 .stderr(predicate::str::contains(message));
-            // Not a timing claim: only that the 3 s query was not waited for.
+            // Not a timing claim: only that the 10 s query was not waited for (the margin
+            // absorbs a loaded machine).
             assert!(
-                started.elapsed() < std::time::Duration::from_millis(2900),
+                started.elapsed() < std::time::Duration::from_secs(8),
                 "{kind}: {query} waited {:?}",
                 started.elapsed()
             );
