@@ -159,9 +159,21 @@ async fn run_inner(
     if !opts.deferred.is_empty() {
         return run_with_checks(engine, statement, display, opts, dry_run).await;
     }
+    run_plain(engine, statement, display, opts, dry_run).await
+}
+
+/// [`run_planned`] without checks to fuse.
+async fn run_plain(
+    engine: &Engine,
+    statement: &PipelineStatement,
+    display: &DisplayArgs,
+    opts: &StatementOptions<'_>,
+    dry_run: Option<&mut DryRun>,
+) -> Result<Report> {
     match run_planned(engine, statement, display, opts, dry_run, None).await? {
         Planned::Ran(report) => Ok(report),
-        Planned::NotFusable => Err(anyhow!("internal: no checks to fuse")),
+        // Only a fused run can decline.
+        Planned::NotFusable => Err(anyhow!("internal: a statement without checks declined")),
     }
 }
 
@@ -223,10 +235,7 @@ async fn run_with_checks(
     for d in opts.deferred {
         standalone_check(engine, d, opts).await?;
     }
-    match run_planned(engine, statement, display, opts, dry_run, None).await? {
-        Planned::Ran(report) => Ok(report),
-        Planned::NotFusable => Err(anyhow!("internal: no checks to fuse")),
-    }
+    run_plain(engine, statement, display, opts, dry_run).await
 }
 
 /// Run a deferred check on its own, printing its summary line as its statement would.

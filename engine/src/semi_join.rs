@@ -69,17 +69,7 @@ fn push_down(semi: &Join) -> Result<Option<LogicalPlan>> {
         if !p.expr.iter().all(|e| matches!(e, Expr::Column(_))) {
             return Ok(None);
         }
-        let pushed = Join::try_new(
-            Arc::clone(&p.input),
-            Arc::clone(&semi.right),
-            semi.on.clone(),
-            semi.filter.clone(),
-            JoinType::LeftSemi,
-            semi.join_constraint,
-            semi.null_equality,
-            false,
-        )?;
-        let Some(below) = push_down(&pushed)? else {
+        let Some(below) = push_down(&semi_over(semi, &p.input)?)? else {
             return Ok(None);
         };
         return Ok(Some(LogicalPlan::Projection(Projection::try_new(
@@ -110,22 +100,13 @@ fn push_down(semi: &Join) -> Result<Option<LogicalPlan>> {
         return Ok(None);
     }
     let within = |side: &LogicalPlan| used.iter().all(|c| side.schema().has_column(c));
-    let semi_over = |side: &Arc<LogicalPlan>| -> Result<Arc<LogicalPlan>> {
-        Ok(Arc::new(LogicalPlan::Join(Join::try_new(
-            Arc::clone(side),
-            Arc::clone(&semi.right),
-            semi.on.clone(),
-            semi.filter.clone(),
-            JoinType::LeftSemi,
-            semi.join_constraint,
-            semi.null_equality,
-            false,
-        )?)))
+    let filtered = |side: &Arc<LogicalPlan>| -> Result<Arc<LogicalPlan>> {
+        Ok(Arc::new(LogicalPlan::Join(semi_over(semi, side)?)))
     };
     let (left, right) = if within(&inner.left) {
-        (semi_over(&inner.left)?, Arc::clone(&inner.right))
+        (filtered(&inner.left)?, Arc::clone(&inner.right))
     } else if within(&inner.right) {
-        (Arc::clone(&inner.left), semi_over(&inner.right)?)
+        (Arc::clone(&inner.left), filtered(&inner.right)?)
     } else {
         return Ok(None);
     };
@@ -139,6 +120,20 @@ fn push_down(semi: &Join) -> Result<Option<LogicalPlan>> {
         inner.null_equality,
         false,
     )?)))
+}
+
+/// `semi` with `input` as its left side.
+fn semi_over(semi: &Join, input: &Arc<LogicalPlan>) -> Result<Join> {
+    Join::try_new(
+        Arc::clone(input),
+        Arc::clone(&semi.right),
+        semi.on.clone(),
+        semi.filter.clone(),
+        JoinType::LeftSemi,
+        semi.join_constraint,
+        semi.null_equality,
+        false,
+    )
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ mod options;
 mod pg_binary;
 #[cfg(feature = "postgres")]
 mod pg_copy;
+#[cfg(feature = "postgres")]
+mod pg_decode;
 mod plain;
 #[cfg(feature = "postgres")]
 mod postgres;
