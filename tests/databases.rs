@@ -759,7 +759,9 @@ fn slow_queries_fail_at_the_statement_timeout() {
         let _ = psql(&format!("DROP VIEW IF EXISTS {t2}"));
         mysql(&format!("DROP VIEW IF EXISTS {t2}"));
     }));
-    // Views that take 10 s to produce one row.
+    // Views that take 10 s to produce one row. The error messages can only come from the
+    // timeouts (PostgreSQL's cancellation, FlowEngine's abandon); no wall-clock bound, which a
+    // loaded CI machine broke.
     psql(&format!(
         "CREATE VIEW {t} AS SELECT 1 AS x FROM pg_sleep(10)"
     ));
@@ -781,20 +783,12 @@ fn slow_queries_fail_at_the_statement_timeout() {
 {query};"
             );
             let p = write_pipeline(dir.path(), "slow.sql", &sql);
-            let started = std::time::Instant::now();
             flowengine()
                 .arg("run")
                 .arg(&p)
                 .assert()
                 .failure()
                 .stderr(predicate::str::contains(message));
-            // Not a timing claim: only that the 10 s query was not waited for (the margin
-            // absorbs a loaded machine).
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(8),
-                "{kind}: {query} waited {:?}",
-                started.elapsed()
-            );
         }
     }
 }
