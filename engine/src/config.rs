@@ -10,6 +10,7 @@ use datafusion::config::ConfigOptions;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{EngineError, Result};
+use crate::security::SecurityConfig;
 use crate::server_config::ServerConfig;
 
 /// Lower bound of the default `target_partitions`.
@@ -88,6 +89,9 @@ pub struct EngineConfig {
     /// `flowengine serve` settings.
     #[serde(default, skip_serializing_if = "ServerConfig::is_default")]
     pub server: ServerConfig,
+    /// `flowengine serve` authentication, roles, allowed locations and audit log.
+    #[serde(default, skip_serializing_if = "SecurityConfig::is_default")]
+    pub security: SecurityConfig,
 }
 
 /// Memory pool sharing policy.
@@ -270,6 +274,7 @@ impl EngineConfig {
                 "LINEAGE_FILE" => self.lineage_file = Some(PathBuf::from(&value)),
                 "LINEAGE_URL" => self.lineage_url = Some(value.clone()),
                 "LINEAGE_API_KEY" => self.lineage_api_key = Some(value.clone()),
+                "AUTH" => self.security.auth = value.parse().map_err(bad)?,
                 "MAX_SPILL_SIZE" => {
                     self.max_spill_size = Some(
                         value
@@ -313,6 +318,7 @@ impl EngineConfig {
             return Err(bad("batch_size must be at least 1".into()));
         }
         self.server.validate().map_err(bad)?;
+        self.security.validate().map_err(bad)?;
         let mut options = ConfigOptions::new();
         for (key, value) in &self.datafusion {
             options

@@ -15,6 +15,7 @@ pub mod placeholders;
 pub mod profile;
 pub mod progress;
 pub mod secrets;
+pub mod security;
 pub mod semi_join;
 pub mod server_config;
 pub mod session;

@@ -61,8 +61,10 @@ impl Engine {
             .register_all(builder)?
             .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins))
             .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_udf(crate::security::rewrite::CurrentUserAttribute::udf());
         Ok(Self {
-            ctx: SessionContext::new_with_state(state),
+            ctx,
             config: config.clone(),
             bad_records,
         })
