@@ -64,7 +64,8 @@ class Server:
         self.proc = subprocess.Popen(
             [binary, "serve", "--bind", "127.0.0.1:0", "--admin-bind", "off", "--catalog", str(catalog)],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env={**os.environ, "FLOWENGINE_LOG": "warn"})
+            # A loopback benchmark server without users: authentication off, explicitly.
+            env={**os.environ, "FLOWENGINE_LOG": "warn", "FLOWENGINE_AUTH": "none"})
         self.uri = None
         lines = []
         for line in self.proc.stderr:

@@ -47,6 +47,24 @@ pub(crate) enum Command {
     /// Serve the catalog over Arrow Flight SQL (BI tools, ADBC, JDBC, notebooks), with an admin
     /// HTTP endpoint for /health, /ready and /metrics.
     Serve(ServeArgs),
+    /// Credentials for `[security]`: password hashes and API keys.
+    User(UserArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UserArgs {
+    #[command(subcommand)]
+    pub(crate) command: UserCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UserCommand {
+    /// Print the argon2id hash of a password for `password_hash` in `[[security.users]]`. The
+    /// password is read from stdin (first line; no echo on a terminal), never from arguments.
+    HashPassword,
+    /// Generate an API key: prints the key (give it to the service account, once) and its
+    /// SHA-256 for `key_sha256` in `[[security.api_keys]]`.
+    NewApiKey,
 }
 
 #[derive(Debug, Args)]

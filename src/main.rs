@@ -80,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs(args) => commands::runs::run(&cli.global, args).await,
         Command::Profile(args) => commands::profile::run(&cli.global, args).await,
         Command::Lineage(args) => commands::lineage::run(&cli.global, args).await,
+        Command::User(args) => commands::user::run(args),
     }
 }
 

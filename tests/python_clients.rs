@@ -68,3 +68,76 @@ fn notebook_executes_end_to_end() {
     let png = std::fs::read(&plot).expect("the notebook saved its chart");
     assert!(png.starts_with(b"\x89PNG"));
 }
+
+/// ADBC and pyarrow.flight against a server with users, an API key, grants, a row filter and a
+/// mask (tests/python_security/).
+#[test]
+fn python_clients_log_in_and_are_limited_by_grants() {
+    let hash = |password: &str| {
+        let out = common::flowengine()
+            .args(["user", "hash-password"])
+            .write_stdin(format!("{password}\n"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let key = "fek_python_clients_test_key_0123456789abcdef0123456789abcdef01234567";
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.sql");
+    std::fs::write(
+        &catalog,
+        "CREATE TABLE orders (id INT, region VARCHAR, amount INT) AS VALUES (1, 'eu', 10), (2, 'us', 20), (3, 'eu', 30);
+         CREATE TABLE customers (id INT, email VARCHAR) AS VALUES (1, 'a@x.com'), (2, 'b@y.com');
+         CREATE TABLE salaries (id INT, pay INT) AS VALUES (1, 100);
+         CREATE VIEW pay_view AS SELECT * FROM salaries;",
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[security]
+[[security.users]]
+name = "ana"
+password_hash = "{ana}"
+roles = ["analyst"]
+attributes = {{ region = "eu" }}
+
+[[security.api_keys]]
+name = "loader"
+key_sha256 = "{key_sha}"
+roles = ["admin"]
+
+[[security.roles]]
+name = "analyst"
+grants = [{{ privileges = ["SELECT"], on = "orders" }}, {{ privileges = ["SELECT"], on = "customers" }}]
+row_filters = [{{ table = "orders", filter = "region = current_user_attribute('region')" }}]
+masks = [{{ table = "customers", column = "email", with = "'***'" }}]
+"#,
+        ana = hash("ana-python-pw"),
+        key_sha = engine::security::credentials::sha256_hex(key),
+    );
+    let server = ServerProcess::start(&[catalog.as_path()], &config);
+    let out = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/python_security",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("FLOWENGINE_FLIGHT_URI", server.uri())
+        .env("FLOWENGINE_TEST_PASSWORD", "ana-python-pw")
+        .env("FLOWENGINE_TEST_API_KEY", key)
+        .output()
+        .expect("run python3 -m pytest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python security tests failed:\n{stdout}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.drain_log().join("\n")
+    );
+    assert!(stdout.contains("5 passed"), "{stdout}");
+}

@@ -1,14 +1,19 @@
 //! The admin HTTP endpoint: `GET /health` (the process is alive), `GET /ready` (catalog loaded,
-//! serving, not shutting down) and `GET /metrics` (Prometheus/OpenMetrics text).
+//! serving, not shutting down) and `GET /metrics` (Prometheus/OpenMetrics text). Health and
+//! readiness are open (load balancers and orchestrators probe them); `/metrics` needs the same
+//! credentials as Flight (bearer token, API key or Basic) of an `admin` or `monitor` user.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
+use axum::http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::state::ServerState;
@@ -33,7 +38,33 @@ async fn ready(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+/// Role allowed to read `/metrics` besides `admin` (for Prometheus scrapers' API keys).
+const MONITOR_ROLE: &str = "monitor";
+
+async fn metrics(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let metadata = tonic::metadata::MetadataMap::from_headers(headers);
+    match state.auth.authenticate(&metadata, &peer.to_string()).await {
+        Ok(p) if p.is_admin() || p.roles.iter().any(|r| r == MONITOR_ROLE) => {}
+        Ok(_) => {
+            return (
+                StatusCode::FORBIDDEN,
+                "metrics need the admin or monitor role\n",
+            )
+                .into_response();
+        }
+        Err(status) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(WWW_AUTHENTICATE, "Bearer, Basic realm=\"flowengine\"")],
+                format!("{}\n", status.message()),
+            )
+                .into_response();
+        }
+    }
     let pool = &state.engine.context().runtime_env().memory_pool;
     state.metrics.memory_reserved.set(pool.reserved() as u64);
     state
@@ -46,4 +77,5 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
         )],
         state.metrics.encode(),
     )
+        .into_response()
 }

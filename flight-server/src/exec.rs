@@ -10,6 +10,7 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
 use engine::pipeline::{Prepared, Started};
+use engine::security::AuditRecord;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -76,11 +77,12 @@ pub(crate) fn spawn_query(
     sql: String,
     kind: Kind,
     plans: Vec<Prepared>,
+    mut audit: AuditRecord,
 ) -> QueryOutput {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let progress = Arc::new(Progress::default());
     let token = state.shutdown.child_token();
-    state.running.register(&id, token.clone());
+    state.running.register(&id, token.clone(), &audit.user);
     let task_progress = Arc::clone(&progress);
     let task_id = id.clone();
     tokio::spawn(async move {
@@ -124,6 +126,12 @@ pub(crate) fn spawn_query(
             error = error.as_deref().unwrap_or(""),
             "statement finished"
         );
+        audit.query_id = Some(task_id.clone());
+        audit.rows = Some(counts.rows);
+        audit.bytes = Some(counts.bytes);
+        audit.duration_ms = Some((seconds * 1000.0).round() as u64);
+        audit.error = error;
+        state.audit.record(audit);
         if let Err(status) = outcome {
             // The client may be gone already; nothing else to tell.
             let _ = tx.send(Err(status)).await;

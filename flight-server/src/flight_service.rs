@@ -11,12 +11,13 @@ use std::sync::Arc;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::{Any, Command};
 use arrow_flight::{
-    Action, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, PollInfo,
-    SchemaResult, Ticket,
+    Action, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest,
+    HandshakeResponse, PollInfo, SchemaResult, Ticket,
 };
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{self, Caller};
 use crate::exec::{self, Kind};
 use crate::handles::PreparedHandle;
 use crate::service::FlowSqlService;
@@ -31,6 +32,21 @@ pub(crate) struct FlowFlightService {
 type Inner = FlowSqlService;
 
 impl FlowFlightService {
+    /// Authenticate a call and attach the [`Caller`] its handler reads.
+    async fn authed<T>(&self, mut request: Request<T>) -> Result<Request<T>, Status> {
+        let client = auth::client_of(&request);
+        let principal = self
+            .sql
+            .state
+            .auth
+            .authenticate(request.metadata(), &client)
+            .await?;
+        request
+            .extensions_mut()
+            .insert(Caller { principal, client });
+        Ok(request)
+    }
+
     fn poll_descriptor(&self, id: &str) -> FlightDescriptor {
         FlightDescriptor::new_cmd(format!("{POLL_MAGIC}:{}:{id}", self.sql.state.instance))
     }
@@ -100,13 +116,34 @@ impl FlightService for FlowFlightService {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        FlightService::handshake(&self.sql, request).await
+        let client = auth::client_of(&request);
+        let (_, token) = self
+            .sql
+            .state
+            .auth
+            .login(request.metadata(), &client)
+            .await?;
+        let payload = token.clone().unwrap_or_default().into_bytes().into();
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload,
+        };
+        let stream: Self::HandshakeStream = Box::pin(futures::stream::iter(vec![Ok(reply)]));
+        let mut response = Response::new(stream);
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::internal("cannot encode the token header"))?;
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
     }
 
     async fn list_flights(
         &self,
-        _request: Request<Criteria>,
+        request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        self.authed(request).await?;
         Err(Status::unimplemented(
             "ListFlights is not offered; use Flight SQL GetTables",
         ))
@@ -116,6 +153,7 @@ impl FlightService for FlowFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let request = self.authed(request).await?;
         if Any::decode(&*request.get_ref().cmd).is_err() {
             return Err(Status::invalid_argument(
                 "malformed descriptor: not a Flight SQL command",
@@ -128,18 +166,25 @@ impl FlightService for FlowFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
+        let request = self.authed(request).await?;
+        let who = auth::caller(&request)?;
         let descriptor = request.get_ref().clone();
         if let Some(id) = self.poll_id(&descriptor.cmd) {
             let id = id?;
             // The stored FlightInfo is rebuilt from the ticket entry.
-            let info = self
+            let (info, owner) = self
                 .sql
                 .state
                 .tickets
-                .with(&id, |e| Arc::clone(&e.schema))
+                .with(&id, |e| (Arc::clone(&e.schema), e.owner.clone()))
                 .ok_or_else(|| {
                     Status::not_found("query expired, was fetched or cancelled; resubmit it")
                 })?;
+            if owner != who.principal.name {
+                return Err(Status::permission_denied(
+                    "this query belongs to another user",
+                ));
+            }
             let info = self.sql.info_for(&id, &info, descriptor)?;
             return Ok(Response::new(self.poll_status(&id, info)?));
         }
@@ -167,7 +212,7 @@ impl FlightService for FlowFlightService {
                 }));
             }
         };
-        let planned = self.sql.plan(&sql, &params, Kind::Query).await?;
+        let planned = self.sql.plan(&who, &sql, &params, Kind::Query).await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let output = exec::spawn_query(
             Arc::clone(&self.sql.state),
@@ -175,6 +220,7 @@ impl FlightService for FlowFlightService {
             planned.sql.clone(),
             Kind::Query,
             planned.plans.clone(),
+            planned.audit.clone(),
         );
         let (id, info) = self
             .sql
@@ -187,6 +233,8 @@ impl FlightService for FlowFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
+        let request = self.authed(request).await?;
+        let who = auth::caller(&request)?;
         let any = Any::decode(&*request.get_ref().cmd)
             .map_err(|_| Status::invalid_argument("GetSchema: malformed command"))?;
         let command = Command::try_from(any)
@@ -194,12 +242,16 @@ impl FlightService for FlowFlightService {
         // Statements are only planned: GetSchema must never run a write.
         let planned = match command {
             Command::CommandStatementQuery(q) => {
-                Some(self.sql.plan(&q.query, &[], Kind::Query).await?)
+                Some(self.sql.plan(&who, &q.query, &[], Kind::Query).await?)
             }
             Command::CommandPreparedStatementQuery(p) => {
                 let handle = PreparedHandle::decode_handle(&p.prepared_statement_handle)?;
                 let params = handle.param_batches()?;
-                Some(self.sql.plan(&handle.sql, &params, Kind::Query).await?)
+                Some(
+                    self.sql
+                        .plan(&who, &handle.sql, &params, Kind::Query)
+                        .await?,
+                )
             }
             _ => None,
         };
@@ -220,6 +272,7 @@ impl FlightService for FlowFlightService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
+        let request = self.authed(request).await?;
         if Any::decode(&*request.get_ref().ticket).is_err() {
             return Err(Status::invalid_argument(
                 "malformed ticket: not a ticket this server issued",
@@ -232,13 +285,15 @@ impl FlightService for FlowFlightService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
+        let request = self.authed(request).await?;
         FlightService::do_put(&self.sql, request).await
     }
 
     async fn do_exchange(
         &self,
-        _request: Request<Streaming<FlightData>>,
+        request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        self.authed(request).await?;
         Err(Status::unimplemented("DoExchange is not supported"))
     }
 
@@ -246,6 +301,7 @@ impl FlightService for FlowFlightService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
+        let request = self.authed(request).await?;
         FlightService::do_action(&self.sql, request).await
     }
 
@@ -253,6 +309,7 @@ impl FlightService for FlowFlightService {
         &self,
         request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let request = self.authed(request).await?;
         FlightService::list_actions(&self.sql, request).await
     }
 }

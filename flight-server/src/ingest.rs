@@ -11,14 +11,17 @@ use datafusion::common::TableReference;
 use futures::StreamExt;
 use tonic::Status;
 
+use crate::auth::Caller;
 use crate::exec::Kind;
 use crate::params::uploaded_batches;
 use crate::service::FlowSqlService;
+use engine::security::{ADMIN_ROLE, AccessError, AuditRecord, Principal, Privilege};
 
 impl FlowSqlService {
     /// Ingest the uploaded batches into `cmd.table`; returns the rows added.
     pub(crate) async fn ingest(
         &self,
+        who: &Caller,
         cmd: CommandStatementIngest,
         stream: PeekableFlightDataStream,
     ) -> Result<i64, Status> {
@@ -59,6 +62,12 @@ impl FlowSqlService {
             .unwrap_or(TableExistsOption::Unspecified);
         let if_not_exist = TableNotExistOption::try_from(options.if_not_exist)
             .unwrap_or(TableNotExistOption::Unspecified);
+        let needed: &[Privilege] = match (exists, if_exists) {
+            (false, _) => &[Privilege::Create],
+            (true, TableExistsOption::Replace) => &[Privilege::Drop, Privilege::Create],
+            (true, _) => &[Privilege::Insert],
+        };
+        self.authorize_ingest(who, &table, needed)?;
         let create = |batches: Vec<RecordBatch>| -> Result<(), Status> {
             let mem = MemTable::try_new(Arc::clone(&schema), vec![batches])
                 .map_err(|e| Status::invalid_argument(format!("ingest: {e}")))?;
@@ -95,8 +104,18 @@ impl FlowSqlService {
                     "INSERT INTO {} SELECT * FROM {staging}",
                     quote_table(&table)
                 );
+                // INSERT was authorized above; the statement reads the private staging table,
+                // which no grant names, so it runs with the server's own rights.
+                let internal = Caller {
+                    principal: Principal {
+                        name: who.principal.name.clone(),
+                        roles: vec![ADMIN_ROLE.into()],
+                        attributes: who.principal.attributes.clone(),
+                    },
+                    client: who.client.clone(),
+                };
                 let result = async {
-                    let planned = self.plan(&sql, &[], Kind::Ingest).await?;
+                    let planned = self.plan(&internal, &sql, &[], Kind::Ingest).await?;
                     self.execute_update(planned).await
                 }
                 .await;
@@ -109,6 +128,59 @@ impl FlowSqlService {
                 "ingest: table {table} already exists (ask for append or replace)"
             ))),
         }
+    }
+}
+
+impl FlowSqlService {
+    /// Check (and audit) the privileges a bulk ingest needs on its target.
+    fn authorize_ingest(
+        &self,
+        who: &Caller,
+        table: &TableReference,
+        needed: &[Privilege],
+    ) -> Result<(), Status> {
+        let state = self.state.engine.context().state();
+        let options = state.config().options();
+        let (catalog, schema) = (
+            &options.catalog.default_catalog,
+            &options.catalog.default_schema,
+        );
+        let resolved = table.clone().resolve(catalog, schema);
+        let mut record = AuditRecord {
+            event: "ingest",
+            user: who.principal.name.clone(),
+            client: who.client.clone(),
+            writes: vec![resolved.to_string()],
+            decision: "allow",
+            ..Default::default()
+        };
+        let denied = if self.state.policy.read_only() {
+            Some(AccessError::ReadOnly {
+                what: format!("ingest into {resolved}"),
+            })
+        } else {
+            needed
+                .iter()
+                .find(|p| {
+                    !self
+                        .state
+                        .policy
+                        .allows(&who.principal, **p, &resolved, catalog, schema)
+                })
+                .map(|p| AccessError::Denied {
+                    user: who.principal.name.clone(),
+                    privilege: *p,
+                    table: resolved.to_string(),
+                })
+        };
+        if let Some(e) = denied {
+            record.decision = "deny";
+            record.reason = Some(e.to_string());
+            self.state.audit.record(record);
+            return Err(Status::permission_denied(e.to_string()));
+        }
+        self.state.audit.record(record);
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@
 //! Planning and execution go through [`engine::Engine`]; this crate only speaks the protocols.
 
 mod admin;
+mod auth;
 mod error;
 mod exec;
 mod flight_service;
@@ -25,12 +26,14 @@ mod statements;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use engine::Engine;
+use engine::security::{AuditLog, AuthMode, Policy};
+use engine::{Engine, EngineConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +53,19 @@ pub enum ServeError {
     },
     #[error("Flight SQL server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(
+        "refusing to serve without authentication on {addr}, which is not a loopback address: \
+         configure users (security.auth = \"password\") or set security.allow_insecure_bind = true"
+    )]
+    InsecureBind { addr: SocketAddr },
+    #[error(
+        "authentication is on (security.auth = \"password\", the default) but no users or API keys \
+         are configured: add [[security.users]] (hash passwords with `flowengine user hash-password`) \
+         or [[security.api_keys]], or set security.auth = \"none\" for a loopback-only server"
+    )]
+    NoUsers,
+    #[error(transparent)]
+    Audit(#[from] engine::security::audit::AuditError),
 }
 
 /// A bound, not yet serving, server. Bind first (so port errors show at once and the admin
@@ -66,8 +82,17 @@ pub struct Server {
 impl Server {
     /// Bind the Flight SQL and admin listeners from the engine's `[server]` configuration and
     /// start the admin endpoint.
-    pub async fn bind(engine: Arc<Engine>) -> Result<Self, ServeError> {
+    /// `protected` are files no SQL may reach (the configuration file); the secrets file, state
+    /// directory, audit and lineage files are added here.
+    pub async fn bind(engine: Arc<Engine>, protected: Vec<PathBuf>) -> Result<Self, ServeError> {
         let config = engine.config().server.clone();
+        let security = engine.config().security.clone();
+        if security.auth == AuthMode::Password
+            && security.users.is_empty()
+            && security.api_keys.is_empty()
+        {
+            return Err(ServeError::NoUsers);
+        }
         let flight = TcpListener::bind(&config.bind)
             .await
             .map_err(|source| ServeError::Bind {
@@ -80,7 +105,16 @@ impl Server {
             addr: config.bind.clone(),
             source,
         })?;
-        let state = Arc::new(ServerState::new(engine, config.clone()));
+        let insecure = security.auth == AuthMode::None && !security.allow_insecure_bind;
+        if insecure && !flight_addr.ip().is_loopback() {
+            return Err(ServeError::InsecureBind { addr: flight_addr });
+        }
+        let audit = AuditLog::open(
+            security.audit_file.as_deref(),
+            security.audit_redact_literals,
+        )?;
+        let policy = Policy::new(&security, protected_files(engine.config(), protected));
+        let state = Arc::new(ServerState::new(engine, config.clone(), policy, audit));
         let admin_stop = CancellationToken::new();
         let admin_addr = if config.admin_bind.eq_ignore_ascii_case("off") {
             None
@@ -93,12 +127,20 @@ impl Server {
                     source,
                 })?;
             let addr = listener.local_addr().ok();
+            if insecure && addr.is_some_and(|a| !a.ip().is_loopback()) {
+                return Err(ServeError::InsecureBind {
+                    addr: addr.unwrap_or(flight_addr),
+                });
+            }
             let router = admin::router(Arc::clone(&state));
             let stop = admin_stop.clone();
             tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
+                let served = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
                 if let Err(e) = served {
                     tracing::error!("admin endpoint failed: {e}");
                 }
@@ -206,4 +248,13 @@ impl Server {
         tracing::info!("server stopped");
         result
     }
+}
+
+/// Files SQL must never read or write: configuration, secrets, state, audit and lineage logs.
+fn protected_files(config: &EngineConfig, mut files: Vec<PathBuf>) -> Vec<PathBuf> {
+    files.extend(config.secrets_file.clone());
+    files.push(config.effective_state_dir());
+    files.extend(config.security.audit_file.clone());
+    files.extend(config.lineage_file.clone());
+    files
 }

@@ -8,8 +8,10 @@ use arrow::array::StringArray;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_flight::sql::metadata::GetCatalogsBuilder;
 use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables};
+use datafusion::common::ResolvedTableReference;
 use datafusion::datasource::TableType;
 use datafusion::prelude::SessionContext;
+use engine::security::{Policy, Principal};
 use tonic::Status;
 
 /// Table type names as JDBC knows them.
@@ -27,12 +29,58 @@ fn arrow_status(e: impl std::fmt::Display) -> Status {
     Status::internal(format!("building a metadata result: {e}"))
 }
 
-pub(crate) fn catalogs(ctx: &SessionContext) -> Result<RecordBatch, Status> {
+/// What one caller may see: tables they hold any privilege on, and the schemas and catalogs
+/// holding such tables. Admins see everything.
+pub(crate) struct Visible<'a> {
+    pub(crate) policy: &'a Policy,
+    pub(crate) who: &'a Principal,
+    pub(crate) default_catalog: String,
+    pub(crate) default_schema: String,
+}
+
+impl Visible<'_> {
+    fn table(&self, catalog: &str, schema: &str, table: &str) -> bool {
+        let t = ResolvedTableReference {
+            catalog: catalog.into(),
+            schema: schema.into(),
+            table: table.into(),
+        };
+        self.policy
+            .may_see(self.who, &t, &self.default_catalog, &self.default_schema)
+    }
+
+    fn schema(&self, ctx: &SessionContext, catalog: &str, schema: &str) -> bool {
+        if self.who.is_admin() {
+            return true;
+        }
+        let Some(s) = ctx.catalog(catalog).and_then(|c| c.schema(schema)) else {
+            return false;
+        };
+        s.table_names()
+            .iter()
+            .any(|t| self.table(catalog, schema, t))
+    }
+
+    fn catalog(&self, ctx: &SessionContext, catalog: &str) -> bool {
+        if self.who.is_admin() {
+            return true;
+        }
+        ctx.catalog(catalog).is_some_and(|c| {
+            c.schema_names()
+                .iter()
+                .any(|s| self.schema(ctx, catalog, s))
+        })
+    }
+}
+
+pub(crate) fn catalogs(ctx: &SessionContext, visible: &Visible<'_>) -> Result<RecordBatch, Status> {
     let mut b = GetCatalogsBuilder::new();
     let mut names = ctx.catalog_names();
     names.sort();
     for name in names {
-        b.append(name);
+        if visible.catalog(ctx, &name) {
+            b.append(name);
+        }
     }
     b.build().map_err(arrow_status)
 }
@@ -44,6 +92,7 @@ pub(crate) fn catalogs_schema() -> SchemaRef {
 pub(crate) fn db_schemas(
     ctx: &SessionContext,
     cmd: CommandGetDbSchemas,
+    visible: &Visible<'_>,
 ) -> Result<RecordBatch, Status> {
     let mut b = cmd.into_builder();
     let mut catalogs = ctx.catalog_names();
@@ -55,7 +104,9 @@ pub(crate) fn db_schemas(
         let mut schemas = catalog.schema_names();
         schemas.sort();
         for schema in schemas {
-            b.append(&catalog_name, schema);
+            if visible.schema(ctx, &catalog_name, &schema) {
+                b.append(&catalog_name, schema);
+            }
         }
     }
     b.build().map_err(arrow_status)
@@ -64,6 +115,7 @@ pub(crate) fn db_schemas(
 pub(crate) async fn tables(
     ctx: &SessionContext,
     cmd: CommandGetTables,
+    visible: &Visible<'_>,
 ) -> Result<RecordBatch, Status> {
     let catalog_filter = cmd.catalog.clone();
     let mut b = cmd.into_builder();
@@ -85,6 +137,9 @@ pub(crate) async fn tables(
             let mut names = schema.table_names();
             names.sort();
             for table_name in names {
+                if !visible.table(&catalog_name, &schema_name, &table_name) {
+                    continue;
+                }
                 // A provider that fails to load (e.g. an unreachable remote table) is listed
                 // without failing the whole call.
                 let Ok(Some(table)) = schema.table(&table_name).await else {

@@ -26,6 +26,7 @@ use futures::Stream;
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::caller;
 use crate::exec::{self, Kind};
 use crate::handles::{PreparedHandle, decode_ticket};
 use crate::metadata;
@@ -37,6 +38,8 @@ pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Se
 
 /// Action name of Flight's `CancelFlightInfo`.
 const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
+/// Action revoking a bearer token (its holder's or, for admins, anyone's).
+const REVOKE_TOKEN: &str = "RevokeToken";
 
 /// The Flight SQL handler. Cheap to clone.
 #[derive(Clone)]
@@ -55,7 +58,7 @@ impl FlightSqlService for FlowSqlService {
         Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
         Status,
     > {
-        // No authentication yet: accept every handshake.
+        // Never reached: FlowFlightService answers handshakes (authentication) itself.
         let response = HandshakeResponse {
             protocol_version: 0,
             payload: Default::default(),
@@ -73,7 +76,8 @@ impl FlightSqlService for FlowSqlService {
         if query.transaction_id.is_some() {
             return Err(Status::unimplemented("transactions are not supported"));
         }
-        let planned = self.plan(&query.query, &[], Kind::Query).await?;
+        let who = caller(&request)?;
+        let planned = self.plan(&who, &query.query, &[], Kind::Query).await?;
         let (_, info) = self
             .ticket_info(planned, request.into_inner(), None)
             .await?;
@@ -86,8 +90,9 @@ impl FlightSqlService for FlowSqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let handle = PreparedHandle::decode_handle(&cmd.prepared_statement_handle)?;
+        let who = caller(&request)?;
         let planned = self
-            .plan(&handle.sql, &handle.param_batches()?, Kind::Query)
+            .plan(&who, &handle.sql, &handle.param_batches()?, Kind::Query)
             .await?;
         let (_, info) = self
             .ticket_info(planned, request.into_inner(), None)
@@ -198,22 +203,24 @@ impl FlightSqlService for FlowSqlService {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let who = caller(&request)?;
         let id = decode_ticket(&self.state.instance, &ticket.statement_handle)?;
-        let (schema, output) = self.redeem(&id)?;
+        let (schema, output) = self.redeem(&who, &id)?;
         Ok(Response::new(self.stream(schema, output)))
     }
 
     async fn do_get_prepared_statement(
         &self,
         cmd: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         // Some clients use the command itself as the ticket.
+        let who = caller(&request)?;
         let handle = PreparedHandle::decode_handle(&cmd.prepared_statement_handle)?;
         let planned = self
-            .plan(&handle.sql, &handle.param_batches()?, Kind::Query)
+            .plan(&who, &handle.sql, &handle.param_batches()?, Kind::Query)
             .await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let schema = Arc::clone(&planned.schema);
@@ -223,6 +230,7 @@ impl FlightSqlService for FlowSqlService {
             planned.sql,
             Kind::Query,
             planned.plans,
+            planned.audit,
         );
         Ok(Response::new(self.stream(schema, output)))
     }
@@ -230,27 +238,31 @@ impl FlightSqlService for FlowSqlService {
     async fn do_get_catalogs(
         &self,
         _query: CommandGetCatalogs,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let batch = metadata::catalogs(self.state.engine.context())?;
+        let who = caller(&request)?;
+        let batch = metadata::catalogs(self.state.engine.context(), &self.visible(&who))?;
         Ok(Response::new(self.batch_stream(batch)))
     }
 
     async fn do_get_schemas(
         &self,
         query: CommandGetDbSchemas,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let batch = metadata::db_schemas(self.state.engine.context(), query)?;
+        let who = caller(&request)?;
+        let batch = metadata::db_schemas(self.state.engine.context(), query, &self.visible(&who))?;
         Ok(Response::new(self.batch_stream(batch)))
     }
 
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let batch = metadata::tables(self.state.engine.context(), query).await?;
+        let who = caller(&request)?;
+        let batch =
+            metadata::tables(self.state.engine.context(), query, &self.visible(&who)).await?;
         Ok(Response::new(self.batch_stream(batch)))
     }
 
@@ -336,12 +348,13 @@ impl FlightSqlService for FlowSqlService {
     async fn do_put_statement_update(
         &self,
         cmd: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         if cmd.transaction_id.is_some() {
             return Err(Status::unimplemented("transactions are not supported"));
         }
-        let planned = self.plan(&cmd.query, &[], Kind::Update).await?;
+        let who = caller(&request)?;
+        let planned = self.plan(&who, &cmd.query, &[], Kind::Update).await?;
         self.execute_update(planned).await
     }
 
@@ -350,7 +363,8 @@ impl FlightSqlService for FlowSqlService {
         cmd: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.ingest(cmd, request.into_inner()).await
+        let who = caller(&request)?;
+        self.ingest(&who, cmd, request.into_inner()).await
     }
 
     async fn do_put_prepared_statement_query(
@@ -358,10 +372,11 @@ impl FlightSqlService for FlowSqlService {
         cmd: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
+        let who = caller(&request)?;
         let handle = PreparedHandle::decode_handle(&cmd.prepared_statement_handle)?;
         let params = decode_params(request.into_inner()).await?;
         // Check the binding now, so a wrong type fails at bind time with a clear message.
-        self.plan(&handle.sql, &params, Kind::Query).await?;
+        self.plan(&who, &handle.sql, &params, Kind::Query).await?;
         let handle = handle.with_params(&params)?;
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(handle.encode_handle().into()),
@@ -373,36 +388,38 @@ impl FlightSqlService for FlowSqlService {
         cmd: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        let who = caller(&request)?;
         let handle = PreparedHandle::decode_handle(&cmd.prepared_statement_handle)?;
         let mut params = decode_params(request.into_inner()).await?;
         if params.iter().all(|b| b.num_rows() == 0) {
             params = handle.param_batches()?;
         }
-        let planned = self.plan(&handle.sql, &params, Kind::Update).await?;
+        let planned = self.plan(&who, &handle.sql, &params, Kind::Update).await?;
         self.execute_update(planned).await
     }
 
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         if query.transaction_id.is_some() {
             return Err(Status::unimplemented("transactions are not supported"));
         }
+        let who = caller(&request)?;
         let started = std::time::Instant::now();
-        let prepared = self
-            .prepare_checked(&query.query)
-            .await
-            .inspect_err(|status| {
-                exec::record_failure(
-                    &self.state,
-                    Kind::Query,
-                    &query.query,
-                    status,
-                    started.elapsed(),
-                )
-            })?;
+        let (prepared, _) =
+            self.prepare_checked(&who, &query.query)
+                .await
+                .inspect_err(|status| {
+                    exec::record_failure(
+                        &self.state,
+                        Kind::Query,
+                        &query.query,
+                        status,
+                        started.elapsed(),
+                    )
+                })?;
         let dataset = flight_schema(Arc::new(prepared.logical.schema().as_arrow().clone()));
         let params = parameter_schema(&prepared.logical)?;
         Ok(ActionCreatePreparedStatementResult {
@@ -458,11 +475,12 @@ impl FlightSqlService for FlowSqlService {
     async fn do_action_cancel_query(
         &self,
         query: ActionCancelQueryRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
+        let who = caller(&request)?;
         let info = FlightInfo::decode(&*query.info)
             .map_err(|_| Status::invalid_argument("CancelQuery: malformed FlightInfo"))?;
-        let result = match self.cancel_info(&info) {
+        let result = match self.cancel_info(&who, &info) {
             CancelStatus::Cancelled => 1,
             _ => 3,
         };
@@ -473,14 +491,26 @@ impl FlightSqlService for FlowSqlService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let who = caller(&request)?;
         let action = request.into_inner();
+        if action.r#type == REVOKE_TOKEN {
+            let token = String::from_utf8(action.body.to_vec())
+                .map_err(|_| Status::invalid_argument("RevokeToken: the body is the token"))?;
+            let revoked = self.state.auth.revoke(token.trim(), &who.principal)?;
+            let body: &[u8] = if revoked { b"revoked" } else { b"unknown" };
+            return Ok(Response::new(Box::pin(futures::stream::iter(vec![Ok(
+                arrow_flight::Result {
+                    body: bytes::Bytes::from_static(body),
+                },
+            )]))));
+        }
         if action.r#type == CANCEL_FLIGHT_INFO {
             let req = CancelFlightInfoRequest::decode(&*action.body)
                 .map_err(|_| Status::invalid_argument("CancelFlightInfo: malformed request"))?;
             let info = req
                 .info
                 .ok_or_else(|| Status::invalid_argument("CancelFlightInfo: no FlightInfo"))?;
-            let result = CancelFlightInfoResult::new(self.cancel_info(&info));
+            let result = CancelFlightInfoResult::new(self.cancel_info(&who, &info));
             let body = result.encode_to_vec();
             return Ok(Response::new(Box::pin(futures::stream::iter(vec![Ok(
                 arrow_flight::Result { body: body.into() },
@@ -493,12 +523,19 @@ impl FlightSqlService for FlowSqlService {
     }
 
     async fn list_custom_actions(&self) -> Option<Vec<Result<ActionType, Status>>> {
-        Some(vec![Ok(ActionType {
-            r#type: CANCEL_FLIGHT_INFO.into(),
-            description:
-                "Cancel a query: request CancelFlightInfoRequest, result CancelFlightInfoResult"
-                    .into(),
-        })])
+        Some(vec![
+            Ok(ActionType {
+                r#type: CANCEL_FLIGHT_INFO.into(),
+                description:
+                    "Cancel a query: request CancelFlightInfoRequest, result CancelFlightInfoResult"
+                        .into(),
+            }),
+            Ok(ActionType {
+                r#type: REVOKE_TOKEN.into(),
+                description:
+                    "Revoke a bearer token: body = the token; result `revoked` or `unknown`".into(),
+            }),
+        ])
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::SchemaRef;
 use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use engine::pipeline::Prepared;
+use engine::security::{AuditLog, AuditRecord, Policy};
 use engine::{Engine, ServerConfig};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::auth::Authenticator;
 use crate::exec::QueryOutput;
 use crate::metrics::Metrics;
 
@@ -32,10 +34,18 @@ pub(crate) struct ServerState {
     pub(crate) ready: AtomicBool,
     /// Cancelled when the shutdown grace period is over: every running query stops.
     pub(crate) shutdown: CancellationToken,
+    pub(crate) auth: Authenticator,
+    pub(crate) policy: Policy,
+    pub(crate) audit: AuditLog,
 }
 
 impl ServerState {
-    pub(crate) fn new(engine: Arc<Engine>, config: ServerConfig) -> Self {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        config: ServerConfig,
+        policy: Policy,
+        audit: AuditLog,
+    ) -> Self {
         let metrics = Metrics::new();
         metrics
             .memory_limit
@@ -49,6 +59,9 @@ impl ServerState {
             xdbc_info: crate::sql_info::xdbc_type_info(),
             ready: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
+            auth: Authenticator::new(&engine.config().security, audit.clone()),
+            policy,
+            audit,
             metrics,
             engine,
             config,
@@ -134,6 +147,10 @@ pub(crate) struct TicketEntry {
     /// Set for statements with side effects (DDL, DML), which run when they are submitted: a
     /// client that never fetches the result (ADBC's DB-API does not for DDL) still gets them.
     pub(crate) results: Option<Vec<arrow::array::RecordBatch>>,
+    /// Who planned it: only they may redeem the ticket.
+    pub(crate) owner: String,
+    /// The audit record completed when the statement ends.
+    pub(crate) audit: AuditRecord,
 }
 
 /// Tickets handed out by `GetFlightInfo`/`PollFlightInfo`, redeemed once by `DoGet`.
@@ -202,30 +219,32 @@ impl Tickets {
 /// Cancellation handles of executing queries, by query id.
 #[derive(Default)]
 pub(crate) struct Running {
-    map: Mutex<HashMap<String, CancellationToken>>,
+    /// Query id -> (cancellation token, user who runs it).
+    map: Mutex<HashMap<String, (CancellationToken, String)>>,
 }
 
 impl Running {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (CancellationToken, String)>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn register(&self, id: &str, token: CancellationToken) {
-        self.lock().insert(id.to_string(), token);
+    pub(crate) fn register(&self, id: &str, token: CancellationToken, owner: &str) {
+        self.lock()
+            .insert(id.to_string(), (token, owner.to_string()));
     }
 
     pub(crate) fn unregister(&self, id: &str) {
         self.lock().remove(id);
     }
 
-    /// Cancel one query; false when it is not running.
-    pub(crate) fn cancel(&self, id: &str) -> bool {
+    /// Cancel one query if `may(owner)`; false when it is not running or not theirs.
+    pub(crate) fn cancel(&self, id: &str, may: impl Fn(&str) -> bool) -> bool {
         match self.lock().get(id) {
-            Some(token) => {
+            Some((token, owner)) if may(owner) => {
                 token.cancel();
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 

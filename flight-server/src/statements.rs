@@ -17,10 +17,12 @@ use arrow_flight::{
 use datafusion::logical_expr::{LogicalPlan, Statement as PlanStatement};
 use engine::error::SourceLocation;
 use engine::pipeline::{PipelineStatement, Prepared, StatementClass};
+use engine::security::AuditRecord;
 use futures::{FutureExt, TryStreamExt};
 use prost::Message;
 use tonic::{Response, Status};
 
+use crate::auth::Caller;
 use crate::error::engine_status;
 use crate::exec::{self, Kind, QueryOutput, panic_status};
 use crate::handles::{decode_ticket, encode_ticket};
@@ -33,6 +35,10 @@ pub(crate) struct Planned {
     pub(crate) sql: String,
     pub(crate) plans: Vec<Prepared>,
     pub(crate) schema: SchemaRef,
+    /// Who planned it (only they may fetch the result).
+    pub(crate) owner: String,
+    /// The allow record, completed with rows and duration when the statement ends.
+    pub(crate) audit: AuditRecord,
 }
 
 impl FlowSqlService {
@@ -40,36 +46,71 @@ impl FlowSqlService {
     /// is counted and logged like one that fails while executing.
     pub(crate) async fn plan(
         &self,
+        who: &Caller,
         sql: &str,
         params: &[RecordBatch],
         kind: Kind,
     ) -> Result<Planned, Status> {
         let started = std::time::Instant::now();
-        let planned = self.plan_inner(sql, params).await;
+        let planned = self.plan_inner(who, sql, params).await;
         if let Err(status) = &planned {
             exec::record_failure(&self.state, kind, sql, status, started.elapsed());
         }
         planned
     }
 
-    /// Plan one client statement through the engine (panics isolated), checking `SET`.
-    pub(crate) async fn prepare_checked(&self, sql: &str) -> Result<Prepared, Status> {
+    /// Plan one client statement through the engine (panics isolated), checking `SET` and
+    /// authorizing the plan for the caller (which adds their row filters and masks). Every
+    /// decision is audited.
+    pub(crate) async fn prepare_checked(
+        &self,
+        who: &Caller,
+        sql: &str,
+    ) -> Result<(Prepared, AuditRecord), Status> {
         let statement = self.statement(sql);
-        let prepared = AssertUnwindSafe(self.state.engine.prepare(&statement))
+        let mut prepared = AssertUnwindSafe(self.state.engine.prepare(&statement))
             .catch_unwind()
             .await
             .map_err(panic_status)?
             .map_err(engine_status)?;
         self.check_allowed(&prepared)?;
-        Ok(prepared)
+        let mut record = AuditRecord {
+            event: "statement",
+            user: who.principal.name.clone(),
+            client: who.client.clone(),
+            statement: Some(sql.to_string()),
+            decision: "allow",
+            ..Default::default()
+        };
+        let state = self.state.engine.context().state();
+        let authorized = self
+            .state
+            .policy
+            .authorize(&who.principal, prepared.logical.clone(), &state, sql)
+            .await;
+        match authorized {
+            Ok(a) => {
+                prepared.logical = a.plan;
+                record.reads = a.reads.into_iter().collect();
+                record.writes = a.writes.into_iter().collect();
+                Ok((prepared, record))
+            }
+            Err(e) => {
+                record.decision = "deny";
+                record.reason = Some(e.to_string());
+                self.state.audit.record(record);
+                Err(Status::permission_denied(e.to_string()))
+            }
+        }
     }
 
     pub(crate) async fn plan_inner(
         &self,
+        who: &Caller,
         sql: &str,
         params: &[RecordBatch],
     ) -> Result<Planned, Status> {
-        let prepared = self.prepare_checked(sql).await?;
+        let (prepared, audit) = self.prepare_checked(who, sql).await?;
         let rows = param_rows(params)?;
         let plans = if rows.is_empty() {
             let declared = parameter_types(&prepared.logical)?;
@@ -100,6 +141,8 @@ impl FlowSqlService {
             sql: sql.to_string(),
             plans,
             schema,
+            owner: who.principal.name.clone(),
+            audit,
         })
     }
 
@@ -178,6 +221,7 @@ impl FlowSqlService {
                     planned.sql.clone(),
                     Kind::Update,
                     planned.plans.clone(),
+                    planned.audit.clone(),
                 );
                 let batches = exec::collect(output).await?;
                 self.state
@@ -266,6 +310,7 @@ impl FlowSqlService {
             planned.sql,
             Kind::Update,
             planned.plans,
+            planned.audit,
         );
         let batches = exec::collect(output).await?;
         // Writes return one `count` batch per executed plan (one per parameter row); other
@@ -281,12 +326,26 @@ impl FlowSqlService {
     }
 
     /// Start the query behind a ticket (or take the one a poll started).
-    pub(crate) fn redeem(&self, id: &str) -> Result<(SchemaRef, QueryOutput), Status> {
-        let entry = self.state.tickets.take(id).ok_or_else(|| {
+    pub(crate) fn redeem(
+        &self,
+        who: &Caller,
+        id: &str,
+    ) -> Result<(SchemaRef, QueryOutput), Status> {
+        let gone = || {
             Status::not_found(
                 "ticket expired, was already used or cancelled; request a new one with GetFlightInfo",
             )
-        })?;
+        };
+        // Another user's ticket is left in place and reported as unknown.
+        let mine = self
+            .state
+            .tickets
+            .with(id, |e| e.owner == who.principal.name)
+            .ok_or_else(gone)?;
+        if !mine {
+            return Err(gone());
+        }
+        let entry = self.state.tickets.take(id).ok_or_else(gone)?;
         let output = match (entry.started, entry.results) {
             (Some(output), _) => output,
             (None, Some(batches)) => exec::ready_output(id.to_string(), batches),
@@ -296,13 +355,26 @@ impl FlowSqlService {
                 entry.sql,
                 Kind::Query,
                 entry.plans,
+                entry.audit,
             ),
         };
         Ok((entry.schema, output))
     }
 
-    /// Cancel the query a flight info's ticket names.
-    pub(crate) fn cancel_info(&self, info: &FlightInfo) -> CancelStatus {
+    /// What `who` may see in metadata answers.
+    pub(crate) fn visible<'a>(&'a self, who: &'a Caller) -> crate::metadata::Visible<'a> {
+        let state = self.state.engine.context().state();
+        let options = state.config().options();
+        crate::metadata::Visible {
+            policy: &self.state.policy,
+            who: &who.principal,
+            default_catalog: options.catalog.default_catalog.clone(),
+            default_schema: options.catalog.default_schema.clone(),
+        }
+    }
+
+    /// Cancel the query a flight info's ticket names (the caller's own, or any for admins).
+    pub(crate) fn cancel_info(&self, who: &Caller, info: &FlightInfo) -> CancelStatus {
         let mut status = CancelStatus::NotCancellable;
         for endpoint in &info.endpoint {
             let Some(ticket) = &endpoint.ticket else {
@@ -317,8 +389,14 @@ impl FlowSqlService {
             let Ok(id) = decode_ticket(&self.state.instance, &t.statement_handle) else {
                 continue;
             };
-            let removed = self.state.tickets.remove(&id);
-            let cancelled = self.state.running.cancel(&id);
+            let owned = |owner: &str| who.principal.is_admin() || owner == who.principal.name;
+            let removed = self
+                .state
+                .tickets
+                .with(&id, |e| owned(&e.owner))
+                .unwrap_or(false)
+                && self.state.tickets.remove(&id);
+            let cancelled = self.state.running.cancel(&id, owned);
             if removed || cancelled {
                 status = CancelStatus::Cancelled;
             }
@@ -339,6 +417,8 @@ fn entry(
         expires: std::time::Instant::now(),
         started,
         results,
+        owner: planned.owner,
+        audit: planned.audit,
     }
 }
 

@@ -7,6 +7,7 @@ pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod serve;
 pub(crate) mod sql;
+pub(crate) mod user;
 
 use engine::config::LoadedConfig;
 use engine::{Engine, EngineConfig};

@@ -33,7 +33,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
         .memory_pool
         .get_or_insert(engine::config::MemoryPoolKind::Fair);
     let engine = Arc::new(Engine::try_new(&loaded.config, &connectors::registry())?);
-    let server = Server::bind(Arc::clone(&engine)).await?;
+    let server = Server::bind(Arc::clone(&engine), loaded.file.iter().cloned().collect()).await?;
     match server.admin_addr() {
         Some(admin) => eprintln!(
             "flowengine: Flight SQL listening on grpc://{} ; admin on http://{admin}",

@@ -17,7 +17,14 @@ pub(crate) struct ServerProcess {
 
 impl ServerProcess {
     /// Start a server with these catalog files and `flowengine.toml` text (may be empty).
+    /// Without a `[security]` section the server runs with `auth = "none"` (loopback only),
+    /// so functional tests need no credentials; tests/security.rs configures users.
     pub(crate) fn start(catalogs: &[&Path], config: &str) -> Self {
+        Self::start_with_env(catalogs, config, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables.
+    pub(crate) fn start_with_env(catalogs: &[&Path], config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("flowengine.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -27,10 +34,17 @@ impl ServerProcess {
             .arg("serve")
             .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
             .env_remove("FLOWENGINE_CONFIG")
+            .env_remove("FLOWENGINE_AUTH")
             .env("FLOWENGINE_LOG", "info")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if !config.contains("[security") {
+            cmd.env("FLOWENGINE_AUTH", "none");
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         for c in catalogs {
             cmd.arg("--catalog").arg(c);
         }

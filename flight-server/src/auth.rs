@@ -1,0 +1,360 @@
+//! Authentication of every Flight call and admin request.
+//!
+//! * The Flight handshake takes HTTP Basic credentials (user + password, checked against the
+//!   argon2 hash in the configuration) and answers with a bearer token (`authorization:
+//!   Bearer fet_...` response header and the handshake payload). Tokens expire after
+//!   `security.token_ttl_secs` and can be revoked (Flight action `RevokeToken`).
+//! * Later calls send `authorization: Bearer <token>` or a service account's API key
+//!   (`fek_...`) the same way. Clients that can only send Basic credentials (JDBC, Tableau) may
+//!   pass a token or API key as the password; the user name is then ignored.
+//! * Failed logins are counted per user and per client address; past
+//!   `security.max_failed_logins` within `security.lockout_secs`, further attempts are refused
+//!   without checking the password.
+//!
+//! Only SHA-256 digests of tokens and keys are kept; comparisons are constant-time.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use engine::security::credentials::{
+    ct_eq, hash_password, random_secret, sha256_hex, verify_password,
+};
+use engine::security::{AuditLog, AuditRecord, AuthMode, Principal, SecurityConfig};
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+/// Prefix of API keys.
+pub(crate) const API_KEY_PREFIX: &str = "fek_";
+/// Prefix of bearer tokens.
+pub(crate) const TOKEN_PREFIX: &str = "fet_";
+
+/// How long a verified Basic password is remembered, so clients sending Basic on every call do
+/// not pay an argon2 verification each time.
+const BASIC_CACHE: Duration = Duration::from_secs(300);
+
+struct Issued {
+    principal: Principal,
+    expires: Instant,
+}
+
+/// Users, API keys, issued tokens and failed-login counters.
+pub(crate) struct Authenticator {
+    mode: AuthMode,
+    users: HashMap<String, (String, Principal)>,
+    api_keys: Vec<(String, Principal)>,
+    ttl: Duration,
+    tokens: Mutex<HashMap<String, Issued>>,
+    basic_cache: Mutex<HashMap<String, Issued>>,
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    max_failed: u32,
+    lockout: Duration,
+    audit: AuditLog,
+    /// Verified against for unknown users, so timing does not reveal which users exist.
+    dummy_hash: String,
+}
+
+/// What a request carried.
+enum Credentials {
+    Basic { user: String, password: String },
+    Bearer(String),
+}
+
+impl Authenticator {
+    pub(crate) fn new(config: &SecurityConfig, audit: AuditLog) -> Self {
+        let principal =
+            |name: &str,
+             roles: &[String],
+             attributes: &std::collections::BTreeMap<String, String>| {
+                Principal {
+                    name: name.to_string(),
+                    roles: roles.to_vec(),
+                    attributes: attributes.clone(),
+                }
+            };
+        Self {
+            mode: config.auth,
+            users: config
+                .users
+                .iter()
+                .map(|u| {
+                    (
+                        u.name.clone(),
+                        (
+                            u.password_hash.clone(),
+                            principal(&u.name, &u.roles, &u.attributes),
+                        ),
+                    )
+                })
+                .collect(),
+            api_keys: config
+                .api_keys
+                .iter()
+                .map(|k| {
+                    (
+                        k.key_sha256.to_ascii_lowercase(),
+                        principal(&k.name, &k.roles, &k.attributes),
+                    )
+                })
+                .collect(),
+            ttl: Duration::from_secs(config.token_ttl_secs),
+            tokens: Mutex::new(HashMap::new()),
+            basic_cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            max_failed: config.max_failed_logins.max(1),
+            lockout: Duration::from_secs(config.lockout_secs),
+            audit,
+            dummy_hash: if config.auth == AuthMode::None {
+                String::new()
+            } else {
+                hash_password(&random_secret("")).unwrap_or_default()
+            },
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.mode != AuthMode::None
+    }
+
+    /// The caller of one request.
+    pub(crate) async fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        client: &str,
+    ) -> Result<Principal, Status> {
+        if !self.enabled() {
+            return Ok(Principal::anonymous());
+        }
+        match credentials(metadata)? {
+            None => Err(Status::unauthenticated(
+                "authentication required: log in with the Flight handshake (Basic credentials), \
+                 or send `authorization: Bearer <token or API key>`",
+            )),
+            Some(Credentials::Bearer(secret)) => self.bearer(&secret),
+            Some(Credentials::Basic { user, password }) => {
+                if password.starts_with(API_KEY_PREFIX) || password.starts_with(TOKEN_PREFIX) {
+                    return self.bearer(&password);
+                }
+                self.password(&user, &password, client).await
+            }
+        }
+    }
+
+    /// The handshake: verify Basic credentials and issue a token.
+    pub(crate) async fn login(
+        &self,
+        metadata: &MetadataMap,
+        client: &str,
+    ) -> Result<(Principal, Option<String>), Status> {
+        if !self.enabled() {
+            return Ok((Principal::anonymous(), None));
+        }
+        let principal = self.authenticate(metadata, client).await?;
+        let token = random_secret(TOKEN_PREFIX);
+        let mut tokens = lock(&self.tokens);
+        let now = Instant::now();
+        tokens.retain(|_, t| t.expires > now);
+        tokens.insert(
+            sha256_hex(&token),
+            Issued {
+                principal: principal.clone(),
+                expires: now + self.ttl,
+            },
+        );
+        Ok((principal, Some(token)))
+    }
+
+    /// Revoke a token: its holder, or an admin, may. True when it existed.
+    pub(crate) fn revoke(&self, token: &str, by: &Principal) -> Result<bool, Status> {
+        let key = sha256_hex(token);
+        let mut tokens = lock(&self.tokens);
+        match tokens.get(&key) {
+            None => Ok(false),
+            Some(t) if by.is_admin() || t.principal.name == by.name => {
+                tokens.remove(&key);
+                Ok(true)
+            }
+            Some(_) => Err(Status::permission_denied(
+                "only the token's holder or an admin may revoke it",
+            )),
+        }
+    }
+
+    fn bearer(&self, secret: &str) -> Result<Principal, Status> {
+        if secret.starts_with(API_KEY_PREFIX) {
+            let digest = sha256_hex(secret);
+            // Check every key, so timing does not tell how many were compared.
+            let mut found = None;
+            for (hash, principal) in &self.api_keys {
+                if ct_eq(hash, &digest) {
+                    found = Some(principal.clone());
+                }
+            }
+            return found.ok_or_else(|| Status::unauthenticated("invalid API key"));
+        }
+        let key = sha256_hex(secret);
+        let mut tokens = lock(&self.tokens);
+        match tokens.get(&key) {
+            Some(t) if t.expires > Instant::now() => Ok(t.principal.clone()),
+            Some(_) => {
+                tokens.remove(&key);
+                Err(Status::unauthenticated("token expired: log in again"))
+            }
+            None => Err(Status::unauthenticated(
+                "invalid or revoked token: log in again",
+            )),
+        }
+    }
+
+    async fn password(
+        &self,
+        user: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<Principal, Status> {
+        let cache_key = sha256_hex(&format!("{user}\u{0}{password}"));
+        if let Some(hit) = lock(&self.basic_cache).get(&cache_key)
+            && hit.expires > Instant::now()
+        {
+            return Ok(hit.principal.clone());
+        }
+        let user_key = format!("user:{user}");
+        let addr_key = format!("addr:{}", client_ip(client));
+        if self.locked_out(&user_key) || self.locked_out(&addr_key) {
+            self.audit_login(user, client, "deny", "too many failed logins");
+            return Err(Status::resource_exhausted(format!(
+                "too many failed logins for this user or address; retry in {} s",
+                self.lockout.as_secs()
+            )));
+        }
+        let entry = self.users.get(user).cloned();
+        let password = password.to_string();
+        let dummy = self.dummy_hash.clone();
+        // argon2 is CPU-heavy by design: keep it off the runtime's worker threads. An unknown
+        // user is checked against a dummy hash so timing does not reveal which users exist.
+        let verified = tokio::task::spawn_blocking(move || match entry {
+            Some((hash, principal)) => verify_password(&password, &hash).then_some(principal),
+            None => {
+                let _ = verify_password(&password, &dummy);
+                None
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("password check failed: {e}")))?;
+        match verified {
+            Some(principal) => {
+                lock(&self.failures).remove(&user_key);
+                lock(&self.basic_cache).insert(
+                    cache_key,
+                    Issued {
+                        principal: principal.clone(),
+                        expires: Instant::now() + BASIC_CACHE.min(self.ttl),
+                    },
+                );
+                self.audit_login(user, client, "allow", "password");
+                Ok(principal)
+            }
+            None => {
+                self.fail(&user_key);
+                self.fail(&addr_key);
+                self.audit_login(user, client, "deny", "invalid user name or password");
+                Err(Status::unauthenticated("invalid user name or password"))
+            }
+        }
+    }
+
+    fn locked_out(&self, key: &str) -> bool {
+        let failures = lock(&self.failures);
+        matches!(failures.get(key), Some((n, since)) if *n >= self.max_failed && since.elapsed() < self.lockout)
+    }
+
+    fn fail(&self, key: &str) {
+        let mut failures = lock(&self.failures);
+        let entry = failures
+            .entry(key.to_string())
+            .or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= self.lockout {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    fn audit_login(&self, user: &str, client: &str, decision: &'static str, reason: &str) {
+        self.audit.record(AuditRecord {
+            event: "login",
+            user: user.to_string(),
+            client: client.to_string(),
+            decision,
+            reason: Some(reason.to_string()),
+            ..Default::default()
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Entries are single inserts and removals: a poisoned map is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn client_ip(client: &str) -> &str {
+    client.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(client)
+}
+
+fn credentials(metadata: &MetadataMap) -> Result<Option<Credentials>, Status> {
+    let Some(value) = metadata.get("authorization") else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("malformed authorization header"))?
+        .trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(Some(Credentials::Bearer(rest.trim().to_string())));
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        // Padding is optional: Go's Flight client (ADBC) sends unpadded base64.
+        let encoded = rest.trim().trim_end_matches('=');
+        let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(encoded)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded))
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| Status::unauthenticated("malformed Basic credentials"))?;
+        let (user, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| Status::unauthenticated("malformed Basic credentials"))?;
+        return Ok(Some(Credentials::Basic {
+            user: user.to_string(),
+            password: password.to_string(),
+        }));
+    }
+    Err(Status::unauthenticated(
+        "unsupported authorization scheme: use Basic or Bearer",
+    ))
+}
+
+/// Who sent a request, from where.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub(crate) principal: Principal,
+    pub(crate) client: String,
+}
+
+/// The authenticated caller a handler runs for (set by the service wrapper on every call).
+pub(crate) fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("request was not authenticated"))
+}
+
+/// `ip:port` of the peer, or `unknown`.
+pub(crate) fn client_of<T>(request: &tonic::Request<T>) -> String {
+    request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
