@@ -438,4 +438,42 @@ fn serving_without_users_or_without_auth_on_a_public_address_is_refused() {
         err.contains("flowengine user hash-password") && !err.contains("hunter2"),
         "{err}"
     );
+    // So are passwords in URLs and plain keys: they must be secret references.
+    for (line, key) in [
+        (
+            "state_url = \"postgresql://u:hunter2@db/state\"",
+            "state_url",
+        ),
+        ("lineage_api_key = \"hunter2\"", "lineage_api_key"),
+    ] {
+        std::fs::write(&config, format!("{line}\n")).unwrap();
+        let out = common::flowengine()
+            .arg("--config")
+            .arg(&config)
+            .args(["config", "check"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(key) && err.contains("${secret:NAME}") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+    std::fs::write(
+        &config,
+        "state_url = \"postgresql://u:${secret:PG}@db/state\"\n",
+    )
+    .unwrap();
+    let out = common::flowengine()
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -319,11 +319,35 @@ impl EngineConfig {
         }
         self.server.validate().map_err(bad)?;
         self.security.validate().map_err(bad)?;
+        self.check_no_plain_secrets().map_err(bad)?;
         let mut options = ConfigOptions::new();
         for (key, value) in &self.datafusion {
             options
                 .set(key, value)
                 .map_err(|e| bad(format!("[datafusion] key `{key}` = `{value}`: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Passwords and keys must be `${secret:NAME}` references, never plain text in the file.
+    fn check_no_plain_secrets(&self) -> std::result::Result<(), String> {
+        let hint = "write it as ${secret:NAME} and set FLOWENGINE_SECRET_NAME or put it in the secrets_file";
+        for (key, url) in [
+            ("state_url", &self.state_url),
+            ("lineage_url", &self.lineage_url),
+        ] {
+            let Some(url) = url else { continue };
+            if url.contains("${secret:") {
+                continue;
+            }
+            if url::Url::parse(url).is_ok_and(|u| u.password().is_some()) {
+                return Err(format!("{key} holds a plain-text password: {hint}"));
+            }
+        }
+        if let Some(key) = &self.lineage_api_key
+            && !key.trim_start().starts_with("${secret:")
+        {
+            return Err(format!("lineage_api_key is a plain-text key: {hint}"));
         }
         Ok(())
     }

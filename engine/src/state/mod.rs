@@ -403,7 +403,13 @@ pub async fn register_system_tables(
 /// The store configured for `config`: PostgreSQL when `state_url` is set, else the file journal.
 pub fn open(config: &crate::EngineConfig) -> Arc<dyn StateStore> {
     match &config.state_url {
-        Some(url) => Arc::new(postgres::PostgresStateStore::new(url)),
+        Some(url) => {
+            // A broken secrets file was reported when the engine was built; references then
+            // resolve from the environment alone.
+            let secrets = crate::SecretStore::load(config.secrets_file.as_deref())
+                .unwrap_or_else(|_| crate::SecretStore::from_env());
+            Arc::new(postgres::PostgresStateStore::new(url, secrets))
+        }
         None => Arc::new(file::FileStateStore::new(&config.effective_state_dir())),
     }
 }

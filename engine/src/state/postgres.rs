@@ -67,14 +67,17 @@ CREATE TABLE IF NOT EXISTS flowengine_quality_results (
 
 #[derive(Debug)]
 pub struct PostgresStateStore {
+    /// As configured: a password in it is a `${secret:NAME}` reference.
     url: String,
+    secrets: crate::SecretStore,
     client: OnceCell<Client>,
 }
 
 impl PostgresStateStore {
-    pub fn new(url: &str) -> Self {
+    pub fn new(url: &str, secrets: crate::SecretStore) -> Self {
         Self {
             url: url.to_string(),
+            secrets,
             client: OnceCell::new(),
         }
     }
@@ -89,7 +92,8 @@ impl PostgresStateStore {
     async fn client(&self) -> Result<&Client, StateError> {
         self.client
             .get_or_try_init(|| async {
-                let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+                let url = self.secrets.expand(&self.url).map_err(|e| self.err(e))?;
+                let (client, connection) = tokio_postgres::connect(&url, NoTls)
                     .await
                     .map_err(|e| self.err(format!("cannot connect: {e}")))?;
                 tokio::spawn(async move {
