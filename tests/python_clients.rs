@@ -93,8 +93,15 @@ fn python_clients_log_in_and_are_limited_by_grants() {
          CREATE VIEW pay_view AS SELECT * FROM salaries;",
     )
     .unwrap();
+    common::certs::ca(dir.path(), "ca");
+    let (server_cert, server_key) =
+        common::certs::leaf(dir.path(), "ca", "server", "localhost", false);
     let config = format!(
         r#"
+[server.tls]
+cert_file = "{server_cert}"
+key_file = "{server_key}"
+
 [security]
 [[security.users]]
 name = "ana"
@@ -115,6 +122,8 @@ masks = [{{ table = "customers", column = "email", with = "'***'" }}]
 "#,
         ana = hash("ana-python-pw"),
         key_sha = engine::security::credentials::sha256_hex(key),
+        server_cert = server_cert.display(),
+        server_key = server_key.display(),
     );
     let server = ServerProcess::start(&[catalog.as_path()], &config);
     let out = std::process::Command::new("python3")
@@ -127,7 +136,11 @@ masks = [{{ table = "customers", column = "email", with = "'***'" }}]
             "tests/python_security",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("FLOWENGINE_FLIGHT_URI", server.uri())
+        .env(
+            "FLOWENGINE_FLIGHT_URI",
+            format!("grpc+tls://{}", server.flight),
+        )
+        .env("FLOWENGINE_TEST_CA", dir.path().join("ca.pem"))
         .env("FLOWENGINE_TEST_PASSWORD", "ana-python-pw")
         .env("FLOWENGINE_TEST_API_KEY", key)
         .output()
@@ -139,5 +152,5 @@ masks = [{{ table = "customers", column = "email", with = "'***'" }}]
         String::from_utf8_lossy(&out.stderr),
         server.drain_log().join("\n")
     );
-    assert!(stdout.contains("5 passed"), "{stdout}");
+    assert!(stdout.contains("6 passed"), "{stdout}");
 }

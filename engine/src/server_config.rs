@@ -34,6 +34,26 @@ pub struct ServerConfig {
     /// `SET` keys a client may change. Everything else (memory limits, spill settings,
     /// parallelism) is refused, so a client cannot raise its own limits.
     pub set_allowlist: Vec<String>,
+    /// TLS for the Flight listener and the admin endpoint (`[server.tls]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: PEM files, reloaded on SIGHUP or when they change.
+///
+/// ```toml
+/// [server.tls]
+/// cert_file = "/etc/flowengine/server.pem"   # chain, leaf first
+/// key_file = "/etc/flowengine/server.key"
+/// client_ca_file = "/etc/flowengine/clients-ca.pem"   # optional: require client certificates
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +72,7 @@ impl Default for ServerConfig {
                 "datafusion.execution.time_zone".into(),
                 "datafusion.sql_parser.enable_ident_normalization".into(),
             ],
+            tls: None,
         }
     }
 }

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::state::ServerState;
+use crate::tls::AdminTlsListener;
 
 pub(crate) fn router(state: Arc<ServerState>) -> Router {
     Router::new()
@@ -38,12 +39,33 @@ async fn ready(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
     }
 }
 
+/// The peer of an admin request, over plain TCP or TLS.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, AdminTlsListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, AdminTlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
 /// Role allowed to read `/metrics` besides `admin` (for Prometheus scrapers' API keys).
 const MONITOR_ROLE: &str = "monitor";
 
 async fn metrics(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
 ) -> Response {
     let metadata = tonic::metadata::MetadataMap::from_headers(headers);

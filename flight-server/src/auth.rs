@@ -165,6 +165,16 @@ impl Authenticator {
         Ok((principal, Some(token)))
     }
 
+    /// The user or service account a client certificate's common name names (mutual TLS).
+    pub(crate) fn certificate_user(&self, name: &str) -> Option<Principal> {
+        self.users.get(name).map(|(_, p)| p.clone()).or_else(|| {
+            self.api_keys
+                .iter()
+                .find(|(_, p)| p.name == name)
+                .map(|(_, p)| p.clone())
+        })
+    }
+
     /// Revoke a token: its holder, or an admin, may. True when it existed.
     pub(crate) fn revoke(&self, token: &str, by: &Principal) -> Result<bool, Status> {
         let key = sha256_hex(token);

@@ -35,12 +35,24 @@ impl FlowFlightService {
     /// Authenticate a call and attach the [`Caller`] its handler reads.
     async fn authed<T>(&self, mut request: Request<T>) -> Result<Request<T>, Status> {
         let client = auth::client_of(&request);
-        let principal = self
-            .sql
-            .state
-            .auth
-            .authenticate(request.metadata(), &client)
-            .await?;
+        let auth = &self.sql.state.auth;
+        // Mutual TLS: without an authorization header, a verified client certificate whose
+        // subject common name is a configured user authenticates as that user.
+        let certificate = (auth.enabled() && request.metadata().get("authorization").is_none())
+            .then(|| request.peer_certs())
+            .flatten();
+        let principal = match certificate {
+            Some(certs) => certs
+                .first()
+                .and_then(crate::tls::user_of_certificate)
+                .and_then(|name| auth.certificate_user(&name))
+                .ok_or_else(|| {
+                    Status::unauthenticated(
+                        "the client certificate's common name is not a configured user",
+                    )
+                })?,
+            None => auth.authenticate(request.metadata(), &client).await?,
+        };
         request
             .extensions_mut()
             .insert(Caller { principal, client });

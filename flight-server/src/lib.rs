@@ -23,6 +23,7 @@ mod service;
 mod sql_info;
 mod state;
 mod statements;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -66,6 +67,8 @@ pub enum ServeError {
     NoUsers,
     #[error(transparent)]
     Audit(#[from] engine::security::audit::AuditError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A bound, not yet serving, server. Bind first (so port errors show at once and the admin
@@ -77,6 +80,7 @@ pub struct Server {
     flight_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     admin_stop: CancellationToken,
+    tls: Option<tls::Tls>,
 }
 
 impl Server {
@@ -116,6 +120,7 @@ impl Server {
         let policy = Policy::new(&security, protected_files(engine.config(), protected));
         let state = Arc::new(ServerState::new(engine, config.clone(), policy, audit));
         let admin_stop = CancellationToken::new();
+        let tls = config.tls.as_ref().map(tls::Tls::new).transpose()?;
         let admin_addr = if config.admin_bind.eq_ignore_ascii_case("off") {
             None
         } else {
@@ -134,17 +139,30 @@ impl Server {
             }
             let router = admin::router(Arc::clone(&state));
             let stop = admin_stop.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-                if let Err(e) = served {
-                    tracing::error!("admin endpoint failed: {e}");
+            let service = router.into_make_service_with_connect_info::<admin::ClientAddr>();
+            match &tls {
+                Some(tls) => {
+                    let listener = tls.admin_listener(listener);
+                    tokio::spawn(async move {
+                        let served = axum::serve(listener, service)
+                            .with_graceful_shutdown(async move { stop.cancelled().await })
+                            .await;
+                        if let Err(e) = served {
+                            tracing::error!("admin endpoint failed: {e}");
+                        }
+                    });
                 }
-            });
+                None => {
+                    tokio::spawn(async move {
+                        let served = axum::serve(listener, service)
+                            .with_graceful_shutdown(async move { stop.cancelled().await })
+                            .await;
+                        if let Err(e) = served {
+                            tracing::error!("admin endpoint failed: {e}");
+                        }
+                    });
+                }
+            }
             addr
         };
         Ok(Self {
@@ -153,6 +171,7 @@ impl Server {
             flight_addr,
             admin_addr,
             admin_stop,
+            tls,
         })
     }
 
@@ -179,6 +198,7 @@ impl Server {
             state,
             flight,
             admin_stop,
+            tls,
             ..
         } = self;
         let limit = state.config.max_message_size.as_u64() as usize;
@@ -227,19 +247,28 @@ impl Server {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         };
-        let server = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                // Without TCP_NODELAY every small response waits for the peer's delayed ACK
-                // (~40 ms per call); the builder's tcp_nodelay only applies to listeners tonic
-                // binds itself.
-                tonic::transport::server::TcpIncoming::from(flight)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(Duration::from_secs(60))),
-                signal,
-            );
+            .add_service(service);
+        let server: std::pin::Pin<
+            Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match tls {
+            Some(tls) => {
+                Box::pin(router.serve_with_incoming_shutdown(tls.incoming(flight), signal))
+            }
+            None => Box::pin(
+                router.serve_with_incoming_shutdown(
+                    // Without TCP_NODELAY every small response waits for the peer's delayed
+                    // ACK (~40 ms per call); the builder's tcp_nodelay only applies to
+                    // listeners tonic binds itself.
+                    tonic::transport::server::TcpIncoming::from(flight)
+                        .with_nodelay(Some(true))
+                        .with_keepalive(Some(Duration::from_secs(60))),
+                    signal,
+                ),
+            ),
+        };
         let result = tokio::select! {
             r = server => r.map_err(ServeError::from),
             () = canceller => Ok(()),
@@ -256,5 +285,10 @@ fn protected_files(config: &EngineConfig, mut files: Vec<PathBuf>) -> Vec<PathBu
     files.push(config.effective_state_dir());
     files.extend(config.security.audit_file.clone());
     files.extend(config.lineage_file.clone());
+    if let Some(tls) = &config.server.tls {
+        files.push(tls.cert_file.clone());
+        files.push(tls.key_file.clone());
+        files.extend(tls.client_ca_file.clone());
+    }
     files
 }

@@ -34,13 +34,18 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
         .get_or_insert(engine::config::MemoryPoolKind::Fair);
     let engine = Arc::new(Engine::try_new(&loaded.config, &connectors::registry())?);
     let server = Server::bind(Arc::clone(&engine), loaded.file.iter().cloned().collect()).await?;
+    let (grpc, http) = if loaded.config.server.tls.is_some() {
+        ("grpc+tls", "https")
+    } else {
+        ("grpc", "http")
+    };
     match server.admin_addr() {
         Some(admin) => eprintln!(
-            "flowengine: Flight SQL listening on grpc://{} ; admin on http://{admin}",
+            "flowengine: Flight SQL listening on {grpc}://{} ; admin on {http}://{admin}",
             server.flight_addr()
         ),
         None => eprintln!(
-            "flowengine: Flight SQL listening on grpc://{} ; admin endpoint off",
+            "flowengine: Flight SQL listening on {grpc}://{} ; admin endpoint off",
             server.flight_addr()
         ),
     }

@@ -1,6 +1,7 @@
 //! Helpers shared by the CLI end-to-end tests.
 #![allow(dead_code)]
 
+pub(crate) mod certs;
 pub(crate) mod flight;
 pub(crate) mod server;
 

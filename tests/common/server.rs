@@ -68,8 +68,14 @@ impl ServerProcess {
                 Ok(l) => l,
                 Err(_) => panic!("server did not become ready; output:\n{}", seen.join("\n")),
             };
-            if let Some(rest) = line.strip_prefix("flowengine: Flight SQL listening on grpc://") {
-                let (f, a) = rest.split_once(" ; admin on http://").unwrap();
+            if let Some(rest) = line
+                .strip_prefix("flowengine: Flight SQL listening on grpc://")
+                .or_else(|| line.strip_prefix("flowengine: Flight SQL listening on grpc+tls://"))
+            {
+                let (f, a) = rest
+                    .split_once(" ; admin on http://")
+                    .or_else(|| rest.split_once(" ; admin on https://"))
+                    .unwrap();
                 flight = Some(f.parse().unwrap());
                 admin = Some(a.parse().unwrap());
             }

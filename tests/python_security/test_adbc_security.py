@@ -11,16 +11,32 @@ from adbc_driver_flightsql import DatabaseOptions, dbapi
 URI = os.environ.get("FLOWENGINE_FLIGHT_URI", "")
 PASSWORD = os.environ.get("FLOWENGINE_TEST_PASSWORD", "")
 API_KEY = os.environ.get("FLOWENGINE_TEST_API_KEY", "")
+CA_FILE = os.environ.get("FLOWENGINE_TEST_CA", "")
+TLS_ROOTS = "adbc.flight.sql.client_option.tls_root_certs"
 
 
 @pytest.fixture(autouse=True)
 def _configured():
-    if not (URI and PASSWORD and API_KEY):
+    if not (URI and PASSWORD and API_KEY and CA_FILE):
         pytest.fail("run through `cargo test --test python_clients`")
 
 
+def ca_pem():
+    with open(CA_FILE) as f:
+        return f.read()
+
+
 def connect(**kwargs):
-    return dbapi.connect(URI, db_kwargs=kwargs)
+    # The server speaks TLS with a certificate from the test's own CA.
+    return dbapi.connect(URI, db_kwargs={TLS_ROOTS: ca_pem(), **kwargs})
+
+
+def test_server_is_tls_only_and_checks_the_certificate():
+    assert URI.startswith("grpc+tls://")
+    # Without the test CA the server's certificate is not trusted.
+    with pytest.raises(adbc_driver_manager.Error):
+        with dbapi.connect(URI, db_kwargs={"username": "ana", "password": PASSWORD}) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
 
 
 def test_login_with_user_and_password_then_query():
@@ -36,7 +52,7 @@ def test_wrong_password_and_no_credentials_are_refused():
             cur.execute("SELECT 1")
     assert "invalid user name or password" in str(e.value)
     with pytest.raises(adbc_driver_manager.Error) as e:
-        with dbapi.connect(URI) as conn, conn.cursor() as cur:
+        with connect() as conn, conn.cursor() as cur:
             cur.execute("SELECT 1")
     assert "authentication required" in str(e.value).lower() or "unauthenticated" in str(e.value).lower()
 
@@ -73,7 +89,7 @@ def test_grants_and_masks_through_adbc():
 
 
 def test_pyarrow_basic_token_login():
-    client = flight.FlightClient(URI)
+    client = flight.FlightClient(URI, tls_root_certs=ca_pem().encode())
     header = client.authenticate_basic_token("ana", PASSWORD)
     assert header[0] == b"authorization" and header[1].startswith(b"Bearer fet_")
     with pytest.raises(flight.FlightUnauthenticatedError):
