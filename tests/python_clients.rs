@@ -73,15 +73,6 @@ fn notebook_executes_end_to_end() {
 /// mask (tests/python_security/).
 #[test]
 fn python_clients_log_in_and_are_limited_by_grants() {
-    let hash = |password: &str| {
-        let out = common::flowengine()
-            .args(["user", "hash-password"])
-            .write_stdin(format!("{password}\n"))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
     let key = "fek_python_clients_test_key_0123456789abcdef0123456789abcdef01234567";
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("catalog.sql");
@@ -120,7 +111,7 @@ grants = [{{ privileges = ["SELECT"], on = "orders" }}, {{ privileges = ["SELECT
 row_filters = [{{ table = "orders", filter = "region = current_user_attribute('region')" }}]
 masks = [{{ table = "customers", column = "email", with = "'***'" }}]
 "#,
-        ana = hash("ana-python-pw"),
+        ana = common::hash_password("ana-python-pw"),
         key_sha = engine::security::credentials::sha256_hex(key),
         server_cert = server_cert.display(),
         server_key = server_key.display(),

@@ -19,20 +19,6 @@ const ROOT_PASSWORD: &str = "root-pw-Xy9";
 /// The value of a `${secret:...}` the catalog uses: it must never appear anywhere.
 const SECRET_VALUE: &str = "TopSecretToken-4f1c9e";
 
-fn hash(password: &str) -> String {
-    let out = common::flowengine()
-        .args(["user", "hash-password"])
-        .write_stdin(format!("{password}\n"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 fn api_key() -> (String, String) {
     let out = common::flowengine()
         .args(["user", "new-api-key"])
@@ -120,8 +106,8 @@ grants = [{{ privileges = ["SELECT", "COPY"], on = "orders" }}, {{ privileges = 
 "#,
         audit = dir.path().join("audit.jsonl").display(),
         allowed = allowed.display(),
-        root = hash(ROOT_PASSWORD),
-        ana = hash(ANA_PASSWORD),
+        root = common::hash_password(ROOT_PASSWORD),
+        ana = common::hash_password(ANA_PASSWORD),
     );
     // SAFETY of the secret: it reaches the server only through its environment.
     let server = ServerProcess::start_with_env(
@@ -421,19 +407,22 @@ fn serving_without_users_or_without_auth_on_a_public_address_is_refused() {
     // Plain-text passwords in the configuration are refused, pointing at the helper.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("flowengine.toml");
-    std::fs::write(
-        &config,
-        "[[security.users]]\nname = \"a\"\npassword_hash = \"hunter2\"\n",
-    )
-    .unwrap();
-    let out = common::flowengine()
-        .arg("--config")
-        .arg(&config)
-        .args(["config", "check"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // (succeeded, stderr) of `config check` on this file text.
+    let check = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        let out = common::flowengine()
+            .arg("--config")
+            .arg(&config)
+            .args(["config", "check"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = check("[[security.users]]\nname = \"a\"\npassword_hash = \"hunter2\"\n");
+    assert!(!ok);
     assert!(
         err.contains("flowengine user hash-password") && !err.contains("hunter2"),
         "{err}"
@@ -446,34 +435,13 @@ fn serving_without_users_or_without_auth_on_a_public_address_is_refused() {
         ),
         ("lineage_api_key = \"hunter2\"", "lineage_api_key"),
     ] {
-        std::fs::write(&config, format!("{line}\n")).unwrap();
-        let out = common::flowengine()
-            .arg("--config")
-            .arg(&config)
-            .args(["config", "check"])
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (ok, err) = check(&format!("{line}\n"));
+        assert!(!ok);
         assert!(
             err.contains(key) && err.contains("${secret:NAME}") && !err.contains("hunter2"),
             "{err}"
         );
     }
-    std::fs::write(
-        &config,
-        "state_url = \"postgresql://u:${secret:PG}@db/state\"\n",
-    )
-    .unwrap();
-    let out = common::flowengine()
-        .arg("--config")
-        .arg(&config)
-        .args(["config", "check"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, err) = check("state_url = \"postgresql://u:${secret:PG}@db/state\"\n");
+    assert!(ok, "{err}");
 }

@@ -18,12 +18,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 const PASSWORD: &str = "tls-test-pw";
 
 fn config(dir: &Path, client_ca: bool) -> String {
-    let out = common::flowengine()
-        .args(["user", "hash-password"])
-        .write_stdin(format!("{PASSWORD}\n"))
-        .output()
-        .unwrap();
-    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let hash = common::hash_password(PASSWORD);
     let ca_line = if client_ca {
         format!("client_ca_file = \"{}\"\n", dir.join("ca.pem").display())
     } else {

@@ -127,3 +127,18 @@ pub(crate) fn psql(sql: &str) -> String {
     );
     String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
+
+/// The argon2 hash `flowengine user hash-password` prints for `password` (read from stdin).
+pub(crate) fn hash_password(password: &str) -> String {
+    let out = flowengine()
+        .args(["user", "hash-password"])
+        .write_stdin(format!("{password}\n"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}

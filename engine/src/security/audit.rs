@@ -1,7 +1,8 @@
 //! The audit log: one JSON line per security decision (a login, a statement allowed or denied,
 //! with what it read and wrote and how it ended), appended to a file by a writer thread so the
 //! async runtime never blocks on disk. Statement text can have its literals redacted; values of
-//! options whose name looks secret (`password`, `token`, `secret`, `key`) are always redacted.
+//! options whose name looks secret (the names `crate::state::is_secret_name` knows) are always
+//! redacted.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -162,30 +163,14 @@ pub fn redact(sql: &str, literals: bool) -> String {
             // A string right after a secret-looking key is its value, not a key.
             secret_key_before = match token {
                 Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => {
-                    !secret_key_before && looks_secret(s)
+                    !secret_key_before && crate::state::is_secret_name(s)
                 }
-                Token::Word(w) => looks_secret(&w.value),
+                Token::Word(w) => crate::state::is_secret_name(&w.value),
                 _ => false,
             };
         }
     }
     out
-}
-
-fn looks_secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "api_key",
-        "apikey",
-        "access_key",
-        "private_key",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
 }
 
 #[cfg(test)]

@@ -137,13 +137,7 @@ impl Policy {
         catalog: &str,
         schema: &str,
     ) -> bool {
-        who.is_admin()
-            || self.held(who).any(|role| {
-                role.grants.iter().any(|(privileges, pattern)| {
-                    privileges.iter().any(|p| p.covers(privilege))
-                        && pattern.matches(table, catalog, schema)
-                })
-            })
+        self.granted(who, table, catalog, schema, |p| p.covers(privilege))
     }
 
     /// Whether `who` may see that `table` exists (holds any privilege on it).
@@ -154,11 +148,23 @@ impl Policy {
         catalog: &str,
         schema: &str,
     ) -> bool {
+        self.granted(who, table, catalog, schema, |_| true)
+    }
+
+    /// Whether `who` is an admin or holds a grant on `table` with a privilege `wanted` accepts.
+    fn granted(
+        &self,
+        who: &Principal,
+        table: &ResolvedTableReference,
+        catalog: &str,
+        schema: &str,
+        wanted: impl Fn(Privilege) -> bool,
+    ) -> bool {
         who.is_admin()
             || self.held(who).any(|role| {
-                role.grants
-                    .iter()
-                    .any(|(_, pattern)| pattern.matches(table, catalog, schema))
+                role.grants.iter().any(|(privileges, pattern)| {
+                    privileges.iter().any(|p| wanted(*p)) && pattern.matches(table, catalog, schema)
+                })
             })
     }
 
