@@ -164,7 +164,9 @@ async fn authentication_tokens_and_api_keys() {
         .await
         .unwrap();
     let mut forged = client(&f.server).await;
-    forged.set_token(format!("{}0", &f.key[..f.key.len() - 1]));
+    // Change the last digit (to another value: the key may end in `0` already).
+    let last = if f.key.ends_with('0') { '1' } else { '0' };
+    forged.set_token(format!("{}{last}", &f.key[..f.key.len() - 1]));
     let err = query(&mut forged, "SELECT 1").await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
     // Revoke: the token stops working.
