@@ -92,6 +92,12 @@ pub struct EngineConfig {
     /// `flowengine serve` authentication, roles, allowed locations and audit log.
     #[serde(default, skip_serializing_if = "SecurityConfig::is_default")]
     pub security: SecurityConfig,
+    /// Parquet modular encryption of every Parquet file written, with keys from secrets.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::encryption::ParquetEncryptionConfig::is_default"
+    )]
+    pub parquet_encryption: crate::encryption::ParquetEncryptionConfig,
 }
 
 /// Memory pool sharing policy.
@@ -319,6 +325,7 @@ impl EngineConfig {
         }
         self.server.validate().map_err(bad)?;
         self.security.validate().map_err(bad)?;
+        self.parquet_encryption.validate().map_err(bad)?;
         self.check_no_plain_secrets().map_err(bad)?;
         let mut options = ConfigOptions::new();
         for (key, value) in &self.datafusion {

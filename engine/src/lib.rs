@@ -8,6 +8,7 @@
 pub mod bad_records;
 pub mod config;
 pub mod connector;
+pub mod encryption;
 pub mod error;
 pub mod lineage;
 pub mod pipeline;
@@ -21,6 +22,8 @@ pub mod server_config;
 pub mod session;
 pub mod staging;
 pub mod state;
+pub mod system;
+pub mod tenant;
 
 pub use config::EngineConfig;
 pub use connector::{Connector, ConnectorRegistry, ParamSpec, RemoteCallStats};

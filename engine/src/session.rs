@@ -48,6 +48,13 @@ impl Engine {
                 message: e.to_string(),
             }
         })?;
+        let parquet_keys = config
+            .parquet_encryption
+            .resolve(&secrets)
+            .map_err(|message| EngineError::InvalidConfig {
+                origin: "parquet_encryption".into(),
+                message,
+            })?;
         let session_config = session_config(config)
             .map_err(build_err)?
             .with_extension(Arc::clone(&bad_records))
@@ -61,6 +68,16 @@ impl Engine {
             .register_all(builder)?
             .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins))
             .build();
+        let mut state = state;
+        if let Some(keys) = parquet_keys {
+            // Every Parquet file read or written goes through the factory: writes are
+            // encrypted with the write key, reads find the key a file names.
+            state
+                .runtime_env()
+                .register_parquet_encryption_factory(crate::encryption::FACTORY_ID, Arc::new(keys));
+            state.table_options_mut().parquet.crypto.factory_id =
+                Some(crate::encryption::FACTORY_ID.to_string());
+        }
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(crate::security::rewrite::CurrentUserAttribute::udf());
         Ok(Self {
@@ -68,6 +85,15 @@ impl Engine {
             config: config.clone(),
             bad_records,
         })
+    }
+
+    /// The same engine over another context (a tenant's view of the session).
+    pub(crate) fn with_context(&self, ctx: SessionContext) -> Engine {
+        Engine {
+            ctx,
+            config: self.config.clone(),
+            bad_records: Arc::clone(&self.bad_records),
+        }
     }
 
     /// The shared session context (catalog, functions, runtime).

@@ -46,6 +46,7 @@ fn user(roles: &[&str], region: &str) -> Principal {
         name: "bob".into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         attributes: BTreeMap::from([("region".to_string(), region.to_string())]),
+        tenant: None,
     }
 }
 

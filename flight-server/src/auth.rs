@@ -21,9 +21,13 @@ use base64::Engine as _;
 use engine::security::credentials::{
     ct_eq, hash_password, random_secret, sha256_hex, verify_password,
 };
-use engine::security::{AuditLog, AuditRecord, AuthMode, Principal, SecurityConfig};
+use engine::security::{
+    ADMIN_ROLE, AuditLog, AuditRecord, AuthMode, Principal, SecurityConfig, Tenancy,
+};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
+
+use crate::jwt::{JwtVerifier, looks_like_jwt};
 
 /// Prefix of API keys.
 pub(crate) const API_KEY_PREFIX: &str = "fek_";
@@ -53,6 +57,10 @@ pub(crate) struct Authenticator {
     audit: AuditLog,
     /// Verified against for unknown users, so timing does not reveal which users exist.
     dummy_hash: String,
+    jwt: Option<JwtVerifier>,
+    /// Roles and tenants defined in the configuration (claims naming others are ignored).
+    roles: std::collections::HashSet<String>,
+    tenants: HashMap<String, String>,
 }
 
 /// What a request carried.
@@ -63,16 +71,22 @@ enum Credentials {
 
 impl Authenticator {
     pub(crate) fn new(config: &SecurityConfig, audit: AuditLog) -> Self {
-        let principal =
-            |name: &str,
-             roles: &[String],
-             attributes: &std::collections::BTreeMap<String, String>| {
-                Principal {
-                    name: name.to_string(),
-                    roles: roles.to_vec(),
-                    attributes: attributes.clone(),
-                }
-            };
+        let principal = |name: &str,
+                         roles: &[String],
+                         attributes: &std::collections::BTreeMap<String, String>,
+                         tenant: &Option<String>| {
+            Principal {
+                name: name.to_string(),
+                roles: roles.to_vec(),
+                attributes: attributes.clone(),
+                tenant: tenant.as_deref().and_then(|t| {
+                    Some(Tenancy {
+                        tenant: t.to_string(),
+                        catalog: config.tenant(t)?.catalog().to_string(),
+                    })
+                }),
+            }
+        };
         Self {
             mode: config.auth,
             users: config
@@ -83,7 +97,7 @@ impl Authenticator {
                         u.name.clone(),
                         (
                             u.password_hash.clone(),
-                            principal(&u.name, &u.roles, &u.attributes),
+                            principal(&u.name, &u.roles, &u.attributes, &u.tenant),
                         ),
                     )
                 })
@@ -94,7 +108,7 @@ impl Authenticator {
                 .map(|k| {
                     (
                         k.key_sha256.to_ascii_lowercase(),
-                        principal(&k.name, &k.roles, &k.attributes),
+                        principal(&k.name, &k.roles, &k.attributes, &k.tenant),
                     )
                 })
                 .collect(),
@@ -105,6 +119,19 @@ impl Authenticator {
             max_failed: config.max_failed_logins.max(1),
             lockout: Duration::from_secs(config.lockout_secs),
             audit,
+            jwt: config.jwt.as_ref().and_then(|j| match JwtVerifier::new(j) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::error!("security.jwt: {e}; JWT logins are off");
+                    None
+                }
+            }),
+            roles: config.roles.iter().map(|r| r.name.clone()).collect(),
+            tenants: config
+                .tenants
+                .iter()
+                .map(|t| (t.name.clone(), t.catalog().to_string()))
+                .collect(),
             dummy_hash: if config.auth == AuthMode::None {
                 String::new()
             } else {
@@ -131,10 +158,16 @@ impl Authenticator {
                 "authentication required: log in with the Flight handshake (Basic credentials), \
                  or send `authorization: Bearer <token or API key>`",
             )),
+            Some(Credentials::Bearer(secret)) if looks_like_jwt(&secret) => {
+                self.jwt(&secret, client).await
+            }
             Some(Credentials::Bearer(secret)) => self.bearer(&secret),
             Some(Credentials::Basic { user, password }) => {
                 if password.starts_with(API_KEY_PREFIX) || password.starts_with(TOKEN_PREFIX) {
                     return self.bearer(&password);
+                }
+                if looks_like_jwt(&password) {
+                    return self.jwt(&password, client).await;
                 }
                 self.password(&user, &password, client).await
             }
@@ -189,6 +222,51 @@ impl Authenticator {
                 "only the token's holder or an admin may revoke it",
             )),
         }
+    }
+
+    /// Read the JWT keys now, so a missing or malformed key file stops the server at start.
+    pub(crate) async fn load_jwt_keys(&self) -> Result<(), String> {
+        match &self.jwt {
+            Some(v) => v.load().await,
+            None => Ok(()),
+        }
+    }
+
+    /// A caller holding an identity provider's JWT: a configured user of that name as
+    /// configured, anyone else with the roles and tenant its claims name (if defined here).
+    async fn jwt(&self, token: &str, client: &str) -> Result<Principal, Status> {
+        let Some(verifier) = &self.jwt else {
+            return Err(Status::unauthenticated(
+                "JWT bearer tokens are not accepted: security.jwt is not configured",
+            ));
+        };
+        let claims = match verifier.verify(token).await {
+            Ok(c) => c,
+            Err(status) => {
+                self.audit_login("<jwt>", client, "deny", status.message());
+                return Err(status);
+            }
+        };
+        if let Some((_, p)) = self.users.get(&claims.user) {
+            return Ok(p.clone());
+        }
+        let tenant = claims.tenant.as_ref().and_then(|t| {
+            Some(Tenancy {
+                tenant: t.clone(),
+                catalog: self.tenants.get(t)?.clone(),
+            })
+        });
+        let roles = claims
+            .roles
+            .into_iter()
+            .filter(|r| self.roles.contains(r) || (r == ADMIN_ROLE && tenant.is_none()))
+            .collect();
+        Ok(Principal {
+            name: claims.user,
+            roles,
+            attributes: Default::default(),
+            tenant,
+        })
     }
 
     fn bearer(&self, secret: &str) -> Result<Principal, Status> {

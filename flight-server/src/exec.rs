@@ -88,7 +88,15 @@ pub(crate) fn spawn_query(
     tokio::spawn(async move {
         let started = Instant::now();
         let mut counts = Counts::default();
-        let run = run(&state, &plans, &tx, &task_progress, &mut counts);
+        let tenant = audit.tenant.clone();
+        let run = run(
+            &state,
+            tenant.as_deref(),
+            &plans,
+            &tx,
+            &task_progress,
+            &mut counts,
+        );
         let timeout = state.query_timeout();
         let outcome = tokio::select! {
             r = run => r,
@@ -150,6 +158,7 @@ struct Counts {
 
 async fn run(
     state: &Arc<ServerState>,
+    tenant: Option<&str>,
     plans: &[Prepared],
     tx: &mpsc::Sender<Result<RecordBatch, Status>>,
     progress: &Progress,
@@ -159,10 +168,12 @@ async fn run(
         .admission
         .admit(&state.metrics, state.query_timeout())
         .await?;
+    let _tenant_permit = state.admit_tenant(tenant, state.query_timeout()).await?;
     counts.admitted = true;
     state.metrics.active.inc();
+    let engine = state.engine_for(tenant);
     for prepared in plans {
-        let started = AssertUnwindSafe(state.engine.start(prepared, None))
+        let started = AssertUnwindSafe(engine.start(prepared, None))
             .catch_unwind()
             .await
             .map_err(panic_status)?

@@ -54,6 +54,17 @@ impl FlowSqlService {
             _ => TableReference::bare(cmd.table.as_str()),
         };
         let ctx = self.state.engine.context();
+        // Fully qualified, so a tenant's upload lands in (and is checked against) its catalog.
+        let table = {
+            let state = ctx.state();
+            let options = state.config().options();
+            let catalog = who
+                .principal
+                .home_catalog()
+                .unwrap_or(&options.catalog.default_catalog);
+            let r = table.resolve(catalog, &options.catalog.default_schema);
+            TableReference::full(r.catalog, r.schema, r.table)
+        };
         let exists = ctx
             .table_exist(table.clone())
             .map_err(|e| crate::error::datafusion_status(&e))?;
@@ -111,6 +122,7 @@ impl FlowSqlService {
                         name: who.principal.name.clone(),
                         roles: vec![ADMIN_ROLE.into()],
                         attributes: who.principal.attributes.clone(),
+                        tenant: None,
                     },
                     client: who.client.clone(),
                 };

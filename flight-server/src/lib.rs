@@ -16,6 +16,7 @@ mod exec;
 mod flight_service;
 mod handles;
 mod ingest;
+mod jwt;
 mod metadata;
 mod metrics;
 mod params;
@@ -69,6 +70,8 @@ pub enum ServeError {
     Audit(#[from] engine::security::audit::AuditError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("cannot set up the server: {0}")]
+    Setup(String),
 }
 
 /// A bound, not yet serving, server. Bind first (so port errors show at once and the admin
@@ -94,6 +97,7 @@ impl Server {
         if security.auth == AuthMode::Password
             && security.users.is_empty()
             && security.api_keys.is_empty()
+            && security.jwt.is_none()
         {
             return Err(ServeError::NoUsers);
         }
@@ -118,7 +122,32 @@ impl Server {
             security.audit_redact_literals,
         )?;
         let policy = Policy::new(&security, protected_files(engine.config(), protected));
-        let state = Arc::new(ServerState::new(engine, config.clone(), policy, audit));
+        if let Some(path) = &security.audit_file {
+            engine::system::register_audit_table(engine.context(), path.clone())
+                .map_err(|e| ServeError::Setup(format!("system.audit: {e}")))?;
+        }
+        let mut tenants = std::collections::HashMap::new();
+        for t in &security.tenants {
+            let session = engine
+                .for_tenant(&t.name, t.catalog(), t.memory_limit.map(|m| m.as_u64()))
+                .map_err(|e| ServeError::Setup(format!("tenant `{}`: {e}", t.name)))?;
+            tenants.insert(
+                t.name.clone(),
+                state::TenantRuntime::new(session, t.max_concurrent_queries),
+            );
+        }
+        let state = Arc::new(ServerState::new(
+            engine,
+            config.clone(),
+            policy,
+            audit,
+            tenants,
+        ));
+        state
+            .auth
+            .load_jwt_keys()
+            .await
+            .map_err(ServeError::Setup)?;
         let admin_stop = CancellationToken::new();
         let tls = config.tls.as_ref().map(tls::Tls::new).transpose()?;
         let admin_addr = if config.admin_bind.eq_ignore_ascii_case("off") {

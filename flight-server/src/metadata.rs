@@ -62,7 +62,7 @@ impl Visible<'_> {
     }
 
     fn catalog(&self, ctx: &SessionContext, catalog: &str) -> bool {
-        if self.who.is_admin() {
+        if self.who.is_admin() || self.who.home_catalog() == Some(catalog) {
             return true;
         }
         ctx.catalog(catalog).is_some_and(|c| {

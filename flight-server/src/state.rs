@@ -37,6 +37,48 @@ pub(crate) struct ServerState {
     pub(crate) auth: Authenticator,
     pub(crate) policy: Policy,
     pub(crate) audit: AuditLog,
+    /// Each tenant's session (its catalog as default, its memory quota) and query slots.
+    pub(crate) tenants: HashMap<String, TenantRuntime>,
+}
+
+/// A tenant's view of the engine and its concurrency quota.
+pub(crate) struct TenantRuntime {
+    pub(crate) engine: Arc<Engine>,
+    slots: Option<(Arc<Semaphore>, usize)>,
+}
+
+impl TenantRuntime {
+    pub(crate) fn new(engine: Engine, max_concurrent: Option<usize>) -> Self {
+        Self {
+            engine: Arc::new(engine),
+            slots: max_concurrent.map(|n| (Arc::new(Semaphore::new(n)), n)),
+        }
+    }
+
+    /// A slot in the tenant's concurrency quota (none when it has no quota), waiting at most
+    /// `wait`; refused with `RESOURCE_EXHAUSTED` when none frees up in time.
+    async fn admit(
+        &self,
+        name: &str,
+        wait: Option<Duration>,
+    ) -> Result<Option<OwnedSemaphorePermit>, Status> {
+        let Some((slots, max)) = &self.slots else {
+            return Ok(None);
+        };
+        let acquire = Arc::clone(slots).acquire_owned();
+        let result = match wait {
+            Some(w) => tokio::time::timeout(w, acquire).await.ok(),
+            None => Some(acquire.await),
+        };
+        match result {
+            Some(Ok(permit)) => Ok(Some(permit)),
+            Some(Err(_)) => Err(Status::unavailable("server is shutting down")),
+            None => Err(Status::resource_exhausted(format!(
+                "tenant `{name}` is at its limit of {max} concurrent queries \
+                 (security.tenants.max_concurrent_queries); retry later"
+            ))),
+        }
+    }
 }
 
 impl ServerState {
@@ -45,6 +87,7 @@ impl ServerState {
         config: ServerConfig,
         policy: Policy,
         audit: AuditLog,
+        tenants: HashMap<String, TenantRuntime>,
     ) -> Self {
         let metrics = Metrics::new();
         metrics
@@ -62,9 +105,29 @@ impl ServerState {
             auth: Authenticator::new(&engine.config().security, audit.clone()),
             policy,
             audit,
+            tenants,
             metrics,
             engine,
             config,
+        }
+    }
+
+    /// The engine statements of `tenant` (none: the server's own) plan and run in.
+    pub(crate) fn engine_for(&self, tenant: Option<&str>) -> &Arc<Engine> {
+        tenant
+            .and_then(|t| self.tenants.get(t))
+            .map_or(&self.engine, |t| &t.engine)
+    }
+
+    /// A slot in `tenant`'s concurrency quota, waiting at most `wait`.
+    pub(crate) async fn admit_tenant(
+        &self,
+        tenant: Option<&str>,
+        wait: Option<Duration>,
+    ) -> Result<Option<OwnedSemaphorePermit>, Status> {
+        match tenant.and_then(|t| Some((t, self.tenants.get(t)?))) {
+            Some((name, rt)) => rt.admit(name, wait).await,
+            None => Ok(None),
         }
     }
 
@@ -250,5 +313,35 @@ impl Running {
 
     pub(crate) fn count(&self) -> usize {
         self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_tenant_at_its_concurrency_quota_waits_then_is_refused() {
+        let engine = Engine::try_new(
+            &engine::EngineConfig::default(),
+            &engine::ConnectorRegistry::default(),
+        )
+        .unwrap();
+        let rt = TenantRuntime::new(engine, Some(1));
+        let wait = Some(Duration::from_millis(50));
+        let first = rt.admit("acme", wait).await.unwrap();
+        assert!(first.is_some());
+        let refused = rt.admit("acme", wait).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("tenant `acme`"),
+            "{}",
+            refused.message()
+        );
+        drop(first);
+        assert!(rt.admit("acme", wait).await.unwrap().is_some());
+        // No quota: never waits.
+        let free = TenantRuntime::new(Arc::unwrap_or_clone(Arc::clone(&rt.engine)), None);
+        assert!(free.admit("x", wait).await.unwrap().is_none());
     }
 }

@@ -68,7 +68,9 @@ impl FlowSqlService {
         sql: &str,
     ) -> Result<(Prepared, AuditRecord), Status> {
         let statement = self.statement(sql);
-        let mut prepared = AssertUnwindSafe(self.state.engine.prepare(&statement))
+        let tenant = who.principal.tenant.as_ref().map(|t| t.tenant.clone());
+        let engine = self.state.engine_for(tenant.as_deref());
+        let mut prepared = AssertUnwindSafe(engine.prepare(&statement))
             .catch_unwind()
             .await
             .map_err(panic_status)?
@@ -80,9 +82,10 @@ impl FlowSqlService {
             client: who.client.clone(),
             statement: Some(sql.to_string()),
             decision: "allow",
+            tenant,
             ..Default::default()
         };
-        let state = self.state.engine.context().state();
+        let state = engine.context().state();
         let authorized = self
             .state
             .policy
@@ -368,7 +371,11 @@ impl FlowSqlService {
         crate::metadata::Visible {
             policy: &self.state.policy,
             who: &who.principal,
-            default_catalog: options.catalog.default_catalog.clone(),
+            default_catalog: who
+                .principal
+                .home_catalog()
+                .unwrap_or(&options.catalog.default_catalog)
+                .to_string(),
             default_schema: options.catalog.default_schema.clone(),
         }
     }

@@ -100,3 +100,25 @@ pub(crate) fn leaf(
         dir.join(format!("{name}.key")),
     )
 }
+
+/// An RSA key pair for signing test JWTs: the private key's PEM path, and the JWKS `n` (the
+/// modulus, base64url) of its public half.
+pub(crate) fn rsa_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    use base64::Engine as _;
+    openssl(dir, &["genrsa", "-out", &format!("{name}.key"), "2048"]);
+    let out = Command::new("openssl")
+        .args(["rsa", "-in", &format!("{name}.key"), "-noout", "-modulus"])
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hex = text.trim().trim_start_matches("Modulus=");
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    (
+        dir.join(format!("{name}.key")),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+    )
+}

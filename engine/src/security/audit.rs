@@ -84,18 +84,25 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("flowengine-audit".into())
             .spawn(move || {
-                let mut out = std::io::BufWriter::new(file);
+                let mut out = file;
+                let mut line = Vec::with_capacity(1024);
                 while let Some(record) = rx.blocking_recv() {
-                    let mut write = |r: &AuditRecord| -> std::io::Result<()> {
-                        serde_json::to_writer(&mut out, r)?;
-                        out.write_all(b"\n")
+                    // Whole lines only, in one write per batch of queued records: a reader of
+                    // the file (`system.audit`) never sees half a record but for the last one.
+                    line.clear();
+                    let mut add = |r: &AuditRecord| -> serde_json::Result<()> {
+                        serde_json::to_writer(&mut line, r)?;
+                        line.push(b'\n');
+                        Ok(())
                     };
-                    let mut result = write(&record);
-                    // Write what is queued, then flush once.
+                    let mut result = add(&record);
                     while let Ok(more) = rx.try_recv() {
-                        result = result.and_then(|()| write(&more));
+                        result = result.and_then(|()| add(&more));
                     }
-                    if let Err(e) = result.and_then(|()| out.flush()) {
+                    let written = result
+                        .map_err(std::io::Error::other)
+                        .and_then(|()| out.write_all(&line));
+                    if let Err(e) = written {
                         tracing::error!("cannot write the audit log {shown}: {e}");
                     }
                 }

@@ -29,6 +29,11 @@ use super::privilege::Privilege;
 /// key_sha256 = "9f86d0..."               # `flowengine user new-api-key`
 /// roles = ["etl"]
 ///
+/// [[security.tenants]]
+/// name = "acme"                          # its users see only catalog `acme`
+/// memory_limit = "2GiB"
+/// max_concurrent_queries = 4
+///
 /// [[security.roles]]
 /// name = "analyst"
 /// grants = [{ privileges = ["SELECT"], on = "datafusion.public.*" }]
@@ -60,6 +65,104 @@ pub struct SecurityConfig {
     pub users: Vec<UserConfig>,
     pub api_keys: Vec<ApiKeyConfig>,
     pub roles: Vec<RoleConfig>,
+    /// Tenants: each has its own catalog and quotas; its users and keys are confined to it.
+    pub tenants: Vec<TenantConfig>,
+    /// Accept bearer JWTs from an external identity provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `[security.jwt]`: bearer JWTs signed by an identity provider, checked against its public
+/// keys (a JWKS file, or one PEM public key), issuer, audience and expiry.
+///
+/// The user is the `user_claim` (default `sub`). A configured `[[security.users]]` entry of that
+/// name gives its roles, attributes and tenant; otherwise roles come from `roles_claim` (only
+/// roles defined here count) and the tenant from `tenant_claim`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
+    /// Accepted signature algorithms. Default: `["RS256"]`. Shared-secret (HS*) algorithms are
+    /// refused: anyone who can check such a token can also mint one.
+    #[serde(default = "default_jwt_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles_claim: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_claim: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+}
+
+fn default_jwt_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+/// Asymmetric JWT algorithms accepted in `security.jwt.algorithms`.
+pub const JWT_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+impl JwtConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.jwks_file.is_some() == self.public_key_file.is_some() {
+            return Err("security.jwt: set exactly one of jwks_file and public_key_file".into());
+        }
+        if self.issuer.is_empty() || self.audience.is_empty() {
+            return Err("security.jwt: issuer and audience must be set".into());
+        }
+        if self.algorithms.is_empty() {
+            return Err("security.jwt.algorithms: name at least one algorithm".into());
+        }
+        for a in &self.algorithms {
+            if !JWT_ALGORITHMS.contains(&a.as_str()) {
+                return Err(format!(
+                    "security.jwt.algorithms: `{a}` is not accepted; use one of {}",
+                    JWT_ALGORITHMS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    /// The catalog holding the tenant's tables (created empty, with a `public` schema, when
+    /// no connector defines it). Default: the tenant's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<String>,
+    /// Memory the tenant's running queries may hold together (within the server's pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<bytesize::ByteSize>,
+    /// Queries of the tenant executing at once (within the server's own limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_queries: Option<usize>,
+}
+
+impl TenantConfig {
+    pub fn catalog(&self) -> &str {
+        self.catalog.as_deref().unwrap_or(&self.name)
+    }
 }
 
 impl Default for SecurityConfig {
@@ -77,6 +180,8 @@ impl Default for SecurityConfig {
             users: Vec::new(),
             api_keys: Vec::new(),
             roles: Vec::new(),
+            tenants: Vec::new(),
+            jwt: None,
         }
     }
 }
@@ -117,6 +222,9 @@ pub struct UserConfig {
     /// Values row filters can read with `current_user_attribute('key')`.
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+    /// The tenant the user belongs to: they see and touch only its catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// A service account's API key: only its SHA-256 is stored.
@@ -131,6 +239,8 @@ pub struct ApiKeyConfig {
     pub roles: Vec<String>,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// A role: grants, row filters and column masks.
@@ -179,6 +289,57 @@ pub const ADMIN_ROLE: &str = "admin";
 impl SecurityConfig {
     pub fn is_default(&self) -> bool {
         self == &Self::default()
+    }
+
+    /// The tenant named `name`.
+    pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.name == name)
+    }
+
+    fn validate_tenants(&self) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut catalogs = std::collections::BTreeSet::new();
+        for t in &self.tenants {
+            if t.name.is_empty() || !names.insert(t.name.as_str()) {
+                return Err(format!(
+                    "security.tenants: tenant `{}` is empty or defined twice",
+                    t.name
+                ));
+            }
+            if !catalogs.insert(t.catalog()) {
+                return Err(format!(
+                    "security.tenants `{}`: catalog `{}` already belongs to another tenant",
+                    t.name,
+                    t.catalog()
+                ));
+            }
+            if t.max_concurrent_queries == Some(0) {
+                return Err(format!(
+                    "security.tenants `{}`: max_concurrent_queries must be at least 1",
+                    t.name
+                ));
+            }
+        }
+        let members = self
+            .users
+            .iter()
+            .map(|u| (&u.name, &u.tenant, &u.roles))
+            .chain(self.api_keys.iter().map(|k| (&k.name, &k.tenant, &k.roles)));
+        for (name, tenant, roles) in members {
+            let Some(tenant) = tenant else { continue };
+            if self.tenant(tenant).is_none() {
+                return Err(format!(
+                    "security: `{name}` belongs to tenant `{tenant}`, which no [[security.tenants]] entry defines"
+                ));
+            }
+            if roles.iter().any(|r| r == ADMIN_ROLE) {
+                return Err(format!(
+                    "security: `{name}` of tenant `{tenant}` holds the admin role, which is server-wide; \
+                     grant ALL on `<catalog>.*.*` to a tenant role instead"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks serde cannot do; messages name the offending entry.
@@ -249,6 +410,10 @@ impl SecurityConfig {
                     format!("security.roles `{}`: grant on `{}`: {e}", r.name, g.on)
                 })?;
             }
+        }
+        self.validate_tenants()?;
+        if let Some(jwt) = &self.jwt {
+            jwt.validate()?;
         }
         for p in &self.allowed_locations {
             if p.is_empty() {

@@ -14,6 +14,6 @@ pub mod privilege;
 pub mod rewrite;
 
 pub use audit::{AuditLog, AuditRecord};
-pub use config::{ADMIN_ROLE, AuthMode, SecurityConfig};
-pub use policy::{AccessError, Authorized, Policy, Principal};
+pub use config::{ADMIN_ROLE, AuthMode, JwtConfig, SecurityConfig, TenantConfig};
+pub use policy::{AccessError, Authorized, Policy, Principal, SYSTEM_SCHEMA, Tenancy};
 pub use privilege::Privilege;

@@ -41,6 +41,11 @@ impl TablePattern {
         })
     }
 
+    /// Whether the pattern's schema part is exactly `schema` (no wildcard, not left to default).
+    pub fn names_schema(&self, schema: &str) -> bool {
+        self.schema.as_deref() == Some(schema)
+    }
+
     /// Whether the pattern covers `table`, completing missing parts with the defaults.
     pub fn matches(&self, table: &ResolvedTableReference, catalog: &str, schema: &str) -> bool {
         let part = |p: &Option<String>, default: &str, actual: &str| {

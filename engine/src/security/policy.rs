@@ -16,12 +16,25 @@ use super::pattern::{TablePattern, resolve};
 use super::privilege::Privilege;
 
 /// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Principal {
     pub name: String,
     pub roles: Vec<String>,
     pub attributes: BTreeMap<String, String>,
+    /// The caller's tenant and its catalog: nothing outside that catalog exists for them.
+    pub tenant: Option<Tenancy>,
 }
+
+/// A tenant member's tenant name and catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenancy {
+    pub tenant: String,
+    pub catalog: String,
+}
+
+/// The schema of the server's own tables (`system.audit`): admins, or roles whose grant names
+/// this schema literally (a `*` schema does not reach it).
+pub const SYSTEM_SCHEMA: &str = "system";
 
 impl Principal {
     /// The caller when authentication is off: may do everything.
@@ -30,11 +43,17 @@ impl Principal {
             name: "anonymous".into(),
             roles: vec![ADMIN_ROLE.into()],
             attributes: BTreeMap::new(),
+            tenant: None,
         }
     }
 
     pub fn is_admin(&self) -> bool {
-        self.roles.iter().any(|r| r == ADMIN_ROLE)
+        self.tenant.is_none() && self.roles.iter().any(|r| r == ADMIN_ROLE)
+    }
+
+    /// The tenant's catalog, for a tenant member.
+    pub fn home_catalog(&self) -> Option<&str> {
+        self.tenant.as_ref().map(|t| t.catalog.as_str())
     }
 }
 
@@ -160,10 +179,19 @@ impl Policy {
         schema: &str,
         wanted: impl Fn(Privilege) -> bool,
     ) -> bool {
+        if who
+            .home_catalog()
+            .is_some_and(|home| *table.catalog != *home)
+        {
+            return false;
+        }
+        let system = *table.schema == *SYSTEM_SCHEMA;
         who.is_admin()
             || self.held(who).any(|role| {
                 role.grants.iter().any(|(privileges, pattern)| {
-                    privileges.iter().any(|p| wanted(*p)) && pattern.matches(table, catalog, schema)
+                    privileges.iter().any(|p| wanted(*p))
+                        && pattern.matches(table, catalog, schema)
+                        && (!system || pattern.names_schema(SYSTEM_SCHEMA))
                 })
             })
     }

@@ -37,12 +37,25 @@ pub(crate) fn apply(
             return Ok(Transformed::no(node));
         };
         let table = resolve(&scan.table_name, catalog, schema);
-        let filters: Vec<&str> = policy
+        let mut filters: Vec<String> = policy
             .held(who)
             .flat_map(|r| r.row_filters.iter())
             .filter(|(p, _)| p.matches(&table, catalog, schema))
-            .map(|(_, f)| f.as_str())
+            .map(|(_, f)| f.clone())
             .collect();
+        if let Some(home) = who.home_catalog()
+            && *table.schema == *"information_schema"
+        {
+            // information_schema lists every catalog: a tenant sees only rows of its own.
+            let fields = scan.source.schema();
+            if let Some(column) = ["table_catalog", "catalog_name", "specific_catalog"]
+                .into_iter()
+                .find(|c| fields.field_with_name(c).is_ok())
+            {
+                filters.push(format!("{column} = '{}'", home.replace('\'', "''")));
+            }
+        }
+        let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
         let masks: Vec<(&str, &str)> = policy
             .held(who)
             .flat_map(|r| r.masks.iter())
