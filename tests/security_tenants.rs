@@ -409,3 +409,21 @@ async fn identity_provider_jwts_are_verified() {
     let log: Vec<String> = f.server.log.try_iter().collect();
     assert!(log.iter().all(|l| !l.contains(&good)), "a token was logged");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_expire_after_their_ttl() {
+    let config = format!(
+        "[security]\ntoken_ttl_secs = 1\n\n[[security.users]]\nname = \"root\"\npassword_hash = \"{}\"\nroles = [\"admin\"]\n",
+        common::hash_password(ROOT_PASSWORD)
+    );
+    let server = ServerProcess::start(&[], &config);
+    let mut c = client(&server).await;
+    c.handshake("root", ROOT_PASSWORD).await.unwrap();
+    query(&mut c, "SELECT 1").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let err = query(&mut c, "SELECT 1")
+        .await
+        .expect_err("token past its TTL");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("expired"), "{err}");
+}
