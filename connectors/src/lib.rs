@@ -8,6 +8,8 @@ pub mod cloud;
 pub mod database;
 pub mod files;
 pub mod http;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod resilience;
 mod webhook;
 
@@ -22,5 +24,7 @@ pub fn registry() -> ConnectorRegistry {
     let registry = registry.with(Arc::new(cloud::CloudConnector));
     #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
     let registry = registry.with(Arc::new(database::DatabaseConnector));
+    #[cfg(feature = "nats")]
+    let registry = registry.with(Arc::new(nats::NatsConnector));
     registry.with(Arc::new(http::HttpConnector))
 }

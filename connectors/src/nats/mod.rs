@@ -1,0 +1,412 @@
+//! NATS JetStream streams as tables: `STORED AS NATS`.
+//!
+//! ```sql
+//! CREATE EXTERNAL TABLE events (id BIGINT, kind VARCHAR) STORED AS NATS
+//! LOCATION 'nats://127.0.0.1:4222/events.>'
+//! OPTIONS ('format' 'json', 'on_error' 'dead_letter', 'dead_letter_path' 'bad/events.jsonl');
+//! SELECT * FROM events LIMIT 10;                    -- peek: nothing is consumed
+//! CREATE INCREMENTAL VIEW new_events ON events BY _sequence;
+//! COPY (SELECT * FROM new_events) TO 'out/events.parquet';   -- each run: only new messages
+//! INSERT INTO events VALUES (1, 'signup');          -- publish, awaiting JetStream's acks
+//! ```
+//!
+//! A scan reads the stream holding the subject with an ordered consumer (no acks, nothing is
+//! consumed or deleted), from the first message (or past a `_sequence >`/`>=` filter) up to the
+//! last message present when the scan started, at most `max_messages`. Progress across runs is
+//! the incremental view's watermark on `_sequence`, which the state store advances only after the
+//! run's sinks committed: at-least-once (a crash between those two commits repeats a run's
+//! messages).
+//! Columns `_subject`, `_sequence`, `_timestamp` and `_headers` (JSON) describe each message.
+
+mod decode;
+mod sink;
+mod source;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::datasource::TableType;
+use datafusion::datasource::sink::DataSinkExec;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::streaming::StreamingTableExec;
+use engine::bad_records::BadRecordPolicy;
+use engine::{Connector, ParamSpec};
+
+use crate::http::{options_of, reject_unknown, secrets_of};
+pub(crate) use decode::Format;
+
+/// Registers `STORED AS NATS`.
+#[derive(Debug)]
+pub struct NatsConnector;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "LOCATION",
+        description: "nats://host:port/subject (the subject may hold wildcards for reading)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "stream",
+        description: "JetStream stream name (default: the stream whose subjects hold the table's subject)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "format",
+        description: "json (default; one object per message), csv (one record) or raw (one text/binary column)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "max_messages / idle_timeout_ms / batch_size",
+        description: "bounded reads: at most this many messages per scan; stop when none arrives for this long (5000); rows per batch (8192)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "message_id",
+        description: "INSERT: the column whose value becomes the Nats-Msg-Id header (JetStream drops duplicates within its window)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "user / password / token",
+        description: "credentials (use ${secret:NAME})",
+        secret: true,
+    },
+    ParamSpec {
+        name: "on_error / dead_letter_path / dead_letter_table / max_bad_records",
+        description: "what to do with undecodable messages, as for CSV and JSON files",
+        secret: false,
+    },
+];
+
+impl Connector for NatsConnector {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+
+    fn register(&self, mut builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
+        builder
+            .table_factories()
+            .get_or_insert_with(Default::default)
+            .insert("NATS".into(), Arc::new(NatsFactory));
+        Ok(builder)
+    }
+}
+
+/// Names of the message columns every NATS table has after its declared ones.
+pub(crate) const META_COLUMNS: [&str; 4] = ["_subject", "_sequence", "_timestamp", "_headers"];
+
+/// Where a table's messages live and how to reach them.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    /// `nats://host:port` (no credentials).
+    pub(crate) server: String,
+    pub(crate) subject: String,
+    pub(crate) stream: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    /// The table's name, for messages.
+    pub(crate) table: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("server", &self.server)
+            .field("subject", &self.subject)
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    pub(crate) fn err(&self, what: &str, e: impl std::fmt::Display) -> DataFusionError {
+        DataFusionError::External(
+            format!("NATS table `{}` ({}): {what}: {e}", self.table, self.server).into(),
+        )
+    }
+
+    /// A JetStream context on a new connection.
+    pub(crate) async fn jetstream(&self) -> Result<async_nats::jetstream::Context> {
+        let mut options = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(10))
+            .max_reconnects(Some(5));
+        if let (Some(u), Some(p)) = (&self.user, &self.password) {
+            options = options.user_and_password(u.clone(), p.clone());
+        }
+        if let Some(t) = &self.token {
+            options = options.token(t.clone());
+        }
+        let connect = options.connect(self.server.as_str());
+        let client = tokio::time::timeout(Duration::from_secs(15), connect)
+            .await
+            .map_err(|_| self.err("cannot connect", "timed out after 15 s"))?
+            .map_err(|e| self.err("cannot connect", e))?;
+        Ok(async_nats::jetstream::new(client))
+    }
+
+    /// The stream holding the table's subject.
+    pub(crate) async fn stream(
+        &self,
+        js: &async_nats::jetstream::Context,
+    ) -> Result<async_nats::jetstream::stream::Stream> {
+        let name = match &self.stream {
+            Some(s) => s.clone(),
+            None => js.stream_by_subject(self.subject.clone()).await.map_err(|e| {
+                self.err(
+                    &format!("no JetStream stream holds subject `{}`", self.subject),
+                    format!("{e}; create one (nats stream add) or name it with OPTIONS ('stream' '...')"),
+                )
+            })?,
+        };
+        js.get_stream(&name)
+            .await
+            .map_err(|e| self.err(&format!("stream `{name}`"), e))
+    }
+}
+
+/// Read settings.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadOptions {
+    pub(crate) format: Format,
+    pub(crate) max_messages: Option<u64>,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) batch_size: usize,
+    pub(crate) policy: Option<Arc<BadRecordPolicy>>,
+}
+
+#[derive(Debug)]
+struct NatsFactory;
+
+#[async_trait]
+impl TableProviderFactory for NatsFactory {
+    async fn create(
+        &self,
+        state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let plan = |m: String| DataFusionError::Plan(format!("NATS table `{}`: {m}", cmd.name));
+        let [location] = cmd.locations.as_slice() else {
+            return Err(plan("LOCATION names one nats://host:port/subject".into()));
+        };
+        let rest = location.strip_prefix("nats://").ok_or_else(|| {
+            plan(format!(
+                "`{location}` is not a nats://host:port/subject URL"
+            ))
+        })?;
+        let (host, subject) = rest
+            .split_once('/')
+            .filter(|(h, s)| !h.is_empty() && !s.is_empty())
+            .ok_or_else(|| plan(format!("`{location}` names no subject after the server")))?;
+        if host.contains('@') {
+            return Err(plan(
+                "put credentials in OPTIONS ('user' ..., 'password' '${secret:NAME}'), not in LOCATION".into(),
+            ));
+        }
+        let declared: SchemaRef = Arc::new(cmd.schema.as_arrow().clone());
+        if declared.fields().is_empty() {
+            return Err(plan(
+                "declare the message columns: CREATE EXTERNAL TABLE name (col TYPE, ...)".into(),
+            ));
+        }
+        if let Some(f) = declared
+            .fields()
+            .iter()
+            .find(|f| META_COLUMNS.contains(&f.name().as_str()))
+        {
+            return Err(plan(format!(
+                "column `{}` is reserved for message metadata",
+                f.name()
+            )));
+        }
+        let mut opts = options_of(cmd);
+        let mut policy_opts: std::collections::HashMap<String, String> = [
+            "on_error",
+            "dead_letter_path",
+            "dead_letter_table",
+            "max_bad_records",
+        ]
+        .iter()
+        .filter_map(|k| Some((k.to_string(), opts.remove(*k)?)))
+        .collect();
+        let policy = crate::files::tolerant::extract_policy(state, &mut policy_opts)?;
+        let secrets = secrets_of(state);
+        let mut secret = |key: &str| -> Result<Option<String>> {
+            opts.remove(key)
+                .map(|v| {
+                    secrets
+                        .expand(&v)
+                        .map_err(|e| plan(format!("option `{key}`: {e}")))
+                })
+                .transpose()
+        };
+        let (user, password, token) = (secret("user")?, secret("password")?, secret("token")?);
+        let format: Format = take_parsed(&mut opts, "format", &plan)?.unwrap_or(Format::Json);
+        format.check(&declared).map_err(plan)?;
+        let read = ReadOptions {
+            format,
+            max_messages: take_parsed(&mut opts, "max_messages", &plan)?,
+            idle_timeout: Duration::from_millis(
+                take_parsed(&mut opts, "idle_timeout_ms", &plan)?.unwrap_or(5000),
+            ),
+            batch_size: take_parsed::<usize>(&mut opts, "batch_size", &plan)?
+                .unwrap_or(8192)
+                .max(1),
+            policy,
+        };
+        let message_id = opts.remove("message_id");
+        if let Some(c) = &message_id
+            && declared.index_of(c).is_err()
+        {
+            return Err(plan(format!("message_id column `{c}` is not declared")));
+        }
+        let endpoint = Endpoint {
+            server: format!("nats://{host}"),
+            subject: subject.to_string(),
+            stream: opts.remove("stream"),
+            user,
+            password,
+            token,
+            table: cmd.name.to_string(),
+        };
+        reject_unknown(&opts, &plan)?;
+        Ok(Arc::new(NatsTable {
+            schema: with_metadata(&declared),
+            declared,
+            endpoint,
+            read,
+            message_id,
+        }))
+    }
+}
+
+fn take_parsed<T: std::str::FromStr>(
+    opts: &mut BTreeMap<String, String>,
+    key: &str,
+    plan: &dyn Fn(String) -> DataFusionError,
+) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    opts.remove(key)
+        .map(|v| {
+            v.trim()
+                .parse::<T>()
+                .map_err(|e| plan(format!("option `{key}` = `{v}`: {e}")))
+        })
+        .transpose()
+}
+
+/// The declared columns followed by the message columns.
+fn with_metadata(declared: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = declared
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("_subject", DataType::Utf8, true));
+    fields.push(Field::new("_sequence", DataType::UInt64, true));
+    fields.push(Field::new(
+        "_timestamp",
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        true,
+    ));
+    fields.push(Field::new("_headers", DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// A JetStream subject as a table.
+#[derive(Debug)]
+pub(crate) struct NatsTable {
+    schema: SchemaRef,
+    declared: SchemaRef,
+    endpoint: Endpoint,
+    read: ReadOptions,
+    message_id: Option<String>,
+}
+
+#[async_trait]
+impl TableProvider for NatsTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // `_sequence` bounds pick where the consumer starts; DataFusion still applies them.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if source::start_sequence(std::slice::from_ref(*f)) > 0 {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let partition = source::NatsPartition {
+            schema: Arc::clone(&self.schema),
+            declared: Arc::clone(&self.declared),
+            endpoint: self.endpoint.clone(),
+            read: self.read.clone(),
+            start: source::start_sequence(filters),
+            limit: limit.map(|l| l as u64),
+        };
+        Ok(Arc::new(StreamingTableExec::try_new(
+            Arc::clone(&self.schema),
+            vec![Arc::new(partition)],
+            projection,
+            Vec::new(),
+            false,
+            limit,
+        )?))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if op != InsertOp::Append {
+            return Err(DataFusionError::Plan(format!(
+                "NATS table `{}`: only INSERT INTO (append) is supported; a stream cannot be overwritten",
+                self.endpoint.table
+            )));
+        }
+        let sink = sink::NatsSink::new(
+            self.endpoint.clone(),
+            Arc::clone(&self.schema),
+            Arc::clone(&self.declared),
+            self.read.format,
+            self.message_id.clone(),
+        )?;
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
