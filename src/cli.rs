@@ -133,7 +133,7 @@ pub(crate) struct ServeArgs {
     pub(crate) vars: Vec<(String, String)>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub(crate) struct RunArgs {
     /// The pipeline file.
     #[arg(value_name = "PIPELINE.sql")]
@@ -154,6 +154,18 @@ pub(crate) struct RunArgs {
     /// Write the trailing query's result to this file (.csv, .json or .parquet) instead of printing it.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub(crate) output: Option<String>,
+    /// Run continuously in micro-batches: run the pipeline again as soon as one run commits, or
+    /// after --interval when its incremental views found nothing new. Each micro-batch is a run of
+    /// its own (watermarks committed after its sinks); ${batch} names it. SIGTERM stops after
+    /// the current micro-batch; Ctrl-C cancels it (nothing it wrote is committed).
+    #[arg(long, conflicts_with_all = ["resume", "dry_run", "explain", "output"])]
+    pub(crate) follow: bool,
+    /// With --follow: seconds to wait when a micro-batch found nothing new.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS", requires = "follow")]
+    pub(crate) interval: f64,
+    /// With --follow: stop after this many micro-batches that read something.
+    #[arg(long, value_name = "N", requires = "follow")]
+    pub(crate) max_batches: Option<u64>,
     #[command(flatten)]
     pub(crate) display: DisplayArgs,
 }

@@ -221,3 +221,133 @@ async fn nats_insert_publishes_acknowledged_messages_once_per_id() {
     assert!(err.contains("NATS table `o`"), "{err}");
     js.delete_stream(&name).await.unwrap();
 }
+
+/// Parquet files in `dir` whose name starts with `prefix`: all ids, sorted, duplicates kept.
+fn all_ids(dir: &Path, prefix: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && name.ends_with(".parquet") {
+            ids.extend(parquet_ids(&e.path()));
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_follow_survives_sigkill_without_losing_messages() {
+    let (js, name, prefix) = stream().await;
+    let subject = format!("{prefix}.live");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let dead = dir.path().join("bad.jsonl");
+    let expected = publish(&js, &subject, 0, 100_000).await;
+    let pipeline = write_pipeline(
+        dir.path(),
+        "live.sql",
+        &format!(
+            "CREATE EXTERNAL TABLE live (id BIGINT NOT NULL, name VARCHAR) STORED AS NATS
+               LOCATION 'nats://{NATS}/{subject}'
+               OPTIONS ('max_messages' '7000', 'on_error' 'dead_letter', 'dead_letter_path' '{dead}');
+             CREATE INCREMENTAL VIEW new_live ON live BY _sequence;
+             COPY (SELECT id, name FROM new_live) TO '{out}/batch_${{batch}}.parquet' STORED AS PARQUET;",
+            dead = dead.display(),
+            out = out.display()
+        ),
+    );
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowengine"))
+            .args(["run", "--follow", "--interval", "0.2"])
+            .arg(&pipeline)
+            .env(
+                "FLOWENGINE_STATE_DIR",
+                dir.path().join("state").to_str().unwrap(),
+            )
+            .env_remove("FLOWENGINE_CONFIG")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Kill the first process once a few micro-batches committed, mid-way through the stream.
+    let mut first = start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while all_ids(&out, "batch_").len() < 20_000 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let at_kill = all_ids(&out, "batch_").len();
+    assert!(
+        at_kill < expected.len(),
+        "finished before the kill: {at_kill}"
+    );
+    // Messages published while it is down arrive too.
+    let more = publish(&js, &subject, 100_000, 105_000).await;
+    let mut second = start();
+    let total = expected.len() + more.len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let mut ids = all_ids(&out, "batch_");
+        ids.dedup();
+        if ids.len() >= total {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {total} distinct ids arrived",
+            ids.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // SIGTERM: stops after the current micro-batch, exit 0.
+    let pid = second.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = second.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // Every valid message at least once, nothing else; no unfinished file looks complete.
+    let mut ids = all_ids(&out, "batch_");
+    ids.dedup();
+    let mut want = expected.clone();
+    want.extend(more);
+    assert_eq!(ids, want);
+    for e in std::fs::read_dir(&out).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            n.starts_with("batch_") && n.ends_with(".parquet"),
+            "stray file {n}"
+        );
+    }
+    // Every malformed message is in the dead-letter file (at least once).
+    let dead_text = std::fs::read_to_string(&dead).unwrap();
+    let bad: std::collections::BTreeSet<u64> = dead_text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["offset"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(bad.len(), 1050, "distinct dead-lettered sequences");
+    // Idle polls are not recorded: every succeeded run in the journal wrote one file (the killed
+    // run may have written one before it could record its end).
+    let runs = flowengine()
+        .args(["runs", "--limit", "100000", "--format", "csv"])
+        .arg(&pipeline)
+        .env("FLOWENGINE_STATE_DIR", dir.path().join("state"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&runs.stdout);
+    let succeeded = text.lines().filter(|l| l.contains("succeeded")).count();
+    let files = std::fs::read_dir(&out).unwrap().count();
+    assert!(
+        succeeded > 0 && (succeeded..=succeeded + 1).contains(&files),
+        "{files} files:\n{text}"
+    );
+    js.delete_stream(&name).await.unwrap();
+}

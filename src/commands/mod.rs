@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod config;
+pub(crate) mod follow;
 pub(crate) mod lineage;
 pub(crate) mod profile;
 pub(crate) mod run;

@@ -19,6 +19,20 @@ use crate::cli::{GlobalArgs, RunArgs};
 use crate::exec::{DeferredCheck, Rows, RunContext, StatementOptions, run_statement};
 
 pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
+    if args.follow {
+        return super::follow::follow(global, args).await;
+    }
+    Ok(run_once(global, &args, false).await?.0)
+}
+
+/// One run of the pipeline. With `follow`, a run whose incremental views found nothing new
+/// stops right after the last of them and is not recorded (an idle poll); the flag returned
+/// says whether the run read anything new.
+pub(crate) async fn run_once(
+    global: &GlobalArgs,
+    args: &RunArgs,
+    follow: bool,
+) -> Result<(ExitCode, bool)> {
     let (engine, loaded) = super::build_engine(global)?;
     let lookup = super::var_lookup(&args.vars);
     let pipeline = Pipeline::from_file(&args.pipeline, &lookup, &super::dialect(&engine))?;
@@ -49,20 +63,27 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
         state::register_system_tables(engine.context(), store.as_ref()).await?;
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    if let Some(store) = &store {
-        store
-            .begin_run(&RunRecord {
-                run_id: run_id.clone(),
-                pipeline: canonical.clone(),
-                content_hash: hash.clone(),
-                variables: state::redact_variables(&args.vars),
-                started_at: state::now(),
-                finished_at: None,
-                status: RunStatus::Running,
-                error: None,
-                resumed_from: resume.as_ref().map(|r| r.run_id.clone()),
-            })
-            .await?;
+    let run_record = RunRecord {
+        run_id: run_id.clone(),
+        pipeline: canonical.clone(),
+        content_hash: hash.clone(),
+        variables: state::redact_variables(&args.vars),
+        started_at: state::now(),
+        finished_at: None,
+        status: RunStatus::Running,
+        error: None,
+        resumed_from: resume.as_ref().map(|r| r.run_id.clone()),
+    };
+    // A micro-batch is recorded once it is known to read something (idle polls are not).
+    let last_incremental = pipeline
+        .statements
+        .iter()
+        .rposition(|s| engine::pipeline::incremental::parse(&s.sql).is_some())
+        .filter(|_| follow);
+    if let Some(store) = &store
+        && last_incremental.is_none()
+    {
+        store.begin_run(&run_record).await?;
         if let Some(r) = &resume {
             eprintln!(
                 "resuming run {} of {}: {} committed write(s) will be skipped",
@@ -76,6 +97,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
         store: store.clone(),
         run_id: run_id.clone(),
         pipeline: canonical.clone(),
+        deferred: std::sync::Mutex::new(
+            last_incremental
+                .is_some()
+                .then(|| Deferred::new(run_record.clone())),
+        ),
     };
     let mut watermarks = match &store {
         Some(store) => load_watermarks(store.as_ref(), &canonical, resume.as_ref()).await?,
@@ -157,7 +183,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
                     statement.index, statement.location
                 );
                 recorder.finish(RunStatus::Interrupted, Some("interrupted".into())).await;
-                return Ok(ExitCode::from(130));
+                return Ok((ExitCode::from(130), false));
             }
         };
         let elapsed = started.elapsed().as_millis() as u64;
@@ -198,6 +224,14 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
                         committed_by: committed_by.map(String::from),
                     })
                     .await;
+                if last_incremental == Some(position) {
+                    let advanced = read.iter().any(|(_, r)| r.upto != r.after);
+                    if !advanced {
+                        recorder.discard();
+                        return Ok((ExitCode::SUCCESS, false));
+                    }
+                    recorder.activate().await?;
+                }
             }
             Err(e) => {
                 let message = crate::render_error(&e);
@@ -240,7 +274,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
         }
     }
     recorder.finish(RunStatus::Succeeded, None).await;
-    Ok(ExitCode::SUCCESS)
+    Ok((ExitCode::SUCCESS, true))
 }
 
 /// The committed watermark of each incremental view of `pipeline`, and the high marks of the run
@@ -325,10 +359,64 @@ struct Recorder {
     store: Option<Arc<dyn StateStore>>,
     run_id: String,
     pipeline: String,
+    /// A micro-batch's records held back until it is known to read something.
+    deferred: std::sync::Mutex<Option<Deferred>>,
+}
+
+/// What a deferred run would have recorded so far.
+struct Deferred {
+    run: RunRecord,
+    steps: Vec<StepRecord>,
+    marks: Vec<WatermarkRecord>,
+}
+
+impl Deferred {
+    fn new(run: RunRecord) -> Self {
+        Self {
+            run,
+            steps: Vec::new(),
+            marks: Vec::new(),
+        }
+    }
 }
 
 impl Recorder {
+    fn take_deferred(&self) -> Option<Deferred> {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Forget a deferred run (an idle poll).
+    fn discard(&self) {
+        self.take_deferred();
+    }
+
+    /// Record a deferred run and what it held back; later records are written directly.
+    async fn activate(&self) -> Result<()> {
+        let (Some(store), Some(d)) = (&self.store, self.take_deferred()) else {
+            return Ok(());
+        };
+        store.begin_run(&d.run).await?;
+        for step in d.steps {
+            self.step(step).await;
+        }
+        for mark in d.marks {
+            if let Err(e) = store.record_watermark(&mark).await {
+                eprintln!(
+                    "warning: could not record the watermark of {}: {e}",
+                    mark.name
+                );
+            }
+        }
+        Ok(())
+    }
+
     async fn check(&self, check: &Check, outcome: &CheckOutcome) {
+        if let Err(e) = self.activate().await {
+            eprintln!("warning: could not record run {}: {e}", self.run_id);
+        }
         if let Some(store) = &self.store {
             let record = CheckRecord {
                 run_id: self.run_id.clone(),
@@ -368,6 +456,15 @@ impl Recorder {
                 committed,
                 recorded_at: state::now(),
             };
+            if let Some(d) = self
+                .deferred
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                d.marks.push(record);
+                return;
+            }
             if let Err(e) = store.record_watermark(&record).await {
                 eprintln!(
                     "warning: could not record the watermark of {}: {e}",
@@ -378,6 +475,15 @@ impl Recorder {
     }
 
     async fn step(&self, step: StepRecord) {
+        if let Some(d) = self
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            d.steps.push(step);
+            return;
+        }
         if let Some(store) = &self.store
             && let Err(e) = store.record_step(&step).await
         {
@@ -386,6 +492,10 @@ impl Recorder {
     }
 
     async fn finish(&self, status: RunStatus, error: Option<String>) {
+        // A failed micro-batch is recorded even before it read anything.
+        if let Err(e) = self.activate().await {
+            eprintln!("warning: could not record run {}: {e}", self.run_id);
+        }
         if let Some(store) = &self.store
             && let Err(e) = store.finish_run(&self.run_id, status, error).await
         {

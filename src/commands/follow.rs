@@ -1,0 +1,124 @@
+//! `flowengine run --follow`: a pipeline run continuously in micro-batches. Each micro-batch is
+//! one ordinary run (its own session, recorded in the state store, its incremental views'
+//! watermarks committed only after its sinks committed), so a crash at any point loses nothing:
+//! the next start re-reads from the last committed watermark. A micro-batch starts when the
+//! previous one committed (a slow sink slows reading: backpressure), or after `--interval` when
+//! the previous found nothing new. `${batch}` names each micro-batch (for output file names).
+//! SIGTERM stops the loop once the current micro-batch is over; Ctrl-C cancels it at once (what
+//! it wrote is not committed, and its messages are read again next time).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::cli::{GlobalArgs, RunArgs};
+
+/// Consecutive failed micro-batches after which `--follow` gives up.
+const MAX_FAILURES: u32 = 10;
+
+pub(crate) async fn follow(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
+    if args.vars.iter().any(|(k, _)| k == "batch") {
+        return Err(crate::UsageError(
+            "--follow sets ${batch} itself; do not pass --var batch=...".into(),
+        )
+        .into());
+    }
+    if !(args.interval.is_finite() && args.interval >= 0.0) {
+        return Err(crate::UsageError("--interval must be a number of seconds >= 0".into()).into());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_stop_listener(Arc::clone(&stop));
+    let interval = Duration::from_secs_f64(args.interval);
+    let mut batches = 0u64;
+    let mut failures = 0u32;
+    let mut last_id = 0u128;
+    eprintln!(
+        "following {}: micro-batches until Ctrl-C or SIGTERM",
+        args.pipeline.display()
+    );
+    while !stop.load(Ordering::Acquire) {
+        if args.max_batches.is_some_and(|m| batches >= m) {
+            break;
+        }
+        // Milliseconds since the epoch, strictly increasing: sortable and unique file names.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        last_id = now.max(last_id + 1);
+        let mut batch_args = args.clone();
+        batch_args
+            .vars
+            .push(("batch".into(), format!("{last_id:013}")));
+        batch_args.display.quiet = true;
+        let started = Instant::now();
+        let wait = match super::run::run_once(global, &batch_args, true).await {
+            Ok((code, _)) if code != ExitCode::SUCCESS => return Ok(code),
+            Ok((_, true)) => {
+                failures = 0;
+                batches += 1;
+                eprintln!(
+                    "batch {last_id:013} committed in {} ms",
+                    started.elapsed().as_millis()
+                );
+                Duration::ZERO
+            }
+            Ok((_, false)) => {
+                failures = 0;
+                interval
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!(
+                    "batch {last_id:013} failed ({failures} in a row): {}",
+                    crate::render_error(&e)
+                );
+                if failures >= MAX_FAILURES {
+                    return Err(e.context(format!(
+                        "--follow stopped after {MAX_FAILURES} failed micro-batches in a row"
+                    )));
+                }
+                // Back off: 1 s, 2 s, 4 s ... up to a minute.
+                Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60))
+            }
+        };
+        if !wait.is_zero() {
+            let until = Instant::now() + wait;
+            while Instant::now() < until && !stop.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(50).min(wait)).await;
+            }
+        }
+    }
+    eprintln!("stopped after {batches} micro-batch(es)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM ask the loop to stop before the next micro-batch.
+fn spawn_stop_listener(stop: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        eprintln!("stopping after the current micro-batch");
+        stop.store(true, Ordering::Release);
+    });
+}
