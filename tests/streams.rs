@@ -351,3 +351,81 @@ async fn nats_follow_survives_sigkill_without_losing_messages() {
     );
     js.delete_stream(&name).await.unwrap();
 }
+
+/// Into PostgreSQL with an upsert key, a killed and restarted `--follow` pipeline delivers each
+/// message exactly once: replayed messages overwrite their own rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_follow_into_postgres_upserts_exactly_once() {
+    let (js, name, prefix) = stream().await;
+    let subject = format!("{prefix}.pg");
+    let table = format!("fe_nats_{}", uuid_like());
+    psql(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, seq bigint NOT NULL)"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let expected = publish(&js, &subject, 0, 30_000).await;
+    let pipeline = write_pipeline(
+        dir.path(),
+        "pg.sql",
+        &format!(
+            "CREATE EXTERNAL TABLE src (id BIGINT NOT NULL, name VARCHAR) STORED AS NATS
+               LOCATION 'nats://{NATS}/{subject}' OPTIONS ('max_messages' '3000', 'on_error' 'skip');
+             CREATE INCREMENTAL VIEW new_src ON src BY _sequence;
+             CREATE EXTERNAL TABLE dst STORED AS POSTGRES LOCATION '{table}'
+               OPTIONS ('connection' 'postgresql://postgres@127.0.0.1:5432/test', 'on_conflict' 'upsert:id');
+             INSERT INTO dst SELECT id, name, CAST(_sequence AS BIGINT) AS seq FROM new_src;"
+        ),
+    );
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowengine"))
+            .args(["run", "--follow", "--interval", "0.2"])
+            .arg(&pipeline)
+            .env("FLOWENGINE_STATE_DIR", dir.path().join("state"))
+            .env_remove("FLOWENGINE_CONFIG")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let count = || {
+        psql(&format!("SELECT count(*) FROM {table}"))
+            .parse::<usize>()
+            .unwrap()
+    };
+    let mut first = start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while count() < 6_000 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(count() < expected.len(), "finished before the kill");
+    let mut second = start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while count() < expected.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} rows",
+            count()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let pid = second.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(second.wait().unwrap().success());
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*), count(DISTINCT id), min(id), max(id), sum(id) FROM {table}"
+        )),
+        format!(
+            "{n}|{n}|0|29999|{sum}",
+            n = expected.len(),
+            sum = expected.iter().sum::<u64>()
+        )
+    );
+    psql(&format!("DROP TABLE {table}"));
+    js.delete_stream(&name).await.unwrap();
+}
