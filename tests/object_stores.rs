@@ -465,8 +465,10 @@ SELECT sum(n) AS s FROM n;",
     );
     let started = std::time::Instant::now();
     flowengine().arg("run").arg(&missing).assert().failure();
+    // Retrying would go on for object_store's retry timeout (3 minutes); a loaded CI machine can
+    // take tens of seconds for the run itself, so the bound is loose.
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        started.elapsed() < Duration::from_secs(90),
         "a 404 must not be retried for long"
     );
 }

@@ -8,8 +8,7 @@ pub mod cloud;
 pub mod database;
 pub mod files;
 pub mod http;
-#[cfg(feature = "nats")]
-pub mod nats;
+pub mod queue;
 pub mod resilience;
 mod webhook;
 
@@ -24,7 +23,6 @@ pub fn registry() -> ConnectorRegistry {
     let registry = registry.with(Arc::new(cloud::CloudConnector));
     #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
     let registry = registry.with(Arc::new(database::DatabaseConnector));
-    #[cfg(feature = "nats")]
-    let registry = registry.with(Arc::new(nats::NatsConnector));
+    let registry = registry.with(Arc::new(queue::QueueConnector));
     registry.with(Arc::new(http::HttpConnector))
 }

@@ -37,17 +37,13 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::streaming::StreamingTableExec;
+use engine::ParamSpec;
 use engine::bad_records::BadRecordPolicy;
-use engine::{Connector, ParamSpec};
 
 use crate::http::{options_of, reject_unknown, secrets_of};
 pub(crate) use decode::Format;
 
-/// Registers `STORED AS NATS`.
-#[derive(Debug)]
-pub struct NatsConnector;
-
-const PARAMS: &[ParamSpec] = &[
+pub(crate) const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "LOCATION",
         description: "nats://host:port/subject (the subject may hold wildcards for reading)",
@@ -85,22 +81,12 @@ const PARAMS: &[ParamSpec] = &[
     },
 ];
 
-impl Connector for NatsConnector {
-    fn name(&self) -> &'static str {
-        "nats"
-    }
-
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-
-    fn register(&self, mut builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
-        builder
-            .table_factories()
-            .get_or_insert_with(Default::default)
-            .insert("NATS".into(), Arc::new(NatsFactory));
-        Ok(builder)
-    }
+/// Registers `STORED AS NATS`.
+pub(crate) fn register(builder: &mut SessionStateBuilder) {
+    builder
+        .table_factories()
+        .get_or_insert_with(Default::default)
+        .insert("NATS".into(), Arc::new(NatsFactory));
 }
 
 /// Names of the message columns every NATS table has after its declared ones.
