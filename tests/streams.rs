@@ -429,3 +429,26 @@ async fn nats_follow_into_postgres_upserts_exactly_once() {
     psql(&format!("DROP TABLE {table}"));
     js.delete_stream(&name).await.unwrap();
 }
+
+#[test]
+fn follow_without_an_incremental_view_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_pipeline(
+        dir.path(),
+        "plain.sql",
+        "CREATE TABLE t AS VALUES (1); SELECT * FROM t;",
+    );
+    let started = std::time::Instant::now();
+    let out = flowengine()
+        .args(["run", "--follow"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--follow needs a CREATE INCREMENTAL VIEW"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}

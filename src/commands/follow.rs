@@ -34,6 +34,8 @@ pub(crate) async fn follow(global: &GlobalArgs, args: RunArgs) -> Result<ExitCod
     let interval = Duration::from_secs_f64(args.interval);
     let mut batches = 0u64;
     let mut failures = 0u32;
+    // Whether an idle poll succeeded (so the pipeline itself is known to work).
+    let mut polled = false;
     let mut last_id = 0u128;
     eprintln!(
         "following {}: micro-batches until Ctrl-C or SIGTERM",
@@ -68,8 +70,12 @@ pub(crate) async fn follow(global: &GlobalArgs, args: RunArgs) -> Result<ExitCod
             }
             Ok((_, false)) => {
                 failures = 0;
+                polled = true;
                 interval
             }
+            // A first micro-batch that fails (a usage, syntax or configuration error) stops at
+            // once; later failures (a broker or database down) are retried.
+            Err(e) if batches == 0 && failures == 0 && !polled => return Err(e),
             Err(e) => {
                 failures += 1;
                 eprintln!(

@@ -80,6 +80,14 @@ pub(crate) async fn run_once(
         .iter()
         .rposition(|s| engine::pipeline::incremental::parse(&s.sql).is_some())
         .filter(|_| follow);
+    if follow && last_incremental.is_none() {
+        return Err(crate::UsageError(format!(
+            "--follow needs a CREATE INCREMENTAL VIEW in {}: it is how each micro-batch knows \
+             what is new (without one, every micro-batch would re-read everything)",
+            pipeline.file
+        ))
+        .into());
+    }
     if let Some(store) = &store
         && last_incremental.is_none()
     {
