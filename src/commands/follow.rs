@@ -105,25 +105,7 @@ pub(crate) async fn follow(global: &GlobalArgs, args: RunArgs) -> Result<ExitCod
 /// Ctrl-C or SIGTERM ask the loop to stop before the next micro-batch.
 fn spawn_stop_listener(stop: Arc<AtomicBool>) {
     tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        super::serve::shutdown_signal().await;
         eprintln!("stopping after the current micro-batch");
         stop.store(true, Ordering::Release);
     });
