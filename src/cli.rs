@@ -15,7 +15,7 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub(crate) struct GlobalArgs {
     /// Configuration file (default: ./flowengine.toml when present).
     #[arg(long, global = true, env = "FLOWENGINE_CONFIG", value_name = "FILE")]
@@ -128,9 +128,17 @@ pub(crate) struct ServeArgs {
     /// Admin HTTP address for /health, /ready, /metrics, or "off" (overrides [server] admin_bind).
     #[arg(long, value_name = "HOST:PORT", env = "FLOWENGINE_ADMIN_BIND")]
     pub(crate) admin_bind: Option<String>,
-    /// Set a variable used as ${NAME} in the catalog files (repeatable).
+    /// Set a variable used as ${NAME} in the catalog files and followed pipelines (repeatable).
     #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
     pub(crate) vars: Vec<(String, String)>,
+    /// Run this pipeline continuously while serving, as `flowengine run --follow` does
+    /// (repeatable); its micro-batches are counted at /metrics. Shutdown waits for the current
+    /// micro-batch.
+    #[arg(long = "follow", value_name = "PIPELINE.sql")]
+    pub(crate) follow: Vec<PathBuf>,
+    /// With --follow: seconds to wait when a micro-batch found nothing new.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub(crate) interval: f64,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -46,6 +46,9 @@ pub(crate) struct StatementOptions<'a> {
     pub(crate) run: Option<&'a RunContext>,
     /// Checks deferred into this statement's scan (see `engine::pipeline::fused_checks`).
     pub(crate) deferred: &'a [DeferredCheck],
+    /// `--follow`: a write of no rows is rolled back instead of committed, so an idle
+    /// micro-batch leaves no empty files behind.
+    pub(crate) drop_empty_writes: bool,
 }
 
 /// A `CREATE CHECK` whose evaluation was deferred into the scan of the write after it.
@@ -79,6 +82,8 @@ pub(crate) struct StepReport {
     pub(crate) rows: Option<u64>,
     /// Not executed because an earlier run committed it.
     pub(crate) skipped: bool,
+    /// Bad input records skipped or dead-lettered by its tolerant readers.
+    pub(crate) bad_records: u64,
 }
 
 /// Run one statement end to end. Errors carry the statement's location. With `dry_run`, the
@@ -119,6 +124,7 @@ pub(crate) async fn run_statement(
                 kind: report.kind,
                 rows: report.rows,
                 skipped: report.skipped,
+                bad_records: bad.skipped + bad.dead_lettered,
             })
         }
         Err(e) => {
@@ -382,6 +388,10 @@ async fn drive(
         return Err(e);
     }
     let is_write = execution.class == StatementClass::Write;
+    if is_write && opts.drop_empty_writes && rows_affected(&write_batches) == Some(0) {
+        execution.abort().await;
+        return Ok(("no rows: nothing written".into(), 0));
+    }
     execution.finish().await?;
     if is_write {
         let n = rows_affected(&write_batches).unwrap_or(0);

@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 
 use async_nats::jetstream;
+use common::queues::{all_ids, parquet_ids, unique};
 use common::*;
 
 const NATS: &str = "127.0.0.1:4222";
@@ -18,7 +19,7 @@ async fn stream() -> (jetstream::Context, String, String) {
         .await
         .expect("NATS with JetStream on 127.0.0.1:4222 (see .ci/run)");
     let js = jetstream::new(client);
-    let id = uuid_like();
+    let id = unique();
     let name = format!("FE_{id}");
     js.create_stream(jetstream::stream::Config {
         name: name.clone(),
@@ -30,33 +31,16 @@ async fn stream() -> (jetstream::Context, String, String) {
     (js, name, format!("fe.{id}"))
 }
 
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{:x}{:x}", nanos, std::process::id())
-}
-
 /// Publish ids `from..to` to `subject`; every 100th is malformed (alternately not JSON and a
 /// wrong type). Returns the ids of the good ones.
 async fn publish(js: &jetstream::Context, subject: &str, from: u64, to: u64) -> Vec<u64> {
     let mut good = Vec::new();
     let mut acks = Vec::new();
     for id in from..to {
-        let payload = if id % 100 == 7 {
-            if id % 200 == 7 {
-                format!("{{\"id\": {id}, \"name\": \"cut")
-            } else {
-                format!("{{\"id\": \"x{id}\", \"name\": \"bad\"}}")
-            }
-        } else {
+        let (payload, ok) = common::queues::payload(id);
+        if ok {
             good.push(id);
-            format!(
-                "{{\"id\": {id}, \"name\": \"n{id}\", \"pad\": \"{}\"}}",
-                "p".repeat(150)
-            )
-        };
+        }
         acks.push(
             js.publish(subject.to_string(), payload.into())
                 .await
@@ -72,24 +56,6 @@ async fn publish(js: &jetstream::Context, subject: &str, from: u64, to: u64) -> 
         a.await.unwrap();
     }
     good
-}
-
-fn parquet_ids(path: &Path) -> Vec<u64> {
-    use arrow::array::{Array, Int64Array};
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut ids = Vec::new();
-    for b in reader {
-        let b = b.unwrap();
-        let col = b.column_by_name("id").unwrap();
-        let a = col.as_any().downcast_ref::<Int64Array>().unwrap();
-        ids.extend((0..a.len()).map(|i| a.value(i) as u64));
-    }
-    ids.sort_unstable();
-    ids
 }
 
 fn run(pipeline: &Path, vars: &[(&str, &str)]) -> String {
@@ -222,19 +188,6 @@ async fn nats_insert_publishes_acknowledged_messages_once_per_id() {
     js.delete_stream(&name).await.unwrap();
 }
 
-/// Parquet files in `dir` whose name starts with `prefix`: all ids, sorted, duplicates kept.
-fn all_ids(dir: &Path, prefix: &str) -> Vec<u64> {
-    let mut ids = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(prefix) && name.ends_with(".parquet") {
-            ids.extend(parquet_ids(&e.path()));
-        }
-    }
-    ids.sort_unstable();
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_follow_survives_sigkill_without_losing_messages() {
     let (js, name, prefix) = stream().await;
@@ -358,7 +311,7 @@ async fn nats_follow_survives_sigkill_without_losing_messages() {
 async fn nats_follow_into_postgres_upserts_exactly_once() {
     let (js, name, prefix) = stream().await;
     let subject = format!("{prefix}.pg");
-    let table = format!("fe_nats_{}", uuid_like());
+    let table = format!("fe_nats_{}", unique());
     psql(&format!(
         "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, seq bigint NOT NULL)"
     ));

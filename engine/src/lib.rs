@@ -5,6 +5,7 @@
 //! [`Connector`] extension point, and runs `.sql` pipelines statement by statement with
 //! [`pipeline::Runner`].
 
+pub mod acks;
 pub mod bad_records;
 pub mod config;
 pub mod connector;
@@ -25,6 +26,7 @@ pub mod state;
 pub mod system;
 pub mod tenant;
 
+pub use acks::{AckLedger, PendingAck};
 pub use config::EngineConfig;
 pub use connector::{Connector, ConnectorRegistry, ParamSpec, RemoteCallStats};
 pub use error::{EngineError, Result};

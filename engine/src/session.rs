@@ -59,7 +59,8 @@ impl Engine {
             .map_err(build_err)?
             .with_extension(Arc::clone(&bad_records))
             .with_extension(Arc::new(secrets))
-            .with_extension(Arc::new(crate::RemoteCallStats::default()));
+            .with_extension(Arc::new(crate::RemoteCallStats::default()))
+            .with_extension(Arc::new(crate::AckLedger::default()));
         let builder = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
@@ -111,6 +112,15 @@ impl Engine {
             .state()
             .config()
             .get_extension::<crate::RemoteCallStats>()
+            .unwrap_or_default()
+    }
+
+    /// Acknowledgements of consuming queue scans, settled by the pipeline runner.
+    pub fn acks(&self) -> Arc<crate::AckLedger> {
+        self.ctx
+            .state()
+            .config()
+            .get_extension::<crate::AckLedger>()
             .unwrap_or_default()
     }
 

@@ -41,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::flight_service::FlowFlightService;
 use crate::service::FlowSqlService;
+
 use crate::state::ServerState;
+pub use metrics::{BatchFigures, PipelineMetrics};
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,11 @@ impl Server {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Where continuous pipelines run by this server report their micro-batches (`/metrics`).
+    pub fn pipeline_metrics(&self) -> PipelineMetrics {
+        self.state.metrics.pipelines.clone()
     }
 
     /// Mark the catalog as loaded: `/ready` answers 200.

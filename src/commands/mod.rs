@@ -67,6 +67,7 @@ pub(crate) async fn run_pipeline(
             committed_by: None,
             run: None,
             deferred: &[],
+            drop_empty_writes: false,
         };
         run_statement(engine, statement, display, &opts, None).await?;
     }

@@ -25,15 +25,34 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> 
     Ok(run_once(global, &args, false).await?.0)
 }
 
+/// What one run did, for `--follow`'s pacing and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Batch {
+    /// The run read something new (otherwise it was an idle poll, not recorded).
+    pub(crate) advanced: bool,
+    /// Messages of consuming queue tables acknowledged after the run committed.
+    pub(crate) acknowledged: u64,
+    /// Rows its writes (`COPY`, `INSERT`, `CREATE TABLE AS`) wrote.
+    pub(crate) rows_written: u64,
+    /// Bad records its readers skipped or dead-lettered.
+    pub(crate) bad_records: u64,
+    /// Messages its queue scans left in their sources (the lag behind them).
+    pub(crate) backlog: u64,
+}
+
 /// One run of the pipeline. With `follow`, a run whose incremental views found nothing new
-/// stops right after the last of them and is not recorded (an idle poll); the flag returned
-/// says whether the run read anything new.
+/// stops right after the last of them and is not recorded (an idle poll).
 pub(crate) async fn run_once(
     global: &GlobalArgs,
     args: &RunArgs,
     follow: bool,
-) -> Result<(ExitCode, bool)> {
+) -> Result<(ExitCode, Batch)> {
     let (engine, loaded) = super::build_engine(global)?;
+    let acks = engine.acks();
+    if !args.dry_run {
+        // Consuming queue scans hold their acknowledgements until this run commits.
+        acks.enable();
+    }
     let lookup = super::var_lookup(&args.vars);
     let pipeline = Pipeline::from_file(&args.pipeline, &lookup, &super::dialect(&engine))?;
     if pipeline.statements.is_empty() {
@@ -80,16 +99,21 @@ pub(crate) async fn run_once(
         .iter()
         .rposition(|s| engine::pipeline::incremental::parse(&s.sql).is_some())
         .filter(|_| follow);
-    if follow && last_incremental.is_none() {
+    let consuming = pipeline
+        .statements
+        .iter()
+        .any(|s| connectors::queue::declares_consuming_table(&s.sql));
+    if follow && last_incremental.is_none() && !consuming {
         return Err(crate::UsageError(format!(
-            "--follow needs a CREATE INCREMENTAL VIEW in {}: it is how each micro-batch knows \
-             what is new (without one, every micro-batch would re-read everything)",
+            "--follow needs a CREATE INCREMENTAL VIEW or a consuming queue table (RabbitMQ, \
+             Redis stream, MQTT) in {}: it is how each micro-batch knows what is new (without \
+             one, every micro-batch would re-read everything)",
             pipeline.file
         ))
         .into());
     }
     if let Some(store) = &store
-        && last_incremental.is_none()
+        && !follow
     {
         store.begin_run(&run_record).await?;
         if let Some(r) = &resume {
@@ -105,11 +129,7 @@ pub(crate) async fn run_once(
         store: store.clone(),
         run_id: run_id.clone(),
         pipeline: canonical.clone(),
-        deferred: std::sync::Mutex::new(
-            last_incremental
-                .is_some()
-                .then(|| Deferred::new(run_record.clone())),
-        ),
+        deferred: std::sync::Mutex::new(follow.then(|| Deferred::new(run_record.clone()))),
     };
     let mut watermarks = match &store {
         Some(store) => load_watermarks(store.as_ref(), &canonical, resume.as_ref()).await?,
@@ -128,6 +148,8 @@ pub(crate) async fn run_once(
         canonical.clone(),
     )?;
     let mut recorded_marks = 0;
+    let mut rows_written = 0u64;
+    let mut bad_records = 0u64;
 
     let total = pipeline.statements.len();
     let mut dry_run = args.dry_run.then(engine::pipeline::DryRun::new);
@@ -179,6 +201,7 @@ pub(crate) async fn run_once(
             committed_by,
             run: Some(&watermarks),
             deferred: &deferred,
+            drop_empty_writes: follow,
         };
         let started = Instant::now();
         // Ctrl-C cancels the running statement: dropping it drops its staged writes, so an
@@ -190,8 +213,9 @@ pub(crate) async fn run_once(
                     "interrupted: statement {} at {} was cancelled; nothing it wrote was committed",
                     statement.index, statement.location
                 );
+                acks.release_all().await;
                 recorder.finish(RunStatus::Interrupted, Some("interrupted".into())).await;
-                return Ok((ExitCode::from(130), false));
+                return Ok((ExitCode::from(130), Batch::default()));
             }
         };
         let elapsed = started.elapsed().as_millis() as u64;
@@ -203,6 +227,12 @@ pub(crate) async fn run_once(
         }
         match result {
             Ok(report) => {
+                let wrote = writes(&statement.sql);
+                bad_records += report.bad_records;
+                if wrote && !report.skipped {
+                    rows_written += report.rows.unwrap_or(0);
+                }
+                acks.statement_done(wrote).await;
                 // The high marks incremental views read: pending until the run succeeds.
                 let read = watermarks
                     .read
@@ -234,14 +264,16 @@ pub(crate) async fn run_once(
                     .await;
                 if last_incremental == Some(position) {
                     let advanced = read.iter().any(|(_, r)| r.upto != r.after);
-                    if !advanced {
+                    if !advanced && acks.staged_messages() == 0 {
+                        acks.release_all().await;
                         recorder.discard();
-                        return Ok((ExitCode::SUCCESS, false));
+                        return Ok((ExitCode::SUCCESS, Batch::default()));
                     }
                     recorder.activate().await?;
                 }
             }
             Err(e) => {
+                acks.release_all().await;
                 let message = crate::render_error(&e);
                 recorder
                     .step(StepRecord {
@@ -281,8 +313,57 @@ pub(crate) async fn run_once(
             recorder.watermark(view, range, true).await;
         }
     }
+    // ... and the messages consuming scans read are acknowledged: at-least-once (a crash
+    // before this point delivers them again).
+    let acked = match acks.commit().await {
+        Ok(n) => n,
+        Err(message) => {
+            recorder
+                .finish(RunStatus::Failed, Some(message.clone()))
+                .await;
+            return Err(anyhow::anyhow!("run {run_id}: {message}"));
+        }
+    };
+    if follow && last_incremental.is_none() && acked == 0 {
+        // An idle poll of a consuming pipeline: nothing read, nothing written.
+        recorder.discard();
+        return Ok((ExitCode::SUCCESS, Batch::default()));
+    }
     recorder.finish(RunStatus::Succeeded, None).await;
-    Ok((ExitCode::SUCCESS, true))
+    Ok((
+        ExitCode::SUCCESS,
+        Batch {
+            advanced: true,
+            acknowledged: acked,
+            rows_written,
+            bad_records,
+            backlog: acks.backlog(),
+        },
+    ))
+}
+
+/// Whether `sql` writes, so the messages its scans consumed are acknowledged with the run:
+/// `COPY`, `INSERT` and `CREATE [OR REPLACE] [TEMPORARY] TABLE ... AS`. A query, a view or a
+/// check only looks: what it read goes back to the queue.
+fn writes(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(6)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    match words.first().map(String::as_str) {
+        Some("COPY" | "INSERT") => true,
+        Some("CREATE") => words[1..]
+            .iter()
+            .take_while(|w| {
+                matches!(
+                    w.as_str(),
+                    "OR" | "REPLACE" | "TEMPORARY" | "TEMP" | "TABLE"
+                )
+            })
+            .any(|w| w == "TABLE"),
+        _ => false,
+    }
 }
 
 /// The committed watermark of each incremental view of `pipeline`, and the high marks of the run
@@ -549,4 +630,27 @@ fn leading_keyword(sql: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
         .to_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn writes_are_copy_insert_and_create_table() {
+        for sql in [
+            "COPY (SELECT 1) TO 'x.csv'",
+            "insert into t select * from q",
+            "CREATE TABLE t AS SELECT * FROM q",
+            "CREATE OR REPLACE TABLE t AS SELECT 1",
+        ] {
+            assert!(super::writes(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM q LIMIT 10",
+            "CREATE VIEW v AS SELECT * FROM q",
+            "CREATE CHECK c ON q AS id IS NOT NULL",
+            "CREATE INCREMENTAL VIEW v ON q BY id",
+        ] {
+            assert!(!super::writes(sql), "{sql}");
+        }
+    }
 }

@@ -59,6 +59,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode>
         committed_by: None,
         run: None,
         deferred: &[],
+        drop_empty_writes: false,
     };
     run_statement(&engine, &statement, &args.display, &opts, None).await?;
     Ok(ExitCode::SUCCESS)

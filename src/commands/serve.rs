@@ -3,13 +3,14 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use engine::pipeline::Pipeline;
 use engine::{Engine, EngineConfig};
 use flight_server::Server;
 
-use crate::cli::{DisplayArgs, Format, GlobalArgs, ServeArgs};
+use crate::cli::{DisplayArgs, Format, GlobalArgs, RunArgs, ServeArgs};
 use crate::exec::Rows;
 
 pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
@@ -63,10 +64,79 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
             .await
             .with_context(|| format!("loading catalog file {}", file.display()))?;
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut followers = Vec::new();
+    for pipeline in &args.follow {
+        let run = RunArgs {
+            pipeline: pipeline.clone(),
+            vars: args.vars.clone(),
+            dry_run: false,
+            explain: false,
+            resume: false,
+            output: None,
+            follow: true,
+            interval: args.interval,
+            max_batches: None,
+            display: DisplayArgs {
+                quiet: true,
+                ..display.clone()
+            },
+        };
+        super::follow::check(&run)?;
+        let observer = Metered {
+            metrics: server.pipeline_metrics(),
+            pipeline: pipeline.display().to_string(),
+        };
+        let stop = Arc::clone(&stop);
+        eprintln!("flowengine: following {}", pipeline.display());
+        // Polled beside the server in this task (a pipeline run is not `Send`: it may hold the
+        // terminal while printing).
+        followers.push(async move {
+            let name = run.pipeline.display().to_string();
+            if let Err(e) = super::follow::follow_until(global, run, stop, Some(&observer)).await {
+                eprintln!(
+                    "flowengine: pipeline {name} stopped: {}",
+                    crate::render_error(&e)
+                );
+            }
+        });
+    }
     server.set_ready();
     eprintln!("flowengine: ready");
-    server.run(shutdown_signal()).await?;
+    let serving = async {
+        let served = server.run(shutdown_signal()).await;
+        // The continuous pipelines finish their current micro-batch.
+        stop.store(true, Ordering::Release);
+        served
+    };
+    let (served, _) = tokio::join!(serving, futures::future::join_all(followers));
+    served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Counts a followed pipeline's micro-batches in the server's metrics.
+struct Metered {
+    metrics: flight_server::PipelineMetrics,
+    pipeline: String,
+}
+
+impl super::follow::Observer for Metered {
+    fn committed(&self, batch: &super::run::Batch, elapsed: std::time::Duration) {
+        self.metrics.committed(
+            &self.pipeline,
+            elapsed.as_secs_f64(),
+            flight_server::BatchFigures {
+                acknowledged: batch.acknowledged,
+                rows_written: batch.rows_written,
+                bad_records: batch.bad_records,
+                backlog: batch.backlog,
+            },
+        );
+    }
+
+    fn failed(&self) {
+        self.metrics.failed(&self.pipeline);
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -3,6 +3,7 @@
 
 pub(crate) mod certs;
 pub(crate) mod flight;
+pub(crate) mod queues;
 pub(crate) mod server;
 
 use std::path::{Path, PathBuf};

@@ -25,6 +25,16 @@ impl ServerProcess {
 
     /// [`ServerProcess::start`] with extra environment variables.
     pub(crate) fn start_with_env(catalogs: &[&Path], config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with_args(catalogs, config, env, &[])
+    }
+
+    /// [`ServerProcess::start_with_env`] with extra `serve` arguments.
+    pub(crate) fn start_with_args(
+        catalogs: &[&Path],
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("flowengine.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -48,6 +58,7 @@ impl ServerProcess {
         for c in catalogs {
             cmd.arg("--catalog").arg(c);
         }
+        cmd.args(args);
         let mut child = cmd.spawn().expect("start flowengine serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();

@@ -1,16 +1,47 @@
-//! Message queues as tables: sources read messages (bounded, non-consuming scans whose progress
-//! between runs is an incremental view on the broker's position) and sinks publish rows as
+//! Message queues as tables. Sources read messages in bounded scans; sinks publish rows as
 //! messages, awaiting the broker's acknowledgements. One submodule per broker; this family
 //! registers them all.
 //!
-//! * [`nats`]: NATS JetStream (`STORED AS NATS`).
+//! Two ways of keeping progress, by what the broker offers:
+//! * [`nats`]: NATS JetStream (`STORED AS NATS`): a stream keeps every message; scans do not
+//!   consume, and progress between runs is an incremental view on `_sequence`, whose watermark
+//!   the state store advances after the run's sinks committed.
+//! * [`rabbitmq`]: RabbitMQ queues (`STORED AS RABBITMQ`) and [`redis_stream`]: Redis streams
+//!   read through a consumer group (`STORED AS REDIS_STREAM`) consume: a scan's messages are
+//!   acknowledged only after the run that read them committed (see [`engine::acks`]), and are
+//!   delivered again when it failed or only peeked.
+
+pub(crate) mod decode;
+pub(crate) mod encode;
+pub(crate) mod options;
+#[cfg(any(feature = "rabbitmq", feature = "redis"))]
+pub(crate) mod rows;
 
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis_stream;
 
 use datafusion::error::Result;
 use datafusion::execution::session_state::SessionStateBuilder;
 use engine::{Connector, ParamSpec};
+
+/// `STORED AS` names of the table types whose scans consume (acknowledge after the run).
+pub const CONSUMING_TYPES: &[&str] = &["RABBITMQ", "REDIS_STREAM"];
+
+/// Whether `sql` declares a table of a consuming type (`CREATE EXTERNAL TABLE ... STORED AS
+/// RABBITMQ`): a `--follow` pipeline reading one needs no incremental view.
+pub fn declares_consuming_table(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    words.windows(3).any(|w| {
+        w[0] == "STORED" && w[1] == "AS" && CONSUMING_TYPES.contains(&w[2].trim_end_matches(';'))
+    })
+}
 
 /// Registers every message-queue table type this build includes.
 #[derive(Debug)]
@@ -22,15 +53,74 @@ impl Connector for QueueConnector {
     }
 
     fn params(&self) -> &'static [ParamSpec] {
-        #[cfg(feature = "nats")]
-        return nats::PARAMS;
-        #[cfg(not(feature = "nats"))]
-        return &[];
+        PARAMS
     }
 
     fn register(&self, mut builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
         #[cfg(feature = "nats")]
         nats::register(&mut builder);
+        #[cfg(feature = "rabbitmq")]
+        rabbitmq::register(&mut builder);
+        #[cfg(feature = "redis")]
+        redis_stream::register(&mut builder);
+        let _ = &mut builder;
         Ok(builder)
+    }
+}
+
+/// Options every queue table takes (each broker's own are in its module's documentation).
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "LOCATION",
+        description: "nats://host:port/subject, amqp://host:port/queue or redis://host:port/stream",
+        secret: false,
+    },
+    ParamSpec {
+        name: "format",
+        description: "json (default; one object per message), csv (one record) or raw (one text/binary column)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "max_messages / idle_timeout_ms / batch_size",
+        description: "bounded reads: at most this many messages per scan; stop when none arrives for this long (5000); rows per batch (8192)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "user / password / token",
+        description: "credentials (use ${secret:NAME})",
+        secret: true,
+    },
+    ParamSpec {
+        name: "on_error / dead_letter_path / dead_letter_table / max_bad_records",
+        description: "what to do with undecodable messages, as for CSV and JSON files",
+        secret: false,
+    },
+    ParamSpec {
+        name: "stream / message_id (NATS)",
+        description: "the JetStream stream; the column whose value becomes the Nats-Msg-Id header (duplicates dropped)",
+        secret: false,
+    },
+    ParamSpec {
+        name: "vhost / exchange / routing_key / prefetch (RabbitMQ)",
+        description: "virtual host (/); where INSERT publishes (default exchange, to the queue); unacknowledged messages a scan may hold",
+        secret: false,
+    },
+    ParamSpec {
+        name: "group / consumer / field / maxlen (Redis streams)",
+        description: "consumer group (flowengine) and consumer name; the entry field holding the payload (data); XADD MAXLEN ~ trimming",
+        secret: false,
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn consuming_tables_are_recognised() {
+        assert!(super::declares_consuming_table(
+            "CREATE EXTERNAL TABLE q (a INT)\n  stored as rabbitmq LOCATION 'amqp://h/q'"
+        ));
+        assert!(!super::declares_consuming_table(
+            "CREATE EXTERNAL TABLE q (a INT) STORED AS NATS LOCATION 'nats://h/s'"
+        ));
     }
 }

@@ -18,11 +18,9 @@
 //! messages).
 //! Columns `_subject`, `_sequence`, `_timestamp` and `_headers` (JSON) describe each message.
 
-mod decode;
 mod sink;
 mod source;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,49 +35,11 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::streaming::StreamingTableExec;
-use engine::ParamSpec;
-use engine::bad_records::BadRecordPolicy;
 
-use crate::http::{options_of, reject_unknown, secrets_of};
-pub(crate) use decode::Format;
-
-pub(crate) const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "LOCATION",
-        description: "nats://host:port/subject (the subject may hold wildcards for reading)",
-        secret: false,
-    },
-    ParamSpec {
-        name: "stream",
-        description: "JetStream stream name (default: the stream whose subjects hold the table's subject)",
-        secret: false,
-    },
-    ParamSpec {
-        name: "format",
-        description: "json (default; one object per message), csv (one record) or raw (one text/binary column)",
-        secret: false,
-    },
-    ParamSpec {
-        name: "max_messages / idle_timeout_ms / batch_size",
-        description: "bounded reads: at most this many messages per scan; stop when none arrives for this long (5000); rows per batch (8192)",
-        secret: false,
-    },
-    ParamSpec {
-        name: "message_id",
-        description: "INSERT: the column whose value becomes the Nats-Msg-Id header (JetStream drops duplicates within its window)",
-        secret: false,
-    },
-    ParamSpec {
-        name: "user / password / token",
-        description: "credentials (use ${secret:NAME})",
-        secret: true,
-    },
-    ParamSpec {
-        name: "on_error / dead_letter_path / dead_letter_table / max_bad_records",
-        description: "what to do with undecodable messages, as for CSV and JSON files",
-        secret: false,
-    },
-];
+pub(crate) use super::decode::Format;
+pub(crate) use super::options::ReadOptions;
+use super::options::{take_read_options, take_secret};
+use crate::http::{options_of, reject_unknown};
 
 /// Registers `STORED AS NATS`.
 pub(crate) fn register(builder: &mut SessionStateBuilder) {
@@ -162,16 +122,6 @@ impl Endpoint {
     }
 }
 
-/// Read settings.
-#[derive(Debug, Clone)]
-pub(crate) struct ReadOptions {
-    pub(crate) format: Format,
-    pub(crate) max_messages: Option<u64>,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) batch_size: usize,
-    pub(crate) policy: Option<Arc<BadRecordPolicy>>,
-}
-
 #[derive(Debug)]
 struct NatsFactory;
 
@@ -217,40 +167,10 @@ impl TableProviderFactory for NatsFactory {
             )));
         }
         let mut opts = options_of(cmd);
-        let mut policy_opts: std::collections::HashMap<String, String> = [
-            "on_error",
-            "dead_letter_path",
-            "dead_letter_table",
-            "max_bad_records",
-        ]
-        .iter()
-        .filter_map(|k| Some((k.to_string(), opts.remove(*k)?)))
-        .collect();
-        let policy = crate::files::tolerant::extract_policy(state, &mut policy_opts)?;
-        let secrets = secrets_of(state);
-        let mut secret = |key: &str| -> Result<Option<String>> {
-            opts.remove(key)
-                .map(|v| {
-                    secrets
-                        .expand(&v)
-                        .map_err(|e| plan(format!("option `{key}`: {e}")))
-                })
-                .transpose()
-        };
-        let (user, password, token) = (secret("user")?, secret("password")?, secret("token")?);
-        let format: Format = take_parsed(&mut opts, "format", &plan)?.unwrap_or(Format::Json);
-        format.check(&declared).map_err(plan)?;
-        let read = ReadOptions {
-            format,
-            max_messages: take_parsed(&mut opts, "max_messages", &plan)?,
-            idle_timeout: Duration::from_millis(
-                take_parsed(&mut opts, "idle_timeout_ms", &plan)?.unwrap_or(5000),
-            ),
-            batch_size: take_parsed::<usize>(&mut opts, "batch_size", &plan)?
-                .unwrap_or(8192)
-                .max(1),
-            policy,
-        };
+        let user = take_secret(state, &mut opts, "user", &plan)?;
+        let password = take_secret(state, &mut opts, "password", &plan)?;
+        let token = take_secret(state, &mut opts, "token", &plan)?;
+        let read = take_read_options(state, &mut opts, &declared, None, &plan)?;
         let message_id = opts.remove("message_id");
         if let Some(c) = &message_id
             && declared.index_of(c).is_err()
@@ -275,23 +195,6 @@ impl TableProviderFactory for NatsFactory {
             message_id,
         }))
     }
-}
-
-fn take_parsed<T: std::str::FromStr>(
-    opts: &mut BTreeMap<String, String>,
-    key: &str,
-    plan: &dyn Fn(String) -> DataFusionError,
-) -> Result<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    opts.remove(key)
-        .map(|v| {
-            v.trim()
-                .parse::<T>()
-                .map_err(|e| plan(format!("option `{key}` = `{v}`: {e}")))
-        })
-        .transpose()
 }
 
 /// The declared columns followed by the message columns.

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, BinaryArray, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::datasource::sink::DataSink;
@@ -81,11 +80,7 @@ impl DataSink for NatsSink {
             // The declared columns (the message columns of an insert are ignored).
             let indices: Vec<usize> = (0..self.declared.fields().len()).collect();
             let batch = batch.project(&indices)?;
-            let lines = match self.format {
-                Format::Json => json_lines(&batch)?,
-                Format::Csv => csv_lines(&batch)?,
-                Format::Raw => raw_payloads(&batch)?,
-            };
+            let lines = crate::queue::encode::payloads(self.format, &batch)?;
             for (row, payload) in lines.into_iter().enumerate() {
                 let publish = match self.message_id {
                     Some(col) => {
@@ -128,53 +123,4 @@ impl NatsSink {
         }
         Ok(n)
     }
-}
-
-/// One JSON object per row (null values left out).
-fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-    let mut writer = arrow_json::LineDelimitedWriter::new(Vec::new());
-    writer.write(batch)?;
-    writer.finish()?;
-    let text = writer.into_inner();
-    let lines: Vec<Vec<u8>> = text
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect();
-    if lines.len() != batch.num_rows() {
-        return Err(DataFusionError::Internal(format!(
-            "JSON encoding gave {} lines for {} rows",
-            lines.len(),
-            batch.num_rows()
-        )));
-    }
-    Ok(lines)
-}
-
-/// One CSV record per row, without a header.
-fn csv_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-    (0..batch.num_rows())
-        .map(|row| {
-            let mut writer = arrow_csv::WriterBuilder::new()
-                .with_header(false)
-                .build(Vec::new());
-            writer.write(&batch.slice(row, 1))?;
-            let mut line = writer.into_inner();
-            if line.last() == Some(&b'\n') {
-                line.pop();
-            }
-            Ok(line)
-        })
-        .collect()
-}
-
-/// The one column's value as the payload.
-fn raw_payloads(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-    let column = batch.column(0);
-    if let Some(bin) = column.as_any().downcast_ref::<BinaryArray>() {
-        return Ok((0..bin.len()).map(|i| bin.value(i).to_vec()).collect());
-    }
-    (0..column.len())
-        .map(|i| Ok(array_value_to_string(column.as_ref(), i)?.into_bytes()))
-        .collect()
 }

@@ -18,8 +18,8 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use engine::bad_records::BadRecord;
 use futures::StreamExt;
 
-use super::decode::decode;
 use super::{Endpoint, ReadOptions};
+use crate::queue::decode::decode;
 
 /// The first stream sequence `filters` can match (1 when they do not bound `_sequence`).
 pub(crate) fn start_sequence(filters: &[Expr]) -> u64 {
@@ -73,7 +73,7 @@ impl PartitionStream for NatsPartition {
         &self.schema
     }
 
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let reader = Reader {
             schema: Arc::clone(&self.schema),
             declared: Arc::clone(&self.declared),
@@ -84,6 +84,7 @@ impl PartitionStream for NatsPartition {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
+            ledger: ctx.session_config().get_extension::<engine::AckLedger>(),
         };
         let batches = futures::stream::once(reader.open()).flat_map(|opened| match opened {
             Ok(state) => futures::stream::unfold(state, |mut s| async move {
@@ -113,6 +114,8 @@ struct Reader {
     read: ReadOptions,
     start: u64,
     cap: Option<u64>,
+    /// Where the scan reports how far behind the stream it stopped.
+    ledger: Option<Arc<engine::AckLedger>>,
 }
 
 /// An open read: the consumer's messages, up to `last`.
@@ -122,6 +125,8 @@ struct Open {
     /// The stream's last sequence when the scan started.
     last: u64,
     read_so_far: u64,
+    /// Stream sequence of the last message read (the one before the start when none was).
+    last_read: u64,
     done: bool,
 }
 
@@ -161,6 +166,7 @@ impl Reader {
             )
         };
         Ok(Open {
+            last_read: start.saturating_sub(1).max(self.start.saturating_sub(1)),
             reader: self,
             messages,
             last,
@@ -175,6 +181,13 @@ impl Open {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             if self.done {
+                if let Some(ledger) = &self.reader.ledger {
+                    let source = format!(
+                        "{}/{}",
+                        self.reader.endpoint.server, self.reader.endpoint.subject
+                    );
+                    ledger.note_backlog(&source, self.last.saturating_sub(self.last_read));
+                }
                 return Ok(None);
             }
             let Some(messages) = self.messages.as_mut() else {
@@ -201,6 +214,7 @@ impl Open {
                     .map(|i| (i.stream_sequence, i.pending))
                     .map_err(|e| r.endpoint.err("reading message metadata", e))?;
                 self.read_so_far += 1;
+                self.last_read = info.0;
                 batch.push(message);
                 if info.0 >= self.last || info.1 == 0 {
                     self.done = true;
@@ -208,7 +222,9 @@ impl Open {
                 }
             }
             if batch.is_empty() {
-                return Ok(None);
+                // Only when the read ended (done): the loop's top reports and ends it.
+                self.done = true;
+                continue;
             }
             let rows = rows(&self.reader, &batch).await?;
             if rows.num_rows() > 0 || self.done {

@@ -1,0 +1,149 @@
+//! Helpers of the message-queue tests: test messages (1% malformed), reading the ids back from
+//! Parquet and dead-letter files, and `--follow` processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A name unique to this test process and moment.
+pub(crate) fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+/// The payload of test message `id`: every 100th (`id % 100 == 7`) is malformed, alternately
+/// cut short and of a wrong type. `None` for a good one's id list.
+pub(crate) fn payload(id: u64) -> (String, bool) {
+    if id % 100 == 7 {
+        let bad = if id % 200 == 7 {
+            format!("{{\"id\": {id}, \"name\": \"cut")
+        } else {
+            format!("{{\"id\": \"x{id}\", \"name\": \"bad\"}}")
+        };
+        (bad, false)
+    } else {
+        (
+            format!(
+                "{{\"id\": {id}, \"name\": \"n{id}\", \"pad\": \"{}\"}}",
+                "p".repeat(150)
+            ),
+            true,
+        )
+    }
+}
+
+/// The ids of the good messages among `from..to`.
+pub(crate) fn good_ids(from: u64, to: u64) -> Vec<u64> {
+    (from..to).filter(|id| payload(*id).1).collect()
+}
+
+/// Every `id` in a Parquet file, sorted.
+pub(crate) fn parquet_ids(path: &Path) -> Vec<u64> {
+    parquet_ids_named(path, "id")
+}
+
+/// Every value of BIGINT column `column` in a Parquet file, sorted.
+pub(crate) fn parquet_ids_named(path: &Path, column: &str) -> Vec<u64> {
+    use arrow::array::{Array, Int64Array};
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let col = b.column_by_name(column).unwrap();
+        let a = col.as_any().downcast_ref::<Int64Array>().unwrap();
+        ids.extend((0..a.len()).map(|i| a.value(i) as u64));
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// Parquet files in `dir` whose name starts with `prefix`: all ids, sorted, duplicates kept.
+pub(crate) fn all_ids(dir: &Path, prefix: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && name.ends_with(".parquet") {
+            ids.extend(parquet_ids(&e.path()));
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// The distinct ids of the dead-lettered messages in a dead-letter file (read from their raw
+/// text), and how many records it holds.
+pub(crate) fn dead_ids(path: &Path) -> (std::collections::BTreeSet<u64>, usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut n = 0;
+    for line in text.lines() {
+        n += 1;
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{line}"
+        );
+        let raw = v["raw"].as_str().unwrap();
+        let digits: String = raw
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect();
+        ids.insert(digits.parse().unwrap());
+    }
+    (ids, n)
+}
+
+/// `flowengine run --follow` of `pipeline`, its state under `state`.
+pub(crate) fn follow(pipeline: &Path, state: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_flowengine"))
+        .args(["run", "--follow", "--interval", "0.2"])
+        .arg(pipeline)
+        .env("FLOWENGINE_STATE_DIR", state)
+        .env_remove("FLOWENGINE_CONFIG")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Ask a `--follow` process to stop after its micro-batch (SIGTERM); it must exit 0.
+pub(crate) fn terminate(mut child: Child) {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Wait until `done` holds, failing after `secs` with `what`.
+pub(crate) async fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Only `batch_*.parquet` files in `dir`: no unfinished output looks complete.
+pub(crate) fn assert_only_batches(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            n.starts_with("batch_") && n.ends_with(".parquet"),
+            "stray file {n}"
+        );
+    }
+}
+
+/// A directory with an `out/` folder for batches.
+pub(crate) fn workdir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    (dir, out)
+}
