@@ -470,7 +470,7 @@ async fn redis_stream_peek_pending_and_fields_format() {
         redis::from_redis_value::<String>(entry.map["name"].clone()).unwrap(),
         "row 0"
     );
-    // A peek reads the first entries; they stay pending and come back, marked redelivered.
+    // A peek reads the next entries and changes nothing in the group.
     let text = stdout_ok(&sql(&format!(
         "{table} SELECT id, name, _stream, _redelivered FROM t LIMIT 2"
     )));
@@ -480,8 +480,22 @@ async fn redis_stream_peek_pending_and_fields_format() {
         )),
         "{text}"
     );
-    assert_eq!(redis_pending(&mut con, &key, "flowengine").await, 2);
     let dir = tempfile::tempdir().unwrap();
+    // A run that fails after reading leaves every entry it read pending ...
+    let failing = write_pipeline(
+        dir.path(),
+        "failing.sql",
+        &format!(
+            "{table}
+             COPY (SELECT id FROM t WHERE id < 1000) TO '{out}/part.parquet' STORED AS PARQUET;
+             SELECT * FROM no_such_table;",
+            out = dir.path().display()
+        ),
+    );
+    let run = flowengine().arg("run").arg(&failing).output().unwrap();
+    assert!(!run.status.success());
+    assert_eq!(redis_pending(&mut con, &key, "flowengine").await, 3000);
+    // ... and the next run reads them first (redelivered), then acknowledges all of them.
     let pipeline = write_pipeline(
         dir.path(),
         "all.sql",
@@ -508,8 +522,8 @@ async fn redis_stream_peek_pending_and_fields_format() {
          SELECT count(*) FILTER (WHERE _redelivered) AS r, count(*) AS n FROM a",
         dir.path().display()
     )));
-    assert!(redelivered.ends_with("r,n\n2,3000\n"), "{redelivered}");
-    // Nothing new: the next run reads nothing.
+    assert!(redelivered.ends_with("r,n\n3000,3000\n"), "{redelivered}");
+    // Nothing new: a peek finds nothing.
     let again = stdout_ok(&sql(&format!("{table} SELECT count(*) AS n FROM t")));
     assert!(again.ends_with("n\n0\n"), "{again}");
     let _: () = redis::cmd("DEL")

@@ -105,8 +105,8 @@ pub(crate) async fn run_once(
         .any(|s| connectors::queue::declares_consuming_table(&s.sql));
     if follow && last_incremental.is_none() && !consuming {
         return Err(crate::UsageError(format!(
-            "--follow needs a CREATE INCREMENTAL VIEW or a consuming queue table (RabbitMQ, \
-             Redis stream, MQTT) in {}: it is how each micro-batch knows what is new (without \
+            "--follow needs a CREATE INCREMENTAL VIEW or a consuming queue table (RabbitMQ or \
+             Redis stream) in {}: it is how each micro-batch knows what is new (without \
              one, every micro-batch would re-read everything)",
             pipeline.file
         ))

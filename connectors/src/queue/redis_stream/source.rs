@@ -2,6 +2,8 @@
 //! unacknowledged entries first, then new ones, until none is left or `max_messages`. A scan
 //! that read to its end hands the session's [`AckLedger`] the entry ids, acknowledged (`XACK`)
 //! when the run commits; otherwise they stay pending and the next scan reads them again.
+//! In a session that never acknowledges (a peek), the scan reads with `XRANGE` past the group's
+//! last delivered entry instead, so it changes nothing.
 
 use std::sync::Arc;
 
@@ -91,18 +93,45 @@ struct Open {
     cursor: String,
     ids: Vec<String>,
     done: bool,
+    /// A session that never acknowledges (`flowengine sql`, the Flight SQL server): read with
+    /// `XRANGE` past the group's last delivered entry, changing nothing in the group.
+    peek: bool,
 }
 
 impl Reader {
     async fn open(self) -> Result<Open> {
         let mut con = self.endpoint.connect().await?;
-        self.endpoint.ensure_group(&mut con).await?;
+        let peek = !self.ledger.as_ref().is_some_and(|l| l.is_enabled());
+        let cursor = if peek {
+            let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&self.endpoint.key)
+                    .query_async(&mut con)
+                    .await;
+            let delivered = groups.ok().and_then(|g| {
+                g.groups
+                    .into_iter()
+                    .find(|g| g.name == self.endpoint.group)
+                    .map(|g| g.last_delivered_id)
+            });
+            match delivered {
+                Some(id) => id,
+                // No group yet: what it would start with.
+                None if self.endpoint.start == "$" => "+".into(),
+                None => "0-0".into(),
+            }
+        } else {
+            self.endpoint.ensure_group(&mut con).await?;
+            "0".into()
+        };
         Ok(Open {
-            done: self.cap == 0,
+            done: self.cap == 0 || cursor == "+",
             reader: self,
             con,
-            cursor: "0".into(),
+            cursor,
             ids: Vec::new(),
+            peek,
         })
     }
 }
@@ -116,38 +145,57 @@ impl Open {
             let r = &self.reader;
             let room = r.cap - self.ids.len() as u64;
             let count = (r.read.batch_size as u64).min(room).max(1);
-            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(&r.endpoint.group)
-                .arg(&r.endpoint.consumer)
-                .arg("COUNT")
-                .arg(count)
-                .arg("STREAMS")
-                .arg(&r.endpoint.key)
-                .arg(&self.cursor)
-                .query_async(&mut self.con)
-                .await
-                .map_err(|e| r.endpoint.err("reading entries", e))?;
-            let entries: Vec<StreamId> = reply
-                .and_then(|r| r.keys.into_iter().next())
-                .map(|k| k.ids)
-                .unwrap_or_default();
-            let pending = self.cursor != ">";
-            if entries.is_empty() {
-                if pending {
-                    // Every pending entry was read again: now the new ones.
-                    self.cursor = ">".into();
-                    continue;
+            let (entries, redelivered) = if self.peek {
+                let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(&r.endpoint.key)
+                    .arg(format!("({}", self.cursor))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut self.con)
+                    .await
+                    .map_err(|e| r.endpoint.err("reading entries", e))?;
+                if let Some(last) = range.ids.last() {
+                    self.cursor = last.id.clone();
                 }
+                (range.ids, false)
+            } else {
+                let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(&r.endpoint.group)
+                    .arg(&r.endpoint.consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(&r.endpoint.key)
+                    .arg(&self.cursor)
+                    .query_async(&mut self.con)
+                    .await
+                    .map_err(|e| r.endpoint.err("reading entries", e))?;
+                let entries: Vec<StreamId> = reply
+                    .and_then(|r| r.keys.into_iter().next())
+                    .map(|k| k.ids)
+                    .unwrap_or_default();
+                let pending = self.cursor != ">";
+                if pending {
+                    match entries.last() {
+                        Some(last) => self.cursor = last.id.clone(),
+                        // Every pending entry was read again: now the new ones.
+                        None => {
+                            self.cursor = ">".into();
+                            continue;
+                        }
+                    }
+                }
+                (entries, pending)
+            };
+            if entries.is_empty() {
                 self.done = true;
                 return Ok(None);
             }
-            if let (true, Some(last)) = (pending, entries.last()) {
-                self.cursor = last.id.clone();
-            }
             let messages: Vec<Message> = entries
                 .iter()
-                .map(|e| message(&r.endpoint, e, pending))
+                .map(|e| message(&r.endpoint, e, redelivered))
                 .collect();
             self.ids.extend(entries.into_iter().map(|e| e.id));
             if self.ids.len() as u64 >= r.cap {
@@ -171,6 +219,9 @@ impl Open {
         let Some(ledger) = self.reader.ledger.clone() else {
             return;
         };
+        if self.peek {
+            return;
+        }
         // The group's lag: entries not yet delivered to it (Redis 7+; unknown before).
         let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
             .arg("GROUPS")
