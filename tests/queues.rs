@@ -3,7 +3,8 @@
 //! through a `--follow` pipeline into Parquet that is SIGKILLed midway and restarted (every valid
 //! message arrives, every malformed one is dead-lettered, the queue ends fully acknowledged);
 //! peeks that consume nothing; failed runs that give their messages back; `INSERT INTO`
-//! publishing with confirms. RabbitMQ also feeds PostgreSQL with an upsert key, exactly once.
+//! publishing with confirms; both feed PostgreSQL with an upsert key, exactly once; a slow sink
+//! slows consumption with bounded memory; `serve --follow` reports pipeline metrics.
 
 mod common;
 
@@ -352,13 +353,10 @@ async fn rabbitmq_peek_failed_runs_and_publishing() {
 }
 
 /// Into PostgreSQL with an upsert key, a killed and restarted `--follow` pipeline holds each
-/// message exactly once (redelivered messages overwrite their own rows).
-#[tokio::test(flavor = "multi_thread")]
-async fn rabbitmq_follow_into_postgres_upserts_exactly_once() {
-    let channel = rabbit().await;
-    let q = queue(&channel).await;
-    let expected = publish_rabbit(&channel, &q, 0, 30_000).await;
-    let table = format!("fe_rabbit_{}", unique());
+/// message exactly once (redelivered messages overwrite their own rows). `source` creates table
+/// `src` over 30,000 published messages (`expected` the valid ids).
+async fn follow_into_postgres_exactly_once(source: &str, expected: &[u64]) {
+    let table = format!("fe_queue_{}", unique());
     psql(&format!(
         "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, redelivered boolean)"
     ));
@@ -367,8 +365,7 @@ async fn rabbitmq_follow_into_postgres_upserts_exactly_once() {
         dir.path(),
         "pg.sql",
         &format!(
-            "CREATE EXTERNAL TABLE src (id BIGINT NOT NULL, name VARCHAR) STORED AS RABBITMQ
-               LOCATION 'amqp://{AMQP}/{q}' OPTIONS ('max_messages' '3000', 'on_error' 'skip');
+            "{source}
              CREATE EXTERNAL TABLE dst STORED AS POSTGRES LOCATION '{table}'
                OPTIONS ('connection' 'postgresql://postgres@127.0.0.1:5432/test', 'on_conflict' 'upsert:id');
              INSERT INTO dst SELECT id, name, _redelivered AS redelivered FROM src;"
@@ -401,10 +398,40 @@ async fn rabbitmq_follow_into_postgres_upserts_exactly_once() {
             sum = expected.iter().sum::<u64>()
         )
     );
-    assert_drained(&channel, &q).await;
     psql(&format!("DROP TABLE {table}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmq_follow_into_postgres_upserts_exactly_once() {
+    let channel = rabbit().await;
+    let q = queue(&channel).await;
+    let expected = publish_rabbit(&channel, &q, 0, 30_000).await;
+    let source = format!(
+        "CREATE EXTERNAL TABLE src (id BIGINT NOT NULL, name VARCHAR) STORED AS RABBITMQ
+           LOCATION 'amqp://{AMQP}/{q}' OPTIONS ('max_messages' '3000', 'on_error' 'skip');"
+    );
+    follow_into_postgres_exactly_once(&source, &expected).await;
+    assert_drained(&channel, &q).await;
     channel
         .queue_delete(q.as_str().into(), Default::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_stream_follow_into_postgres_upserts_exactly_once() {
+    let mut con = redis_connection().await;
+    let key = format!("fe_{}", unique());
+    let expected = publish_redis(&mut con, &key, 0, 30_000).await;
+    let source = format!(
+        "CREATE EXTERNAL TABLE src (id BIGINT NOT NULL, name VARCHAR) STORED AS REDIS_STREAM
+           LOCATION 'redis://{REDIS}/{key}' OPTIONS ('max_messages' '3000', 'on_error' 'skip');"
+    );
+    follow_into_postgres_exactly_once(&source, &expected).await;
+    assert_eq!(redis_pending(&mut con, &key, "flowengine").await, 0);
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut con)
         .await
         .unwrap();
 }
