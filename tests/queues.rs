@@ -186,55 +186,6 @@ fn stdout_ok(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The `--follow` kill-and-restart run both brokers share: `table` is the source's CREATE
-/// statement (reading `dead`), `publish_more` adds 5,000 messages while it is down.
-async fn follow_kill_restart(
-    table: &str,
-    dir: &std::path::Path,
-    out: &std::path::Path,
-    expected: Vec<u64>,
-    publish_more: impl std::future::Future<Output = Vec<u64>>,
-) {
-    let pipeline = write_pipeline(
-        dir,
-        "live.sql",
-        &format!(
-            "{table}
-             COPY (SELECT id, name FROM src) TO '{out}/batch_${{batch}}.parquet' STORED AS PARQUET;",
-            out = out.display()
-        ),
-    );
-    let state = dir.join("state");
-    let first = follow(&pipeline, &state);
-    wait_for(180, "20,000 rows before the kill", || {
-        all_ids(out, "batch_").len() >= 20_000
-    })
-    .await;
-    let mut first = first;
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    let at_kill = all_ids(out, "batch_").len();
-    assert!(
-        at_kill < expected.len(),
-        "finished before the kill: {at_kill}"
-    );
-    let more = publish_more.await;
-    let second = follow(&pipeline, &state);
-    let mut want = expected;
-    want.extend(more);
-    wait_for(240, "every valid message after the restart", || {
-        let mut ids = all_ids(out, "batch_");
-        ids.dedup();
-        ids.len() >= want.len()
-    })
-    .await;
-    terminate(second);
-    let mut ids = all_ids(out, "batch_");
-    ids.dedup();
-    assert_eq!(ids, want, "every valid message, nothing else");
-    assert_only_batches(out);
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn rabbitmq_follow_survives_sigkill_and_acknowledges_everything() {
     let channel = rabbit().await;
@@ -350,55 +301,6 @@ async fn rabbitmq_peek_failed_runs_and_publishing() {
         .queue_delete(q.as_str().into(), Default::default())
         .await
         .unwrap();
-}
-
-/// Into PostgreSQL with an upsert key, a killed and restarted `--follow` pipeline holds each
-/// message exactly once (redelivered messages overwrite their own rows). `source` creates table
-/// `src` over 30,000 published messages (`expected` the valid ids).
-async fn follow_into_postgres_exactly_once(source: &str, expected: &[u64]) {
-    let table = format!("fe_queue_{}", unique());
-    psql(&format!(
-        "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, redelivered boolean)"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let pipeline = write_pipeline(
-        dir.path(),
-        "pg.sql",
-        &format!(
-            "{source}
-             CREATE EXTERNAL TABLE dst STORED AS POSTGRES LOCATION '{table}'
-               OPTIONS ('connection' 'postgresql://postgres@127.0.0.1:5432/test', 'on_conflict' 'upsert:id');
-             INSERT INTO dst SELECT id, name, _redelivered AS redelivered FROM src;"
-        ),
-    );
-    let count = || {
-        psql(&format!("SELECT count(*) FROM {table}"))
-            .parse::<usize>()
-            .unwrap()
-    };
-    let state = dir.path().join("state");
-    let mut first = follow(&pipeline, &state);
-    wait_for(120, "6,000 rows before the kill", || count() >= 6_000).await;
-    first.kill().unwrap();
-    first.wait().unwrap();
-    assert!(count() < expected.len(), "finished before the kill");
-    let second = follow(&pipeline, &state);
-    wait_for(180, "every row after the restart", || {
-        count() >= expected.len()
-    })
-    .await;
-    terminate(second);
-    assert_eq!(
-        psql(&format!(
-            "SELECT count(*), count(DISTINCT id), min(id), max(id), sum(id) FROM {table}"
-        )),
-        format!(
-            "{n}|{n}|0|29999|{sum}",
-            n = expected.len(),
-            sum = expected.iter().sum::<u64>()
-        )
-    );
-    psql(&format!("DROP TABLE {table}"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

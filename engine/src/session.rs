@@ -60,7 +60,9 @@ impl Engine {
             .with_extension(Arc::clone(&bad_records))
             .with_extension(Arc::new(secrets))
             .with_extension(Arc::new(crate::RemoteCallStats::default()))
-            .with_extension(Arc::new(crate::AckLedger::default()));
+            .with_extension(Arc::new(crate::AckLedger::default()))
+            // Connectors that keep local state (the MQTT spool) find the state directory here.
+            .with_extension(Arc::new(config.clone()));
         let builder = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use super::{psql, write_pipeline};
+
 /// A name unique to this test process and moment.
 pub(crate) fn unique() -> String {
     let nanos = std::time::SystemTime::now()
@@ -146,4 +148,102 @@ pub(crate) fn workdir() -> (tempfile::TempDir, PathBuf) {
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     (dir, out)
+}
+
+/// The `--follow` kill-and-restart run every consuming broker's test shares: `table` is the source's CREATE
+/// statement (reading `dead`), `publish_more` adds 5,000 messages while it is down.
+pub(crate) async fn follow_kill_restart(
+    table: &str,
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    expected: Vec<u64>,
+    publish_more: impl std::future::Future<Output = Vec<u64>>,
+) {
+    let pipeline = write_pipeline(
+        dir,
+        "live.sql",
+        &format!(
+            "{table}
+             COPY (SELECT id, name FROM src) TO '{out}/batch_${{batch}}.parquet' STORED AS PARQUET;",
+            out = out.display()
+        ),
+    );
+    let state = dir.join("state");
+    let first = follow(&pipeline, &state);
+    wait_for(180, "20,000 rows before the kill", || {
+        all_ids(out, "batch_").len() >= 20_000
+    })
+    .await;
+    let mut first = first;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let at_kill = all_ids(out, "batch_").len();
+    assert!(
+        at_kill < expected.len(),
+        "finished before the kill: {at_kill}"
+    );
+    let more = publish_more.await;
+    let second = follow(&pipeline, &state);
+    let mut want = expected;
+    want.extend(more);
+    wait_for(240, "every valid message after the restart", || {
+        let mut ids = all_ids(out, "batch_");
+        ids.dedup();
+        ids.len() >= want.len()
+    })
+    .await;
+    terminate(second);
+    let mut ids = all_ids(out, "batch_");
+    ids.dedup();
+    assert_eq!(ids, want, "every valid message, nothing else");
+    assert_only_batches(out);
+}
+
+/// Into PostgreSQL with an upsert key, a killed and restarted `--follow` pipeline holds each
+/// message exactly once (redelivered messages overwrite their own rows). `source` creates table
+/// `src` over 30,000 published messages (`expected` the valid ids).
+pub(crate) async fn follow_into_postgres_exactly_once(source: &str, expected: &[u64]) {
+    let table = format!("fe_queue_{}", unique());
+    psql(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, redelivered boolean)"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = write_pipeline(
+        dir.path(),
+        "pg.sql",
+        &format!(
+            "{source}
+             CREATE EXTERNAL TABLE dst STORED AS POSTGRES LOCATION '{table}'
+               OPTIONS ('connection' 'postgresql://postgres@127.0.0.1:5432/test', 'on_conflict' 'upsert:id');
+             INSERT INTO dst SELECT id, name, _redelivered AS redelivered FROM src;"
+        ),
+    );
+    let count = || {
+        psql(&format!("SELECT count(*) FROM {table}"))
+            .parse::<usize>()
+            .unwrap()
+    };
+    let state = dir.path().join("state");
+    let mut first = follow(&pipeline, &state);
+    wait_for(120, "6,000 rows before the kill", || count() >= 6_000).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(count() < expected.len(), "finished before the kill");
+    let second = follow(&pipeline, &state);
+    wait_for(180, "every row after the restart", || {
+        count() >= expected.len()
+    })
+    .await;
+    terminate(second);
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*), count(DISTINCT id), min(id), max(id), sum(id) FROM {table}"
+        )),
+        format!(
+            "{n}|{n}|0|29999|{sum}",
+            n = expected.len(),
+            sum = expected.iter().sum::<u64>()
+        )
+    );
+    psql(&format!("DROP TABLE {table}"));
 }

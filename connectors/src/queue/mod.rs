@@ -10,12 +10,19 @@
 //!   read through a consumer group (`STORED AS REDIS_STREAM`) consume: a scan's messages are
 //!   acknowledged only after the run that read them committed (see [`engine::acks`]), and are
 //!   delivered again when it failed or only peeked.
+//! * [`mqtt`]: MQTT topics (`STORED AS MQTT`) through a persistent session: a scan moves the
+//!   broker's messages into a local durable spool (acknowledging each once on disk), and the
+//!   spool forgets them only after the run that read them committed.
 
 pub(crate) mod decode;
 pub(crate) mod encode;
 pub(crate) mod options;
-#[cfg(any(feature = "rabbitmq", feature = "redis"))]
+#[cfg(any(feature = "rabbitmq", feature = "redis", feature = "mqtt"))]
 pub(crate) mod rows;
+pub(crate) mod scan;
+
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -29,7 +36,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use engine::{Connector, ParamSpec};
 
 /// `STORED AS` names of the table types whose scans consume (acknowledge after the run).
-pub const CONSUMING_TYPES: &[&str] = &["RABBITMQ", "REDIS_STREAM"];
+pub const CONSUMING_TYPES: &[&str] = &["RABBITMQ", "REDIS_STREAM", "MQTT"];
 
 /// Whether `sql` declares a table of a consuming type (`CREATE EXTERNAL TABLE ... STORED AS
 /// RABBITMQ`): a `--follow` pipeline reading one needs no incremental view.
@@ -63,6 +70,8 @@ impl Connector for QueueConnector {
         rabbitmq::register(&mut builder);
         #[cfg(feature = "redis")]
         redis_stream::register(&mut builder);
+        #[cfg(feature = "mqtt")]
+        mqtt::register(&mut builder);
         let _ = &mut builder;
         Ok(builder)
     }
@@ -72,7 +81,7 @@ impl Connector for QueueConnector {
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "LOCATION",
-        description: "nats://host:port/subject, amqp://host:port/queue or redis://host:port/stream",
+        description: "nats://host:port/subject, amqp://host:port/queue, redis://host:port/stream or mqtt://host:port/topic/filter",
         secret: false,
     },
     ParamSpec {
@@ -108,6 +117,11 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "group / consumer / field / maxlen (Redis streams)",
         description: "consumer group (flowengine) and consumer name; the entry field holding the payload (data); XADD MAXLEN ~ trimming",
+        secret: false,
+    },
+    ParamSpec {
+        name: "client_id / qos / spool_dir / spool_fsync / retain / keep_alive_secs / max_packet_size (MQTT)",
+        description: "persistent session id (derived from server and topic); subscribe and publish QoS (1); the local spool (<state_dir>/spool/mqtt/<client_id>); fsync it before acknowledging (true); publish retained; keep-alive (30); largest message (16 MiB)",
         secret: false,
     },
 ];

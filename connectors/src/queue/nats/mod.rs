@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
 use datafusion::datasource::TableType;
 use datafusion::datasource::sink::DataSinkExec;
@@ -34,11 +34,12 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::streaming::StreamingTableExec;
 
 pub(crate) use super::decode::Format;
 pub(crate) use super::options::ReadOptions;
-use super::options::{take_read_options, take_secret};
+use super::options::{
+    declared_columns, planner, split_location, take_read_options, take_secret, with_message_columns,
+};
 use crate::http::{options_of, reject_unknown};
 
 /// Registers `STORED AS NATS`.
@@ -132,40 +133,9 @@ impl TableProviderFactory for NatsFactory {
         state: &dyn Session,
         cmd: &CreateExternalTable,
     ) -> Result<Arc<dyn TableProvider>> {
-        let plan = |m: String| DataFusionError::Plan(format!("NATS table `{}`: {m}", cmd.name));
-        let [location] = cmd.locations.as_slice() else {
-            return Err(plan("LOCATION names one nats://host:port/subject".into()));
-        };
-        let rest = location.strip_prefix("nats://").ok_or_else(|| {
-            plan(format!(
-                "`{location}` is not a nats://host:port/subject URL"
-            ))
-        })?;
-        let (host, subject) = rest
-            .split_once('/')
-            .filter(|(h, s)| !h.is_empty() && !s.is_empty())
-            .ok_or_else(|| plan(format!("`{location}` names no subject after the server")))?;
-        if host.contains('@') {
-            return Err(plan(
-                "put credentials in OPTIONS ('user' ..., 'password' '${secret:NAME}'), not in LOCATION".into(),
-            ));
-        }
-        let declared: SchemaRef = Arc::new(cmd.schema.as_arrow().clone());
-        if declared.fields().is_empty() {
-            return Err(plan(
-                "declare the message columns: CREATE EXTERNAL TABLE name (col TYPE, ...)".into(),
-            ));
-        }
-        if let Some(f) = declared
-            .fields()
-            .iter()
-            .find(|f| META_COLUMNS.contains(&f.name().as_str()))
-        {
-            return Err(plan(format!(
-                "column `{}` is reserved for message metadata",
-                f.name()
-            )));
-        }
+        let plan = planner("NATS", cmd.name.to_string());
+        let (host, subject) = split_location(cmd, "nats", "subject", &plan)?;
+        let declared = declared_columns(cmd, &META_COLUMNS, &plan)?;
         let mut opts = options_of(cmd);
         let user = take_secret(state, &mut opts, "user", &plan)?;
         let password = take_secret(state, &mut opts, "password", &plan)?;
@@ -199,20 +169,19 @@ impl TableProviderFactory for NatsFactory {
 
 /// The declared columns followed by the message columns.
 fn with_metadata(declared: &SchemaRef) -> SchemaRef {
-    let mut fields: Vec<Field> = declared
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("_subject", DataType::Utf8, true));
-    fields.push(Field::new("_sequence", DataType::UInt64, true));
-    fields.push(Field::new(
-        "_timestamp",
-        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-        true,
-    ));
-    fields.push(Field::new("_headers", DataType::Utf8, true));
-    Arc::new(Schema::new(fields))
+    with_message_columns(
+        declared,
+        vec![
+            Field::new("_subject", DataType::Utf8, true),
+            Field::new("_sequence", DataType::UInt64, true),
+            Field::new(
+                "_timestamp",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("_headers", DataType::Utf8, true),
+        ],
+    )
 }
 
 /// A JetStream subject as a table.
@@ -267,14 +236,7 @@ impl TableProvider for NatsTable {
             start: source::start_sequence(filters),
             limit: limit.map(|l| l as u64),
         };
-        Ok(Arc::new(StreamingTableExec::try_new(
-            Arc::clone(&self.schema),
-            vec![Arc::new(partition)],
-            projection,
-            Vec::new(),
-            false,
-            limit,
-        )?))
+        crate::queue::scan::plan(&self.schema, Arc::new(partition), projection, limit)
     }
 
     async fn insert_into(

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use datafusion::arrow::array::{
@@ -13,13 +15,13 @@ use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use engine::bad_records::BadRecord;
 use futures::StreamExt;
 
 use super::{Endpoint, ReadOptions};
 use crate::queue::decode::decode;
+use crate::queue::scan::BoundedRead;
 
 /// The first stream sequence `filters` can match (1 when they do not bound `_sequence`).
 pub(crate) fn start_sequence(filters: &[Expr]) -> u64 {
@@ -80,30 +82,10 @@ impl PartitionStream for NatsPartition {
             endpoint: self.endpoint.clone(),
             read: self.read.clone(),
             start: self.start,
-            cap: match (self.limit, self.read.max_messages) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            cap: crate::queue::scan::cap(self.limit, self.read.max_messages),
             ledger: ctx.session_config().get_extension::<engine::AckLedger>(),
         };
-        let batches = futures::stream::once(reader.open()).flat_map(|opened| match opened {
-            Ok(state) => futures::stream::unfold(state, |mut s| async move {
-                match s.next_batch().await {
-                    Ok(Some(b)) => Some((Ok(b), s)),
-                    Ok(None) => None,
-                    Err(e) => {
-                        s.done = true;
-                        Some((Err(e), s))
-                    }
-                }
-            })
-            .boxed(),
-            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-        });
-        Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&self.schema),
-            batches,
-        ))
+        crate::queue::scan::batches(Arc::clone(&self.schema), reader.open())
     }
 }
 
@@ -176,7 +158,8 @@ impl Reader {
     }
 }
 
-impl Open {
+#[async_trait]
+impl BoundedRead for Open {
     /// The next batch of decoded rows; `None` at the end of the bounded read.
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {

@@ -11,7 +11,6 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use engine::{AckLedger, PendingAck};
 use futures::StreamExt;
@@ -21,6 +20,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use super::Endpoint;
 use crate::queue::options::ReadOptions;
 use crate::queue::rows::{Message, Origin, to_rows};
+use crate::queue::scan::BoundedRead;
 
 /// One scan of a RabbitMQ table.
 #[derive(Debug)]
@@ -45,32 +45,10 @@ impl PartitionStream for RabbitPartition {
             endpoint: self.endpoint.clone(),
             read: self.read.clone(),
             prefetch: self.prefetch,
-            cap: match (self.limit, self.read.max_messages) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => a.or(b).unwrap_or(u64::MAX),
-            },
+            cap: crate::queue::scan::cap(self.limit, self.read.max_messages).unwrap_or(u64::MAX),
             ledger: ctx.session_config().get_extension::<AckLedger>(),
         };
-        let batches = futures::stream::once(reader.open()).flat_map(|opened| match opened {
-            Ok(state) => futures::stream::unfold(Some(state), |s| async move {
-                let mut s = s?;
-                match s.next_batch().await {
-                    Ok(Some(b)) => Some((Ok(b), Some(s))),
-                    Ok(None) => {
-                        s.finish().await;
-                        None
-                    }
-                    // Dropping the read closes its connection: its messages go back.
-                    Err(e) => Some((Err(e), None)),
-                }
-            })
-            .boxed(),
-            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-        });
-        Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&self.schema),
-            batches,
-        ))
+        crate::queue::scan::batches(Arc::clone(&self.schema), reader.open())
     }
 }
 
@@ -138,8 +116,10 @@ impl Reader {
     }
 }
 
-impl Open {
-    /// The next batch of decoded rows; `None` at the end of the bounded read.
+#[async_trait]
+impl BoundedRead for Open {
+    /// The next batch of decoded rows; `None` at the end of the bounded read. Dropping the read
+    /// early closes its connection: its messages go back.
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             let r = &self.reader;

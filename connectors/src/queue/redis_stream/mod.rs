@@ -34,7 +34,6 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{CreateExternalTable, Expr};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::streaming::StreamingTableExec;
 
 use super::options::{
     ReadOptions, declared_columns, planner, split_location, take_parsed, take_read_options,
@@ -255,14 +254,7 @@ impl TableProvider for RedisStreamTable {
             read: self.read.clone(),
             limit: limit.map(|l| l as u64),
         };
-        Ok(Arc::new(StreamingTableExec::try_new(
-            Arc::clone(&self.schema),
-            vec![Arc::new(partition)],
-            projection,
-            Vec::new(),
-            false,
-            limit,
-        )?))
+        crate::queue::scan::plan(&self.schema, Arc::new(partition), projection, limit)
     }
 
     async fn insert_into(
