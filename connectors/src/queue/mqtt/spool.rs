@@ -366,7 +366,7 @@ mod tests {
             seq,
             received_ms: 1_700_000_000_000,
             qos: 1,
-            retain: seq % 2 == 0,
+            retain: seq.is_multiple_of(2),
             dup: false,
             topic: "sensors/a".into(),
             payload: payload.to_vec(),
