@@ -110,22 +110,6 @@ async fn publish(port: u16, topic: &str, from: u64, to: u64) -> Vec<u64> {
     good_ids(from, to)
 }
 
-fn sql(statements: &str) -> std::process::Output {
-    flowengine()
-        .args(["sql", "--format", "csv", "-c", statements])
-        .output()
-        .unwrap()
-}
-
-fn stdout_ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Run `pipeline` once; its stderr.
 fn run_ok(pipeline: &Path) -> String {
     let out = flowengine().arg("run").arg(pipeline).output().unwrap();

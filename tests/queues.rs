@@ -170,22 +170,6 @@ async fn redis_pending(con: &mut redis::aio::MultiplexedConnection, key: &str, g
     }
 }
 
-fn sql(statements: &str) -> std::process::Output {
-    flowengine()
-        .args(["sql", "--format", "csv", "-c", statements])
-        .output()
-        .unwrap()
-}
-
-fn stdout_ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn rabbitmq_follow_survives_sigkill_and_acknowledges_everything() {
     let channel = rabbit().await;

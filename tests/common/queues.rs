@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::{psql, write_pipeline};
+use super::{flowengine, psql, write_pipeline};
 
 /// A name unique to this test process and moment.
 pub(crate) fn unique() -> String {
@@ -246,4 +246,22 @@ pub(crate) async fn follow_into_postgres_exactly_once(source: &str, expected: &[
         )
     );
     psql(&format!("DROP TABLE {table}"));
+}
+
+/// `flowengine sql -c statements` with CSV output.
+pub(crate) fn sql(statements: &str) -> std::process::Output {
+    flowengine()
+        .args(["sql", "--format", "csv", "-c", statements])
+        .output()
+        .unwrap()
+}
+
+/// The standard output of a command that must have succeeded (its stderr shown otherwise).
+pub(crate) fn stdout_ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
