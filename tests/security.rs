@@ -19,23 +19,6 @@ const ROOT_PASSWORD: &str = "root-pw-Xy9";
 /// The value of a `${secret:...}` the catalog uses: it must never appear anywhere.
 const SECRET_VALUE: &str = "TopSecretToken-4f1c9e";
 
-fn api_key() -> (String, String) {
-    let out = common::flowengine()
-        .args(["user", "new-api-key"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    (field("key:"), field("key_sha256:"))
-}
-
 struct Fixture {
     server: ServerProcess,
     dir: tempfile::TempDir,
@@ -54,7 +37,7 @@ fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let allowed = dir.path().join("allowed");
     std::fs::create_dir(&allowed).unwrap();
-    let (key, key_sha) = api_key();
+    let (key, key_sha) = common::api_key();
     let catalog = dir.path().join("catalog.sql");
     std::fs::write(
         &catalog,

@@ -1,14 +1,23 @@
-//! The `system` schema: the server's own tables, queryable over SQL like any other (and so over
-//! Flight). Access is restricted by the policy: admins, or roles whose grant names `system`.
+//! The `system` schema: the engine's and the server's own tables, queryable over SQL like any
+//! other (and so over Flight). Access is restricted by the policy: admins, or roles whose grant
+//! names `system`.
 //!
-//! * `system.audit`: the audit log (`security.audit_file`), read fresh on every scan so the
-//!   latest records show; a record being written (a line without its newline yet) is skipped.
+//! One extension point: a [`SystemRows`] produces a table's rows when it is scanned (so every
+//! query sees the current state), and [`register_system_table`] puts it in the schema. Tables:
+//!
+//! * `system.settings` (every session): FlowEngine's effective configuration (secrets redacted)
+//!   and the session's DataFusion settings, one row each;
+//! * `system.audit` (`serve` with `security.audit_file`): the audit log, read fresh on every scan
+//!   so the latest records show; a record being written (a line without its newline yet) is
+//!   skipped;
+//! * the server adds `system.queries`, `system.sessions` and `system.metrics`, the state store
+//!   `system.runs`, `system.steps`, `system.watermarks` and `system.quality_results`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, Session, TableProvider};
@@ -36,10 +45,124 @@ pub fn system_schema(ctx: &SessionContext) -> Result<Arc<dyn SchemaProvider>> {
     Ok(schema)
 }
 
+/// Produces the rows of one system table, computed afresh for every scan.
+#[async_trait]
+pub trait SystemRows: std::fmt::Debug + Send + Sync {
+    fn schema(&self) -> SchemaRef;
+    /// The table's rows now, as seen by `session` (whose settings and extensions it may read).
+    async fn rows(&self, session: &dyn Session) -> Result<Vec<RecordBatch>>;
+}
+
+/// A [`SystemRows`] as a table provider.
+#[derive(Debug)]
+pub struct SystemTable(Arc<dyn SystemRows>);
+
+impl SystemTable {
+    pub fn new(rows: Arc<dyn SystemRows>) -> Self {
+        Self(rows)
+    }
+}
+
+#[async_trait]
+impl TableProvider for SystemTable {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches = self.0.rows(session).await?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.0.schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// Register `system.<name>` (replacing a table of that name).
+pub fn register_system_table(
+    ctx: &SessionContext,
+    name: &str,
+    rows: Arc<dyn SystemRows>,
+) -> Result<()> {
+    let schema = system_schema(ctx)?;
+    schema.deregister_table(name)?;
+    schema.register_table(name.to_string(), Arc::new(SystemTable::new(rows)))?;
+    Ok(())
+}
+
 /// Register `system.audit` over the audit log at `path`.
 pub fn register_audit_table(ctx: &SessionContext, path: PathBuf) -> Result<()> {
-    system_schema(ctx)?.register_table("audit".into(), Arc::new(AuditTable::new(path)))?;
-    Ok(())
+    register_system_table(ctx, "audit", Arc::new(AuditTable::new(path)))
+}
+
+/// `system.settings`: one row per setting in effect, FlowEngine's own (`source` = `flowengine`,
+/// from the configuration the session was built with, secrets redacted) and DataFusion's
+/// (`source` = `datafusion`, as the querying session has them, `SET` included).
+#[derive(Debug)]
+pub struct SettingsTable {
+    schema: SchemaRef,
+}
+
+impl Default for SettingsTable {
+    fn default() -> Self {
+        Self {
+            schema: Arc::new(Schema::new(vec![
+                Field::new("name", DataType::Utf8, false),
+                Field::new("value", DataType::Utf8, true),
+                Field::new("source", DataType::Utf8, false),
+                Field::new("description", DataType::Utf8, false),
+            ])),
+        }
+    }
+}
+
+#[async_trait]
+impl SystemRows for SettingsTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn rows(&self, session: &dyn Session) -> Result<Vec<RecordBatch>> {
+        let mut name = StringBuilder::new();
+        let mut value = StringBuilder::new();
+        let mut source = StringBuilder::new();
+        let mut description = StringBuilder::new();
+        if let Some(config) = session.config().get_extension::<crate::EngineConfig>() {
+            for (key, v) in config.effective_settings() {
+                name.append_value(key);
+                value.append_value(v);
+                source.append_value("flowengine");
+                description.append_value("");
+            }
+        }
+        for entry in session.config_options().entries() {
+            name.append_value(&entry.key);
+            value.append_option(entry.value.as_deref());
+            source.append_value("datafusion");
+            description.append_value(entry.description);
+        }
+        let batch = RecordBatch::try_new(
+            Arc::clone(&self.schema),
+            vec![
+                Arc::new(name.finish()),
+                Arc::new(value.finish()),
+                Arc::new(source.finish()),
+                Arc::new(description.finish()),
+            ],
+        )?;
+        Ok(vec![batch])
+    }
 }
 
 /// The audit log as a table; columns are the fields of [`crate::security::AuditRecord`].
@@ -79,6 +202,7 @@ impl AuditTable {
             Field::new("bytes", DataType::UInt64, true),
             Field::new("duration_ms", DataType::UInt64, true),
             text("error"),
+            text("trace_id"),
         ]);
         Self {
             path,
@@ -111,28 +235,13 @@ impl AuditTable {
 }
 
 #[async_trait]
-impl TableProvider for AuditTable {
+impl SystemRows for AuditTable {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batches = self.read().await?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[batches],
-            Arc::clone(&self.schema),
-            projection.cloned(),
-        )?)
+    async fn rows(&self, _session: &dyn Session) -> Result<Vec<RecordBatch>> {
+        self.read().await
     }
 }
 
@@ -174,5 +283,40 @@ mod tests {
         );
         assert!(text.contains("2026-11-28T10:00:01.500"), "{text}");
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    }
+
+    #[tokio::test]
+    async fn settings_show_flowengine_and_session_values_without_secrets() {
+        let config = crate::EngineConfig {
+            batch_size: Some(4096),
+            state_url: Some("postgresql://u:${secret:PW}@db/x".into()),
+            ..Default::default()
+        };
+        let engine = crate::Engine::try_new(&config, &crate::ConnectorRegistry::default()).unwrap();
+        let ctx = engine.context();
+        ctx.sql("SET datafusion.execution.time_zone = 'Europe/Paris'")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let batches = ctx
+            .sql(
+                "SELECT name, value, source FROM system.settings WHERE name IN \
+                 ('batch_size', 'state_url', 'datafusion.execution.time_zone') ORDER BY name",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("| batch_size"), "{text}");
+        assert!(text.contains("| 4096"), "{text}");
+        assert!(text.contains("Europe/Paris"), "{text}");
+        assert!(text.contains("postgresql://u:***@db/x"), "{text}");
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
     }
 }

@@ -40,6 +40,8 @@ pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Se
 const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
 /// Action revoking a bearer token (its holder's or, for admins, anyone's).
 const REVOKE_TOKEN: &str = "RevokeToken";
+/// Cancel a running statement by its `query_id` (as `system.queries` and the logs show it).
+const KILL_QUERY: &str = "KillQuery";
 
 /// The Flight SQL handler. Cheap to clone.
 #[derive(Clone)]
@@ -414,6 +416,7 @@ impl FlightSqlService for FlowSqlService {
                 .inspect_err(|status| {
                     exec::record_failure(
                         &self.state,
+                        &who,
                         Kind::Query,
                         &query.query,
                         status,
@@ -504,6 +507,23 @@ impl FlightSqlService for FlowSqlService {
                 },
             )]))));
         }
+        if action.r#type == KILL_QUERY {
+            let id = String::from_utf8(action.body.to_vec())
+                .map_err(|_| Status::invalid_argument("KillQuery: the body is a query id"))?;
+            let id = id.trim();
+            let owned = |owner: &str| who.principal.is_admin() || owner == who.principal.name;
+            if !self.state.running.cancel(id, owned) {
+                return Err(Status::not_found(format!(
+                    "no running query {id} of yours (admins may cancel any)"
+                )));
+            }
+            tracing::info!(target: "flowengine::query", query_id = %id, by = %who.principal.name, "query killed");
+            return Ok(Response::new(Box::pin(futures::stream::iter(vec![Ok(
+                arrow_flight::Result {
+                    body: bytes::Bytes::from_static(b"cancelled"),
+                },
+            )]))));
+        }
         if action.r#type == CANCEL_FLIGHT_INFO {
             let req = CancelFlightInfoRequest::decode(&*action.body)
                 .map_err(|_| Status::invalid_argument("CancelFlightInfo: malformed request"))?;
@@ -529,6 +549,12 @@ impl FlightSqlService for FlowSqlService {
                 description:
                     "Cancel a query: request CancelFlightInfoRequest, result CancelFlightInfoResult"
                         .into(),
+            }),
+            Ok(ActionType {
+                r#type: KILL_QUERY.into(),
+                description: "Cancel a running query: body = its query_id (system.queries); \
+                              admins may cancel any, others their own"
+                    .into(),
             }),
             Ok(ActionType {
                 r#type: REVOKE_TOKEN.into(),

@@ -47,6 +47,22 @@ pub(crate) async fn run_once(
     args: &RunArgs,
     follow: bool,
 ) -> Result<(ExitCode, Batch)> {
+    let span = tracing::info_span!(
+        target: "flowengine::pipeline",
+        "pipeline",
+        file = %args.pipeline.display(),
+    );
+    if let Some(trace_id) = flight_server::trace::trace_id(&span) {
+        tracing::info!(target: "flowengine::pipeline", trace_id, pipeline = %args.pipeline.display(), "pipeline run started");
+    }
+    tracing::Instrument::instrument(run_once_traced(global, args, follow), span).await
+}
+
+async fn run_once_traced(
+    global: &GlobalArgs,
+    args: &RunArgs,
+    follow: bool,
+) -> Result<(ExitCode, Batch)> {
     let (engine, loaded) = super::build_engine(global)?;
     let acks = engine.acks();
     if !args.dry_run {
@@ -79,7 +95,7 @@ pub(crate) async fn run_once(
         _ => None,
     };
     if let Some(store) = &store {
-        state::register_system_tables(engine.context(), store.as_ref()).await?;
+        state::register_system_tables(engine.context(), store).await?;
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let run_record = RunRecord {

@@ -14,7 +14,7 @@ use crate::exec::{Rows, StatementOptions, run_statement};
 pub(crate) async fn run(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode> {
     let (engine, loaded) = super::build_engine(global)?;
     let store = state::open(&loaded.config);
-    state::register_system_tables(engine.context(), store.as_ref()).await?;
+    state::register_system_tables(engine.context(), &store).await?;
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let sql = match (&args.run, &args.pipeline) {
         (Some(run), _) => format!(

@@ -143,3 +143,18 @@ pub(crate) fn hash_password(password: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// A new API key from `flowengine user new-api-key`: (key, key_sha256).
+pub(crate) fn api_key() -> (String, String) {
+    let out = flowengine().args(["user", "new-api-key"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    (field("key:"), field("key_sha256:"))
+}

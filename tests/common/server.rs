@@ -13,6 +13,9 @@ pub(crate) struct ServerProcess {
     pub(crate) admin: SocketAddr,
     /// Lines the server wrote to stderr (collected in the background).
     pub(crate) log: mpsc::Receiver<String>,
+    /// The `flowengine.toml` it was started with (rewrite it, then [`ServerProcess::signal`]
+    /// `HUP` to reload).
+    pub(crate) config: std::path::PathBuf,
 }
 
 impl ServerProcess {
@@ -101,6 +104,7 @@ impl ServerProcess {
             flight: flight.unwrap(),
             admin: admin.unwrap(),
             log: rx,
+            config: config_path,
         }
     }
 
@@ -152,8 +156,13 @@ impl ServerProcess {
 
     /// Send SIGTERM.
     pub(crate) fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Send a signal by name (`HUP`, `TERM`, ...).
+    pub(crate) fn signal(&self, name: &str) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status();
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod postgres;
+mod tables;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -329,73 +330,16 @@ pub fn checks_batch(checks: &[CheckRecord]) -> Result<RecordBatch, arrow::error:
     RecordBatch::try_new(schema, columns)
 }
 
-/// Register `system.runs`, `system.steps`, `system.watermarks` and `system.quality_results` (a snapshot of the store) in the session's default
-/// catalog.
+/// Register `system.runs`, `system.steps`, `system.watermarks` and `system.quality_results` in
+/// the session's default catalog: live tables, every scan reads the store.
 pub async fn register_system_tables(
     ctx: &datafusion::prelude::SessionContext,
-    store: &dyn StateStore,
+    store: &Arc<dyn StateStore>,
 ) -> crate::Result<()> {
-    use datafusion::catalog::{MemTable, MemorySchemaProvider};
-    let runs = store
-        .runs(None)
-        .await
-        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    let marks = store
-        .watermarks(None)
-        .await
-        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    let checks = store
-        .checks()
-        .await
-        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    let mut steps = Vec::new();
-    for run in &runs {
-        steps.extend(
-            store
-                .steps(&run.run_id)
-                .await
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?,
-        );
-    }
-    let catalog_name = ctx
-        .state()
-        .config()
-        .options()
-        .catalog
-        .default_catalog
-        .clone();
-    let Some(catalog) = ctx.catalog(&catalog_name) else {
-        return Ok(());
-    };
-    let schema = match catalog.schema("system") {
-        Some(s) => s,
-        None => {
-            let s = Arc::new(MemorySchemaProvider::new());
-            catalog.register_schema("system", Arc::clone(&s) as _)?;
-            s
-        }
-    };
-    for (name, batch) in [
-        (
-            "runs",
-            runs_batch(&runs).map_err(datafusion::error::DataFusionError::from)?,
-        ),
-        (
-            "steps",
-            steps_batch(&steps).map_err(datafusion::error::DataFusionError::from)?,
-        ),
-        (
-            "watermarks",
-            watermarks_batch(&marks).map_err(datafusion::error::DataFusionError::from)?,
-        ),
-        (
-            "quality_results",
-            checks_batch(&checks).map_err(datafusion::error::DataFusionError::from)?,
-        ),
-    ] {
-        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-        schema.deregister_table(name)?;
-        schema.register_table(name.to_string(), Arc::new(table))?;
+    for which in tables::ALL {
+        let table = tables::StateTable::new(which, Arc::clone(store))
+            .map_err(datafusion::error::DataFusionError::from)?;
+        crate::system::register_system_table(ctx, which.name(), Arc::new(table))?;
     }
     Ok(())
 }
