@@ -86,6 +86,15 @@ pub struct EngineConfig {
     /// `FLOWENGINE_SECRETS_FILE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_file: Option<PathBuf>,
+    /// Export traces (spans of pipelines, statements, Flight calls, queries, connector calls)
+    /// to this OpenTelemetry collector over OTLP/HTTP, e.g. `http://collector:4318`. Env:
+    /// `FLOWENGINE_OTLP_ENDPOINT` (or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Run queries on an Apache DataFusion Ballista cluster: the scheduler's address,
+    /// `df://HOST:PORT`. Default: in this process. Env: `FLOWENGINE_CLUSTER`; `--cluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// `flowengine serve` settings.
     #[serde(default, skip_serializing_if = "ServerConfig::is_default")]
     pub server: ServerConfig,
@@ -281,6 +290,8 @@ impl EngineConfig {
                 "LINEAGE_URL" => self.lineage_url = Some(value.clone()),
                 "LINEAGE_API_KEY" => self.lineage_api_key = Some(value.clone()),
                 "AUTH" => self.security.auth = value.parse().map_err(bad)?,
+                "CLUSTER" => self.cluster = Some(value.clone()),
+                "OTLP_ENDPOINT" => self.otlp_endpoint = Some(value.clone()),
                 "MAX_SPILL_SIZE" => {
                     self.max_spill_size = Some(
                         value
@@ -324,6 +335,16 @@ impl EngineConfig {
             return Err(bad("batch_size must be at least 1".into()));
         }
         self.server.validate().map_err(bad)?;
+        if let Some(url) = &self.cluster {
+            cluster_address(url).map_err(bad)?;
+        }
+        if let Some(url) = &self.otlp_endpoint
+            && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(bad(format!(
+                "otlp_endpoint `{url}` is not an http(s) URL (e.g. http://collector:4318)"
+            )));
+        }
         self.security.validate().map_err(bad)?;
         self.parquet_encryption.validate().map_err(bad)?;
         self.check_no_plain_secrets().map_err(bad)?;
@@ -397,26 +418,127 @@ impl EngineConfig {
         self.batch_size.unwrap_or(8192)
     }
 
-    /// The configuration with every default filled in, as TOML (for `config check`).
+    /// The configuration as given (file and environment), secrets redacted, as TOML
+    /// (`flowengine config print`).
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string(&self.redacted()).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The configuration with every default filled in (`[server]` and `[security]` included),
+    /// secrets redacted, as TOML (`flowengine config check`, `config print --effective`).
     pub fn effective_toml(&self) -> String {
-        let mut effective = self.clone();
+        let mut effective = self.redacted();
         effective.memory_limit = Some(self.memory_limit.unwrap_or(MemoryLimit::Percent(50.0)));
         effective.target_partitions = Some(self.effective_target_partitions());
         effective.batch_size = Some(self.effective_batch_size());
+        effective.state_dir = Some(self.effective_state_dir());
         if effective.spill_dir.is_none() {
             effective.spill_dir = Some(std::env::temp_dir());
         }
-        // Never show a password.
-        effective.state_url = self.state_url.as_deref().map(redact_url);
-        effective.lineage_url = self.lineage_url.as_deref().map(redact_url);
-        effective.lineage_api_key = self.lineage_api_key.as_deref().map(|k| {
+        let mut table = match toml::Table::try_from(&effective) {
+            Ok(t) => t,
+            Err(e) => return format!("# cannot render: {e}\n"),
+        };
+        // Sections left out when they hold only defaults.
+        for (name, section) in [
+            ("server", toml::Table::try_from(&effective.server)),
+            ("security", toml::Table::try_from(&effective.security)),
+        ] {
+            if let (false, Ok(section)) = (table.contains_key(name), section) {
+                table.insert(name.into(), toml::Value::Table(section));
+            }
+        }
+        toml::to_string(&table).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// A copy safe to print: passwords in URLs, plain-text keys, password hashes and API key
+    /// digests replaced by `***` (`${secret:NAME}` references are kept: they name, not hold).
+    fn redacted(&self) -> EngineConfig {
+        let mut r = self.clone();
+        r.state_url = self.state_url.as_deref().map(redact_url);
+        r.lineage_url = self.lineage_url.as_deref().map(redact_url);
+        r.lineage_api_key = self.lineage_api_key.as_deref().map(|k| {
             if k.trim_start().starts_with("${secret:") {
                 k.to_string()
             } else {
                 "***".to_string()
             }
         });
-        toml::to_string(&effective).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        // Not secrets themselves, but they help offline guessing.
+        for user in &mut r.security.users {
+            user.password_hash = "***".into();
+        }
+        for key in &mut r.security.api_keys {
+            key.key_sha256 = "***".into();
+        }
+        r
+    }
+
+    /// Dotted keys (as in [`EngineConfig::effective_settings`]) whose values differ between
+    /// `self` and `other`. Only names are returned, never values, so secrets cannot leak.
+    pub fn changed_keys(&self, other: &EngineConfig) -> Vec<String> {
+        let pairs = |c: &EngineConfig| {
+            let mut out = Vec::new();
+            if let Ok(table) = toml::Table::try_from(c) {
+                flatten("", &table, &mut out);
+            }
+            out.into_iter()
+                .collect::<std::collections::BTreeMap<String, String>>()
+        };
+        let (a, b) = (pairs(self), pairs(other));
+        let mut keys: Vec<String> = a
+            .keys()
+            .chain(b.keys())
+            .filter(|k| a.get(*k) != b.get(*k))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The effective configuration as `(dotted key, value)` pairs, secrets redacted as in
+    /// [`EngineConfig::effective_toml`], `[server]` with its defaults; `[datafusion]` keys are
+    /// left out (the session's own settings show them). For `system.settings`.
+    pub fn effective_settings(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let Ok(mut table) = self.effective_toml().parse::<toml::Table>() else {
+            return out;
+        };
+        table.remove("datafusion");
+        flatten("", &table, &mut out);
+        out
+    }
+}
+
+/// The scheduler address of a `cluster` setting (`df://HOST:PORT`, port 50050 when omitted),
+/// as `(host, port)`.
+pub fn cluster_address(url: &str) -> std::result::Result<(String, u16), String> {
+    let bad = || format!("cluster `{url}` is not a scheduler address: expected df://HOST:PORT");
+    let parsed = url::Url::parse(url).map_err(|_| bad())?;
+    if parsed.scheme() != "df" {
+        return Err(bad());
+    }
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(bad)?;
+    Ok((host.to_string(), parsed.port().unwrap_or(50050)))
+}
+
+/// Leaves of `table` as dotted keys; arrays and their tables stay one value (inline TOML).
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+    for (key, value) in table {
+        let name = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten(&name, inner, out),
+            toml::Value::String(s) => out.push((name, s.clone())),
+            other => out.push((name, other.to_string())),
+        }
     }
 }
 
@@ -439,10 +561,13 @@ pub fn num_cores() -> usize {
         .unwrap_or(1)
 }
 
-/// Physical memory in bytes (from /proc/meminfo; 8 GiB when unknown).
+/// Memory this process may use, in bytes: physical memory (from /proc/meminfo; 8 GiB when
+/// unknown), or the container's cgroup memory limit when that is lower. In a container
+/// /proc/meminfo shows the host's memory, so a `"75%"` limit without this would exceed the
+/// container's limit and get the process OOM-killed instead of spilling.
 pub fn physical_memory() -> u64 {
     const FALLBACK: u64 = 8 << 30;
-    std::fs::read_to_string("/proc/meminfo")
+    let host = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
             text.lines()
@@ -451,12 +576,48 @@ pub fn physical_memory() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map(|kb| kb * 1024)
-        .unwrap_or(FALLBACK)
+        .unwrap_or(FALLBACK);
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",                   // cgroup v2
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes", // cgroup v1
+    ]
+    .iter()
+    .find_map(|path| std::fs::read_to_string(path).ok())
+    .and_then(|text| cgroup_limit(&text));
+    cgroup.map_or(host, |limit| limit.min(host))
+}
+
+/// A cgroup memory limit file's value: `max` (v2) or a huge number (v1's "unlimited") mean none.
+fn cgroup_limit(text: &str) -> Option<u64> {
+    let value = text.trim().parse::<u64>().ok()?;
+    (value > 0 && value < (1 << 60)).then_some(value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_addresses_are_df_urls() {
+        assert_eq!(
+            cluster_address("df://sched:7000"),
+            Ok(("sched".into(), 7000))
+        );
+        assert_eq!(
+            cluster_address("df://10.0.0.5"),
+            Ok(("10.0.0.5".into(), 50050))
+        );
+        assert!(cluster_address("http://sched:7000").is_err());
+        assert!(cluster_address("sched:7000").is_err());
+    }
+
+    #[test]
+    fn cgroup_limits_are_read_and_unlimited_means_none() {
+        assert_eq!(cgroup_limit("max\n"), None);
+        assert_eq!(cgroup_limit("9223372036854771712\n"), None);
+        assert_eq!(cgroup_limit("8589934592\n"), Some(8 << 30));
+        assert!(physical_memory() > 0);
+    }
 
     #[test]
     fn small_memory_limits_cap_the_default_partitions() {

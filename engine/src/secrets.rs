@@ -6,8 +6,10 @@
 //! [`SecretStore`] (a DataFusion session config extension, like the bad-record ledger).
 //!
 //! Values come from, in order: the environment variable `FLOWENGINE_SECRET_<NAME>`, then the
-//! `secrets_file` of the configuration (a TOML table of `NAME = "value"`, which must not be
-//! readable by other users).
+//! `secrets_file` of the configuration: a TOML table of `NAME = "value"` that must not be
+//! readable by other users, or a directory holding one file per secret (its name the secret's
+//! name, its content the value), the way Docker and Kubernetes mount secrets. Files in such a
+//! directory may be readable by their group (Kubernetes' `fsGroup`) but not by everyone.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -147,6 +149,9 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, SecretError> {
         path: path.to_path_buf(),
         message,
     };
+    if path.is_dir() {
+        return read_dir(path);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -176,6 +181,53 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, SecretError> {
             _ => Err(err(format!("`{k}` must be a string"))),
         })
         .collect()
+}
+
+/// A directory of secrets, one file each (Docker's `/run/secrets`, a Kubernetes secret volume).
+/// Hidden entries are skipped: Kubernetes keeps its `..data` bookkeeping there, and each secret
+/// is a symbolic link into it, which is followed.
+fn read_dir(dir: &Path) -> Result<BTreeMap<String, String>, SecretError> {
+    let err = |path: &Path, message: String| SecretError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut secrets = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| err(dir, e.to_string()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| err(dir, e.to_string()))?;
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .map_err(|e| err(&path, e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o007 != 0 {
+                return Err(err(
+                    &path,
+                    format!(
+                        "it is readable by every user (mode {:o}); run `chmod o-rwx {}` \
+                         (Kubernetes: defaultMode 0440 with an fsGroup)",
+                        mode & 0o777,
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        let value = std::fs::read_to_string(&path).map_err(|e| err(&path, e.to_string()))?;
+        // Files written by `echo` or editors end with a newline that is not part of the value.
+        let value = value.strip_suffix('\n').unwrap_or(&value);
+        let value = value.strip_suffix('\r').unwrap_or(value);
+        secrets.insert(name, value.to_string());
+    }
+    Ok(secrets)
 }
 
 #[cfg(test)]
@@ -236,5 +288,26 @@ mod tests {
             SecretStore::load(Some(&path)).unwrap().get("A").as_deref(),
             Some("x")
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_directory_holds_one_secret_per_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("..data");
+        std::fs::create_dir(&data).unwrap();
+        let file = data.join("PG_PASSWORD");
+        std::fs::write(&file, "pw with spaces\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o440)).unwrap();
+        std::os::unix::fs::symlink(&file, dir.path().join("PG_PASSWORD")).unwrap();
+        let store = SecretStore::load(Some(dir.path())).unwrap();
+        assert_eq!(store.get("PG_PASSWORD").as_deref(), Some("pw with spaces"));
+        assert_eq!(store.get("..data"), None);
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let err = SecretStore::load(Some(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("readable by every user"), "{err}");
+        assert!(!err.contains("pw with spaces"), "{err}");
     }
 }

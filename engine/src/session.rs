@@ -37,6 +37,20 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Build the session: runtime (memory pool, spill directory), settings, connectors.
     pub fn try_new(config: &EngineConfig, connectors: &ConnectorRegistry) -> Result<Self> {
+        Self::try_new_distributed(config, connectors, &|state| Ok(state))
+    }
+
+    /// [`Engine::try_new`], with the built session state passed through `distribute` before
+    /// use: the binary's cluster mode installs Ballista's query planner there, so every plan
+    /// of this engine runs on the cluster.
+    pub fn try_new_distributed(
+        config: &EngineConfig,
+        connectors: &ConnectorRegistry,
+        distribute: &dyn Fn(
+            datafusion::execution::SessionState,
+        )
+            -> datafusion::error::Result<datafusion::execution::SessionState>,
+    ) -> Result<Self> {
         let build_err = |e| EngineError::BuildSession {
             source: Box::new(e),
         };
@@ -81,8 +95,15 @@ impl Engine {
             state.table_options_mut().parquet.crypto.factory_id =
                 Some(crate::encryption::FACTORY_ID.to_string());
         }
+        let state = distribute(state).map_err(build_err)?;
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(crate::security::rewrite::CurrentUserAttribute::udf());
+        crate::system::register_system_table(
+            &ctx,
+            "settings",
+            Arc::new(crate::system::SettingsTable::default()),
+        )
+        .map_err(build_err)?;
         Ok(Self {
             ctx,
             config: config.clone(),

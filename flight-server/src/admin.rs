@@ -87,17 +87,12 @@ async fn metrics(
                 .into_response();
         }
     }
-    let pool = &state.engine.context().runtime_env().memory_pool;
-    state.metrics.memory_reserved.set(pool.reserved() as u64);
-    state
-        .metrics
-        .sync_connectors(&state.engine.remote_call_stats());
     (
         [(
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(),
+        state.metrics_text(),
     )
         .into_response()
 }

@@ -14,7 +14,7 @@
 //! Only SHA-256 digests of tokens and keys are kept; comparisons are constant-time.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -46,8 +46,8 @@ struct Issued {
 /// Users, API keys, issued tokens and failed-login counters.
 pub(crate) struct Authenticator {
     mode: AuthMode,
-    users: HashMap<String, (String, Principal)>,
-    api_keys: Vec<(String, Principal)>,
+    /// Users, API keys, roles and tenants: replaced by a configuration reload (SIGHUP).
+    directory: std::sync::RwLock<Arc<Directory>>,
     ttl: Duration,
     tokens: Mutex<HashMap<String, Issued>>,
     basic_cache: Mutex<HashMap<String, Issued>>,
@@ -58,19 +58,21 @@ pub(crate) struct Authenticator {
     /// Verified against for unknown users, so timing does not reveal which users exist.
     dummy_hash: String,
     jwt: Option<JwtVerifier>,
+}
+
+/// Who may log in and as what: the part of `[security]` a reload replaces.
+pub(crate) struct Directory {
+    /// User name -> (password hash, principal).
+    users: HashMap<String, (String, Principal)>,
+    /// (SHA-256 of the key, principal).
+    api_keys: Vec<(String, Principal)>,
     /// Roles and tenants defined in the configuration (claims naming others are ignored).
     roles: std::collections::HashSet<String>,
     tenants: HashMap<String, String>,
 }
 
-/// What a request carried.
-enum Credentials {
-    Basic { user: String, password: String },
-    Bearer(String),
-}
-
-impl Authenticator {
-    pub(crate) fn new(config: &SecurityConfig, audit: AuditLog) -> Self {
+impl Directory {
+    fn new(config: &SecurityConfig) -> Self {
         let principal = |name: &str,
                          roles: &[String],
                          attributes: &std::collections::BTreeMap<String, String>,
@@ -88,7 +90,6 @@ impl Authenticator {
             }
         };
         Self {
-            mode: config.auth,
             users: config
                 .users
                 .iter()
@@ -112,6 +113,37 @@ impl Authenticator {
                     )
                 })
                 .collect(),
+            roles: config.roles.iter().map(|r| r.name.clone()).collect(),
+            tenants: config
+                .tenants
+                .iter()
+                .map(|t| (t.name.clone(), t.catalog().to_string()))
+                .collect(),
+        }
+    }
+
+    /// The principal as now configured, for a user or API key of this name.
+    fn named(&self, name: &str) -> Option<&Principal> {
+        self.users.get(name).map(|(_, p)| p).or_else(|| {
+            self.api_keys
+                .iter()
+                .find(|(_, p)| p.name == name)
+                .map(|(_, p)| p)
+        })
+    }
+}
+
+/// What a request carried.
+enum Credentials {
+    Basic { user: String, password: String },
+    Bearer(String),
+}
+
+impl Authenticator {
+    pub(crate) fn new(config: &SecurityConfig, audit: AuditLog) -> Self {
+        Self {
+            mode: config.auth,
+            directory: std::sync::RwLock::new(Arc::new(Directory::new(config))),
             ttl: Duration::from_secs(config.token_ttl_secs),
             tokens: Mutex::new(HashMap::new()),
             basic_cache: Mutex::new(HashMap::new()),
@@ -126,18 +158,32 @@ impl Authenticator {
                     None
                 }
             }),
-            roles: config.roles.iter().map(|r| r.name.clone()).collect(),
-            tenants: config
-                .tenants
-                .iter()
-                .map(|t| (t.name.clone(), t.catalog().to_string()))
-                .collect(),
             dummy_hash: if config.auth == AuthMode::None {
                 String::new()
             } else {
                 hash_password(&random_secret("")).unwrap_or_default()
             },
         }
+    }
+
+    fn directory(&self) -> Arc<Directory> {
+        Arc::clone(&self.directory.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replace users, API keys, roles and tenants (a configuration reload). Issued tokens and
+    /// cached logins of principals that changed or are gone end now: a removed or demoted user
+    /// keeps no access through a token handed out before.
+    pub(crate) fn reload(&self, config: &SecurityConfig) {
+        let directory = Arc::new(Directory::new(config));
+        let old = self.directory();
+        // Tokens of principals the directory never managed (identity-provider logins) stay.
+        let keep = |p: &Principal| match (old.named(&p.name), directory.named(&p.name)) {
+            (None, None) => true,
+            (_, now) => now == Some(p),
+        };
+        lock(&self.tokens).retain(|_, t| keep(&t.principal));
+        lock(&self.basic_cache).clear();
+        *self.directory.write().unwrap_or_else(|p| p.into_inner()) = directory;
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -200,12 +246,7 @@ impl Authenticator {
 
     /// The user or service account a client certificate's common name names (mutual TLS).
     pub(crate) fn certificate_user(&self, name: &str) -> Option<Principal> {
-        self.users.get(name).map(|(_, p)| p.clone()).or_else(|| {
-            self.api_keys
-                .iter()
-                .find(|(_, p)| p.name == name)
-                .map(|(_, p)| p.clone())
-        })
+        self.directory().named(name).cloned()
     }
 
     /// Revoke a token: its holder, or an admin, may. True when it existed.
@@ -247,19 +288,20 @@ impl Authenticator {
                 return Err(status);
             }
         };
-        if let Some((_, p)) = self.users.get(&claims.user) {
+        let directory = self.directory();
+        if let Some((_, p)) = directory.users.get(&claims.user) {
             return Ok(p.clone());
         }
         let tenant = claims.tenant.as_ref().and_then(|t| {
             Some(Tenancy {
                 tenant: t.clone(),
-                catalog: self.tenants.get(t)?.clone(),
+                catalog: directory.tenants.get(t)?.clone(),
             })
         });
         let roles = claims
             .roles
             .into_iter()
-            .filter(|r| self.roles.contains(r) || (r == ADMIN_ROLE && tenant.is_none()))
+            .filter(|r| directory.roles.contains(r) || (r == ADMIN_ROLE && tenant.is_none()))
             .collect();
         Ok(Principal {
             name: claims.user,
@@ -274,7 +316,7 @@ impl Authenticator {
             let digest = sha256_hex(secret);
             // Check every key, so timing does not tell how many were compared.
             let mut found = None;
-            for (hash, principal) in &self.api_keys {
+            for (hash, principal) in &self.directory().api_keys {
                 if ct_eq(hash, &digest) {
                     found = Some(principal.clone());
                 }
@@ -316,7 +358,7 @@ impl Authenticator {
                 self.lockout.as_secs()
             )));
         }
-        let entry = self.users.get(user).cloned();
+        let entry = self.directory().users.get(user).cloned();
         let password = password.to_string();
         let dummy = self.dummy_hash.clone();
         // argon2 is CPU-heavy by design: keep it off the runtime's worker threads. An unknown

@@ -166,19 +166,15 @@ impl FlowSqlService {
             decision: "allow",
             ..Default::default()
         };
-        let denied = if self.state.policy.read_only() {
+        let policy = self.state.policy();
+        let denied = if policy.read_only() {
             Some(AccessError::ReadOnly {
                 what: format!("ingest into {resolved}"),
             })
         } else {
             needed
                 .iter()
-                .find(|p| {
-                    !self
-                        .state
-                        .policy
-                        .allows(&who.principal, **p, &resolved, catalog, schema)
-                })
+                .find(|p| !policy.allows(&who.principal, **p, &resolved, catalog, schema))
                 .map(|p| AccessError::Denied {
                     user: who.principal.name.clone(),
                     privilege: *p,

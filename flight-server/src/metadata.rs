@@ -32,7 +32,7 @@ fn arrow_status(e: impl std::fmt::Display) -> Status {
 /// What one caller may see: tables they hold any privilege on, and the schemas and catalogs
 /// holding such tables. Admins see everything.
 pub(crate) struct Visible<'a> {
-    pub(crate) policy: &'a Policy,
+    pub(crate) policy: std::sync::Arc<Policy>,
     pub(crate) who: &'a Principal,
     pub(crate) default_catalog: String,
     pub(crate) default_schema: String,

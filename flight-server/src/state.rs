@@ -35,10 +35,17 @@ pub(crate) struct ServerState {
     /// Cancelled when the shutdown grace period is over: every running query stops.
     pub(crate) shutdown: CancellationToken,
     pub(crate) auth: Authenticator,
-    pub(crate) policy: Policy,
+    /// The access policy in force; a configuration reload replaces it.
+    policy: std::sync::RwLock<Arc<Policy>>,
+    /// Files no client may read (config, secrets, state); kept to rebuild the policy.
+    pub(crate) protected: Vec<std::path::PathBuf>,
+    /// The configuration in force: the start-up one with reloaded settings applied.
+    live: std::sync::RwLock<Arc<engine::EngineConfig>>,
     pub(crate) audit: AuditLog,
     /// Each tenant's session (its catalog as default, its memory quota) and query slots.
     pub(crate) tenants: HashMap<String, TenantRuntime>,
+    /// Recent statements and connections (`system.queries`, `system.sessions`).
+    pub(crate) activity: crate::activity::Activity,
 }
 
 /// A tenant's view of the engine and its concurrency quota.
@@ -86,6 +93,7 @@ impl ServerState {
         engine: Arc<Engine>,
         config: ServerConfig,
         policy: Policy,
+        protected: Vec<std::path::PathBuf>,
         audit: AuditLog,
         tenants: HashMap<String, TenantRuntime>,
     ) -> Self {
@@ -103,9 +111,12 @@ impl ServerState {
             ready: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             auth: Authenticator::new(&engine.config().security, audit.clone()),
-            policy,
+            policy: std::sync::RwLock::new(Arc::new(policy)),
+            protected,
+            live: std::sync::RwLock::new(Arc::new(engine.config().clone())),
             audit,
             tenants,
+            activity: crate::activity::Activity::default(),
             metrics,
             engine,
             config,
@@ -131,9 +142,36 @@ impl ServerState {
         }
     }
 
+    /// The metrics exposition with the gauges read at call time brought up to date.
+    pub(crate) fn metrics_text(&self) -> String {
+        let pool = &self.engine.context().runtime_env().memory_pool;
+        self.metrics.memory_reserved.set(pool.reserved() as u64);
+        self.metrics
+            .sync_connectors(&self.engine.remote_call_stats());
+        self.metrics.encode()
+    }
+
     pub(crate) fn query_timeout(&self) -> Option<Duration> {
-        (self.config.query_timeout_secs > 0)
-            .then(|| Duration::from_secs(self.config.query_timeout_secs))
+        let secs = self.live().server.query_timeout_secs;
+        (secs > 0).then(|| Duration::from_secs(secs))
+    }
+
+    /// The access policy in force.
+    pub(crate) fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The configuration in force (reloaded settings applied).
+    pub(crate) fn live(&self) -> Arc<engine::EngineConfig> {
+        Arc::clone(&self.live.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Put a reloaded configuration and policy in force.
+    pub(crate) fn set_live(&self, config: engine::EngineConfig, policy: Option<Policy>) {
+        if let Some(policy) = policy {
+            *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        }
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 }
 

@@ -54,7 +54,7 @@ impl FlowSqlService {
         let started = std::time::Instant::now();
         let planned = self.plan_inner(who, sql, params).await;
         if let Err(status) = &planned {
-            exec::record_failure(&self.state, kind, sql, status, started.elapsed());
+            exec::record_failure(&self.state, who, kind, sql, status, started.elapsed());
         }
         planned
     }
@@ -88,7 +88,7 @@ impl FlowSqlService {
         let state = engine.context().state();
         let authorized = self
             .state
-            .policy
+            .policy()
             .authorize(&who.principal, prepared.logical.clone(), &state, sql)
             .await;
         match authorized {
@@ -181,7 +181,8 @@ impl FlowSqlService {
             _ => return Ok(()),
         };
         let key = variable.to_ascii_lowercase();
-        let allowed = &self.state.config.set_allowlist;
+        let live = self.state.live();
+        let allowed = &live.server.set_allowlist;
         if allowed.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
             return Ok(());
         }
@@ -369,7 +370,7 @@ impl FlowSqlService {
         let state = self.state.engine.context().state();
         let options = state.config().options();
         crate::metadata::Visible {
-            policy: &self.state.policy,
+            policy: self.state.policy(),
             who: &who.principal,
             default_catalog: who
                 .principal

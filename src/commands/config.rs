@@ -1,4 +1,4 @@
-//! `flowengine config check`: validate configuration and print the effective values.
+//! `flowengine config check|print`: validate configuration and print it, secrets redacted.
 
 use std::process::ExitCode;
 
@@ -8,9 +8,9 @@ use engine::EngineConfig;
 use crate::cli::{ConfigArgs, ConfigCommand, GlobalArgs};
 
 pub(crate) fn run(global: &GlobalArgs, args: ConfigArgs) -> Result<ExitCode> {
+    let loaded = EngineConfig::load(global.config.as_deref(), std::env::vars())?;
     match args.command {
         ConfigCommand::Check => {
-            let loaded = EngineConfig::load(global.config.as_deref(), std::env::vars())?;
             match &loaded.file {
                 Some(f) => println!("# configuration file: {}", f.display()),
                 None => println!("# configuration file: none (defaults)"),
@@ -23,7 +23,9 @@ pub(crate) fn run(global: &GlobalArgs, args: ConfigArgs) -> Result<ExitCode> {
                 loaded.config.memory_limit_bytes()
             );
             print!("{}", loaded.config.effective_toml());
-            Ok(ExitCode::SUCCESS)
         }
+        ConfigCommand::Print { effective: true } => print!("{}", loaded.config.effective_toml()),
+        ConfigCommand::Print { effective: false } => print!("{}", loaded.config.redacted_toml()),
     }
+    Ok(ExitCode::SUCCESS)
 }

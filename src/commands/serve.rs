@@ -7,19 +7,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use engine::pipeline::Pipeline;
-use engine::{Engine, EngineConfig};
 use flight_server::Server;
 
 use crate::cli::{DisplayArgs, Format, GlobalArgs, RunArgs, ServeArgs};
 use crate::exec::Rows;
 
-pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
-    let mut loaded = EngineConfig::load(global.config.as_deref(), std::env::vars())?;
-    if let Some(bind) = args.bind {
-        loaded.config.server.bind = bind;
+/// The server's configuration: the file and environment, the command line's addresses, and
+/// the server's own defaults. Read at start and again on every SIGHUP.
+fn server_config(global: &GlobalArgs, args: &ServeArgs) -> Result<engine::config::LoadedConfig> {
+    let mut loaded = super::load_config(global)?;
+    if let Some(bind) = &args.bind {
+        loaded.config.server.bind = bind.clone();
     }
-    if let Some(bind) = args.admin_bind {
-        loaded.config.server.admin_bind = bind;
+    if let Some(bind) = &args.admin_bind {
+        loaded.config.server.admin_bind = bind.clone();
     }
     // Parquet strings are read as Utf8 rather than Utf8View unless configured: every Flight SQL
     // client (JDBC, ODBC, older pyarrow/ADBC) understands Utf8, and it encodes smaller on the wire.
@@ -33,7 +34,15 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
         .config
         .memory_pool
         .get_or_insert(engine::config::MemoryPoolKind::Fair);
-    let engine = Arc::new(Engine::try_new(&loaded.config, &connectors::registry())?);
+    Ok(loaded)
+}
+
+pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
+    let loaded = server_config(global, &args)?;
+    let engine = Arc::new(crate::cluster::engine(&loaded.config)?);
+    // system.runs, system.steps, ...: the runs of pipelines, `--follow`ed ones included.
+    let store = engine::state::open(&loaded.config);
+    engine::state::register_system_tables(engine.context(), &store).await?;
     let server = Server::bind(Arc::clone(&engine), loaded.file.iter().cloned().collect()).await?;
     let (grpc, http) = if loaded.config.server.tls.is_some() {
         ("grpc+tls", "https")
@@ -101,6 +110,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
             }
         });
     }
+    let reloads = tokio::spawn(reload_on_sighup(
+        global.clone(),
+        args.clone(),
+        server.reloader(),
+    ));
     server.set_ready();
     eprintln!("flowengine: ready");
     let serving = async {
@@ -110,8 +124,49 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
         served
     };
     let (served, _) = tokio::join!(serving, futures::future::join_all(followers));
+    reloads.abort();
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reload the configuration on every SIGHUP: safe settings take effect, the others are named
+/// as needing a restart; an invalid file changes nothing. Only key names are printed.
+async fn reload_on_sighup(global: GlobalArgs, args: ServeArgs, reloader: flight_server::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: configuration reload is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match server_config(&global, &args) {
+                Err(e) => eprintln!(
+                    "flowengine: configuration reload failed, keeping the running configuration: {}",
+                    crate::render_error(&e)
+                ),
+                Ok(loaded) => {
+                    let report = reloader.reload(&loaded.config);
+                    let list = |keys: &[String]| {
+                        if keys.is_empty() {
+                            "none".to_string()
+                        } else {
+                            keys.join(", ")
+                        }
+                    };
+                    eprintln!(
+                        "flowengine: configuration reloaded; applied: {}; need a restart: {}",
+                        list(&report.applied),
+                        list(&report.restart_needed)
+                    );
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (global, args, reloader);
+    }
 }
 
 /// Counts a followed pipeline's micro-batches in the server's metrics.
