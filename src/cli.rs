@@ -26,6 +26,10 @@ pub(crate) struct GlobalArgs {
     /// Write logs as JSON lines.
     #[arg(long, global = true, env = "FLOWENGINE_LOG_JSON")]
     pub(crate) log_json: bool,
+    /// Execute queries on a Ballista cluster: its scheduler, df://HOST:PORT (overrides
+    /// `cluster` in flowengine.toml and FLOWENGINE_CLUSTER).
+    #[arg(long, global = true, value_name = "df://HOST:PORT")]
+    pub(crate) cluster: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +53,58 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// Credentials for `[security]`: password hashes and API keys.
     User(UserArgs),
+    /// Start a Ballista scheduler: the coordinator `--cluster df://HOST:PORT` sends queries to.
+    Scheduler(SchedulerArgs),
+    /// Start a Ballista executor: runs the tasks its scheduler hands out.
+    Executor(ExecutorArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SchedulerArgs {
+    /// Address to listen on (gRPC for clients and executors).
+    #[arg(long, default_value = "127.0.0.1:50050", value_name = "HOST:PORT")]
+    pub(crate) bind: String,
+    /// Host name executors and clients reach this scheduler by (default: the bind host).
+    #[arg(long, value_name = "HOST")]
+    pub(crate) external_host: Option<String>,
+    /// Seconds without a heartbeat after which an executor is declared lost and its tasks
+    /// run elsewhere.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub(crate) executor_timeout_secs: u64,
+    /// Attempts of one task before its job fails.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) task_max_failures: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExecutorArgs {
+    /// The scheduler, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50050", value_name = "HOST:PORT")]
+    pub(crate) scheduler: String,
+    /// Address of this executor's Arrow Flight service (shuffle data for other executors).
+    #[arg(long, default_value = "127.0.0.1:50051", value_name = "HOST:PORT")]
+    pub(crate) bind: String,
+    /// Port of this executor's gRPC service, where the scheduler pushes tasks (default: the
+    /// Flight port plus one).
+    #[arg(long, value_name = "PORT")]
+    pub(crate) grpc_port: Option<u16>,
+    /// Host name the scheduler and other executors reach this executor by (default: the bind
+    /// host).
+    #[arg(long, value_name = "HOST")]
+    pub(crate) external_host: Option<String>,
+    /// Tasks run at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    pub(crate) concurrent_tasks: Option<usize>,
+    /// Memory for all tasks together, e.g. 4GiB (default: 80% of the machine's or
+    /// container's memory); tasks spill beyond their share.
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) memory_limit: Option<bytesize::ByteSize>,
+    /// Directory for shuffle files (default: a temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) work_dir: Option<PathBuf>,
+    /// Seconds between heartbeats to the scheduler.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub(crate) heartbeat_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -116,7 +172,7 @@ pub(crate) struct RunsArgs {
     pub(crate) display: DisplayArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub(crate) struct ServeArgs {
     /// SQL file run at start-up to build the served catalog (external tables, views);
     /// repeatable, run in order.
@@ -223,6 +279,13 @@ pub(crate) struct ConfigArgs {
 pub(crate) enum ConfigCommand {
     /// Validate the configuration and print the effective values (defaults filled in).
     Check,
+    /// Print the configuration (file plus environment overrides) as TOML, secrets redacted;
+    /// with --effective, every default filled in. Validates it first.
+    Print {
+        /// Fill in every default (what the engine and server actually use).
+        #[arg(long)]
+        effective: bool,
+    },
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {

@@ -4,11 +4,13 @@
 //! Exit codes: 0 success, 1 a statement or pipeline failed, 2 usage or configuration error.
 
 mod cli;
+mod cluster;
 mod commands;
 mod exec;
 mod lineage_sink;
 mod output;
 mod progress;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -41,7 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    init_tracing(&cli);
+    let telemetry = init_tracing(&cli);
     install_panic_hook();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -53,7 +55,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    drop(runtime);
+    telemetry.shutdown();
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             let usage = e.downcast_ref::<UsageError>().is_some()
@@ -81,6 +86,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profile(args) => commands::profile::run(&cli.global, args).await,
         Command::Lineage(args) => commands::lineage::run(&cli.global, args).await,
         Command::User(args) => commands::user::run(args),
+        #[cfg(feature = "cluster")]
+        Command::Scheduler(args) => commands::cluster::scheduler(args).await,
+        #[cfg(feature = "cluster")]
+        Command::Executor(args) => commands::cluster::executor(args).await,
+        #[cfg(not(feature = "cluster"))]
+        Command::Scheduler(_) | Command::Executor(_) => {
+            Err(UsageError("this flowengine was built without the `cluster` feature".into()).into())
+        }
     }
 }
 
@@ -100,26 +113,32 @@ pub(crate) fn render_error(e: &anyhow::Error) -> String {
     out
 }
 
-fn init_tracing(cli: &Cli) {
+/// Where to export traces: `FLOWENGINE_OTLP_ENDPOINT`, then `otlp_endpoint` in the
+/// configuration file, then the standard `OTEL_EXPORTER_OTLP_ENDPOINT`. A configuration that
+/// does not load is reported by the command itself, later.
+fn otlp_endpoint(cli: &Cli) -> Option<String> {
+    engine::EngineConfig::load(cli.global.config.as_deref(), std::env::vars())
+        .ok()
+        .and_then(|loaded| loaded.config.otlp_endpoint)
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.trim().is_empty())
+}
+
+fn init_tracing(cli: &Cli) -> telemetry::Telemetry {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FLOWENGINE_LOG").unwrap_or_else(|_| {
         // A server logs one line per query by default; the CLI stays quiet.
-        let serving = matches!(cli.command, Command::Serve(_));
+        let serving = matches!(
+            cli.command,
+            Command::Serve(_) | Command::Scheduler(_) | Command::Executor(_)
+        );
         EnvFilter::new(if cli.global.verbose || serving {
             "info"
         } else {
             "warn"
         })
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = if cli.global.log_json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    telemetry::init(filter, cli.global.log_json, otlp_endpoint(cli).as_deref())
 }
 
 /// A panic inside a query (for example a corrupt file tripping a decoder) is turned into an

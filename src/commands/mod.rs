@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+#[cfg(feature = "cluster")]
+pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod follow;
 pub(crate) mod lineage;
@@ -20,9 +22,20 @@ use crate::exec::{Rows, StatementOptions, run_statement};
 
 /// Load configuration (file + environment) and build the engine with every connector.
 pub(crate) fn build_engine(global: &GlobalArgs) -> anyhow::Result<(Engine, LoadedConfig)> {
-    let loaded = EngineConfig::load(global.config.as_deref(), std::env::vars())?;
-    let engine = Engine::try_new(&loaded.config, &connectors::registry())?;
+    let loaded = load_config(global)?;
+    let engine = crate::cluster::engine(&loaded.config)?;
     Ok((engine, loaded))
+}
+
+/// The configuration: the file, the environment, then the global command-line overrides.
+pub(crate) fn load_config(global: &GlobalArgs) -> anyhow::Result<LoadedConfig> {
+    let mut loaded = EngineConfig::load(global.config.as_deref(), std::env::vars())?;
+    if let Some(cluster) = &global.cluster {
+        engine::config::cluster_address(cluster)
+            .map_err(|message| crate::UsageError(format!("--cluster: {message}")))?;
+        loaded.config.cluster = Some(cluster.clone());
+    }
+    Ok(loaded)
 }
 
 /// Variable lookup: `--var` values first, then the environment.

@@ -1,0 +1,126 @@
+//! `flowengine scheduler` and `flowengine executor`: Apache DataFusion Ballista's scheduler and
+//! executor processes, started from this binary so one artifact deploys everything. Queries
+//! reach them through `--cluster` (see [`crate::cluster`]).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::start_server;
+
+use crate::UsageError;
+use crate::cli::{ExecutorArgs, SchedulerArgs};
+
+/// `HOST:PORT` resolved to one socket address.
+fn resolve(what: &str, addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .map_err(|e| UsageError(format!("{what} `{addr}`: {e}")))?
+        .next()
+        .ok_or_else(|| UsageError(format!("{what} `{addr}` resolves to no address")).into())
+}
+
+fn split_host_port(what: &str, addr: &str) -> Result<(String, u16)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| UsageError(format!("{what} `{addr}` is not HOST:PORT")))?;
+    let port = port
+        .parse()
+        .map_err(|_| UsageError(format!("{what} `{addr}`: `{port}` is not a port")))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+pub(crate) async fn scheduler(args: SchedulerArgs) -> Result<ExitCode> {
+    let addr = resolve("--bind", &args.bind)?;
+    let config = SchedulerConfig {
+        bind_host: addr.ip().to_string(),
+        bind_port: addr.port(),
+        external_host: args
+            .external_host
+            .clone()
+            .unwrap_or_else(|| addr.ip().to_string()),
+        scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        executor_timeout_seconds: args.executor_timeout_secs,
+        // Look for lost executors several times per timeout.
+        expire_dead_executor_interval_seconds: (args.executor_timeout_secs / 4).max(1),
+        no_executors_grace_period_seconds: args.executor_timeout_secs,
+        task_max_failures: args.task_max_failures,
+        ..Default::default()
+    };
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .context("starting the scheduler")?;
+    eprintln!("flowengine: scheduler listening on df://{addr}");
+    tokio::select! {
+        served = start_server(cluster, addr, Arc::new(config)) => {
+            served.with_context(|| format!("scheduler on {addr}"))?;
+        }
+        () = super::serve::shutdown_signal() => {
+            eprintln!("flowengine: scheduler stopped");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn executor(args: ExecutorArgs) -> Result<ExitCode> {
+    let flight = resolve("--bind", &args.bind)?;
+    let (scheduler_host, scheduler_port) = split_host_port("--scheduler", &args.scheduler)?;
+    let grpc_port = match args.grpc_port {
+        Some(p) => p,
+        None => flight.port().checked_add(1).ok_or_else(|| {
+            UsageError("--bind port 65535 leaves no room for the gRPC port: set --grpc-port".into())
+        })?,
+    };
+    let cores = engine::config::num_cores();
+    let config = ExecutorProcessConfig {
+        bind_host: flight.ip().to_string(),
+        external_host: Some(
+            args.external_host
+                .clone()
+                .unwrap_or_else(|| flight.ip().to_string()),
+        ),
+        port: flight.port(),
+        grpc_port,
+        scheduler_host,
+        scheduler_port,
+        scheduler_connect_timeout_seconds: 30,
+        vcores: args.concurrent_tasks.unwrap_or(cores).max(1),
+        task_scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        work_dir: args.work_dir.as_ref().map(|d| d.display().to_string()),
+        executor_heartbeat_interval_seconds: args.heartbeat_secs.max(1),
+        memory_pool_size: args.memory_limit.map(|m| m.as_u64()),
+        print_thread_info: false,
+        ..Default::default()
+    };
+    eprintln!(
+        "flowengine: executor {} on {flight} (gRPC port {grpc_port}), scheduler {}",
+        config.executor_id, args.scheduler
+    );
+    start_executor_process(Arc::new(config))
+        .await
+        .with_context(|| format!("executor on {flight}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_pairs() {
+        assert_eq!(
+            split_host_port("x", "sched:50050").unwrap(),
+            ("sched".to_string(), 50050)
+        );
+        assert_eq!(
+            split_host_port("x", "[::1]:7").unwrap(),
+            ("::1".to_string(), 7)
+        );
+        assert!(split_host_port("x", "sched").is_err());
+        assert!(split_host_port("x", "sched:http").is_err());
+    }
+}

@@ -1,0 +1,402 @@
+//! Cluster execution on Apache DataFusion Ballista: a scheduler and two executors, each a
+//! separate `flowengine` process on loopback, run the 22 TPC-H queries (SF 0.01, Parquet) and
+//! a CSV -> Parquet ETL with the same results as a single-node run; tables Ballista cannot ship
+//! are refused with an error naming them; and killing an executor during a query leaves a
+//! cluster that keeps serving.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TABLES: [&str; 8] = [
+    "customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier",
+];
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two free ports next to each other (an executor's Flight port and its gRPC port).
+fn free_port_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spawn(args: &[String], log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_flowengine"))
+        .args(args)
+        .env_remove("FLOWENGINE_CONFIG")
+        .env_remove("FLOWENGINE_CLUSTER")
+        .env("FLOWENGINE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start flowengine")
+}
+
+/// A scheduler and two executors; all killed on drop.
+struct Cluster {
+    scheduler: Child,
+    executors: Vec<Child>,
+    url: String,
+    logs: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let logs = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let scheduler = spawn(
+            &[
+                "scheduler".into(),
+                "--bind".into(),
+                format!("127.0.0.1:{port}"),
+                "--executor-timeout-secs".into(),
+                "5".into(),
+                "--task-max-failures".into(),
+                "4".into(),
+            ],
+            &logs.path().join("scheduler.log"),
+        );
+        wait_port(port, "the scheduler");
+        let mut executors = Vec::new();
+        for i in 0..2 {
+            let flight = free_port_pair();
+            executors.push(spawn(
+                &[
+                    "executor".into(),
+                    "--scheduler".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--bind".into(),
+                    format!("127.0.0.1:{flight}"),
+                    "--concurrent-tasks".into(),
+                    "2".into(),
+                    "--heartbeat-secs".into(),
+                    "1".into(),
+                    "--work-dir".into(),
+                    logs.path().join(format!("work{i}")).display().to_string(),
+                ],
+                &logs.path().join(format!("executor{i}.log")),
+            ));
+            std::fs::create_dir_all(logs.path().join(format!("work{i}"))).unwrap();
+            wait_port(flight, "an executor's Flight service");
+            wait_port(flight + 1, "an executor's gRPC service");
+        }
+        Cluster {
+            scheduler,
+            executors,
+            url: format!("df://127.0.0.1:{port}"),
+            logs,
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.logs.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                out.push_str(&format!("--- {}\n", entry.path().display()));
+                out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self
+            .executors
+            .iter_mut()
+            .chain(std::iter::once(&mut self.scheduler))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// TPC-H at SF 0.01 as Parquet and lineitem as CSV, generated once per test run.
+fn tpch_data() -> PathBuf {
+    let dir = std::env::temp_dir().join("flowengine-cluster-tpch-sf0.01");
+    for format in ["parquet", "csv"] {
+        let out = dir.join(format);
+        if TABLES
+            .iter()
+            .all(|t| out.join(format!("{t}.{format}")).exists())
+        {
+            continue;
+        }
+        let status = Command::new("tpchgen-cli")
+            .args([format, "-s", "0.01", "-o"])
+            .arg(&out)
+            .arg("--overwrite")
+            .status()
+            .expect("tpchgen-cli (pip install tpchgen-cli) is required by tests/cluster.rs");
+        assert!(status.success());
+    }
+    dir
+}
+
+fn tables_sql(dir: &Path) -> PathBuf {
+    let path = dir.join("tables.sql");
+    let text: String = TABLES
+        .iter()
+        .map(|t| {
+            format!(
+                "CREATE EXTERNAL TABLE {t} STORED AS PARQUET LOCATION '{}/parquet/{t}.parquet';\n",
+                dir.display()
+            )
+        })
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `flowengine sql` on the cluster (or in-process with `None`): (success, stdout, stderr).
+fn sql(cluster: Option<&str>, init: &Path, query: &str) -> (bool, String, String) {
+    let mut cmd = common::flowengine();
+    if let Some(url) = cluster {
+        cmd.args(["--cluster", url]);
+    }
+    let out = cmd
+        .args(["sql", "--format", "csv", "--init"])
+        .arg(init)
+        .args(["-c", query])
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Rows as sorted vectors of cells, numbers compared with a tolerance (the order of a
+/// distributed sum's additions differs from a single node's).
+fn rows(csv: &str) -> Vec<Vec<String>> {
+    let mut rows: Vec<Vec<String>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn same_results(a: &str, b: &str) -> Result<(), String> {
+    let (a, b) = (rows(a), rows(b));
+    if a.len() != b.len() {
+        return Err(format!("{} rows vs {}", a.len(), b.len()));
+    }
+    for (ra, rb) in a.iter().zip(&b) {
+        let same = ra.len() == rb.len()
+            && ra.iter().zip(rb).all(|(x, y)| {
+                x == y
+                    || matches!((x.parse::<f64>(), y.parse::<f64>()),
+                        (Ok(x), Ok(y)) if (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0))
+            });
+        if !same {
+            return Err(format!("row differs: {ra:?} vs {rb:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn tpch_and_etl_on_the_cluster_match_single_node_and_it_survives_a_lost_executor() {
+    let data = tpch_data();
+    let work = tempfile::tempdir().unwrap();
+    let init = tables_sql(&data);
+    let mut cluster = Cluster::start();
+    let url = cluster.url.clone();
+    let url = url.as_str();
+
+    // The 22 TPC-H queries: the same rows on the cluster as in one process.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(common::repo("benches/tpch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 22);
+    for file in &files {
+        let query = std::fs::read_to_string(file).unwrap();
+        let (ok, single, err) = sql(None, &init, &query);
+        assert!(ok, "{}: single node failed: {err}", file.display());
+        let (ok, distributed, err) = sql(Some(url), &init, &query);
+        assert!(
+            ok,
+            "{}: cluster failed: {err}\n{}",
+            file.display(),
+            cluster.logs()
+        );
+        assert!(
+            !rows(&single).is_empty() || file.ends_with("q15.sql"),
+            "{single}"
+        );
+        if let Err(diff) = same_results(&single, &distributed) {
+            panic!("{}: {diff}", file.display());
+        }
+    }
+
+    // CSV -> cast/derive/filter -> Parquet, written by the executors.
+    let out = work.path().join("etl");
+    let etl = format!(
+        "CREATE EXTERNAL TABLE li STORED AS CSV LOCATION '{}/csv/lineitem.csv';\n\
+         COPY (SELECT l_orderkey, l_linenumber, CAST(l_quantity AS DOUBLE) * 2 AS q2, \
+                      upper(l_shipmode) AS mode \
+               FROM li WHERE l_quantity > 10) \
+         TO '{}/' STORED AS PARQUET;\n",
+        data.display(),
+        out.display()
+    );
+    let pipeline = work.path().join("etl.sql");
+    std::fs::write(&pipeline, etl).unwrap();
+    let run = common::flowengine()
+        .args(["--cluster", url, "run"])
+        .arg(&pipeline)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        cluster.logs()
+    );
+    let check = work.path().join("check.sql");
+    std::fs::write(
+        &check,
+        format!(
+            "CREATE EXTERNAL TABLE li STORED AS CSV LOCATION '{}/csv/lineitem.csv';\n\
+             CREATE EXTERNAL TABLE etl STORED AS PARQUET LOCATION '{}/';\n",
+            data.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let (ok, written, err) = sql(
+        None,
+        &check,
+        "SELECT count(*), sum(q2), count(DISTINCT mode) FROM etl",
+    );
+    assert!(ok, "{err}");
+    let (ok, expected, err) = sql(
+        None,
+        &check,
+        "SELECT count(*), sum(CAST(l_quantity AS DOUBLE) * 2), count(DISTINCT upper(l_shipmode)) \
+         FROM li WHERE l_quantity > 10",
+    );
+    assert!(ok, "{err}");
+    same_results(&expected, &written).unwrap();
+
+    // A table Ballista cannot ship is refused before anything is sent, naming it.
+    let with_mem = work.path().join("with_mem.sql");
+    std::fs::write(
+        &with_mem,
+        std::fs::read_to_string(&init).unwrap() + "CREATE TABLE mem AS VALUES (1);\n",
+    )
+    .unwrap();
+    let (ok, _, err) = sql(
+        Some(url),
+        &with_mem,
+        "SELECT * FROM nation JOIN mem ON n_nationkey = column1",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("table `mem` cannot be read on the cluster"),
+        "{err}"
+    );
+    // Catalog tables of the process answer locally.
+    let (ok, out_text, err) = sql(
+        Some(url),
+        &init,
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'lineitem'",
+    );
+    assert!(ok && out_text.contains('1'), "{out_text}{err}");
+
+    // Kill an executor while a query runs: the query completes (tasks retried on the other
+    // executor) or fails with a clear error; either way the cluster serves the next query.
+    // About 700 million joined pairs: several seconds on the cluster, so the kill lands mid-query.
+    let heavy = "SELECT count(*) FROM lineitem a JOIN lineitem b \
+                 ON a.l_suppkey % 5 = b.l_suppkey % 5 WHERE a.l_quantity + b.l_quantity > 20";
+    let (ok, expected, err) = sql(None, &init, heavy);
+    assert!(ok, "{err}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowengine"))
+        .args(["--cluster", url, "sql", "--format", "csv", "--init"])
+        .arg(&init)
+        .args(["-c", heavy])
+        .env_remove("FLOWENGINE_CONFIG")
+        .env(
+            "FLOWENGINE_STATE_DIR",
+            std::env::temp_dir().join("flowengine-test-state"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the query ended before the executor was killed: the test needs a slower query"
+    );
+    let mut lost = cluster.executors.remove(0);
+    lost.kill().unwrap();
+    lost.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the query neither finished nor failed after an executor was lost\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if status.success() {
+        same_results(&expected, &stdout).unwrap();
+    } else {
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with("error: ") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+    eprintln!(
+        "query during the executor loss: {}",
+        if status.success() {
+            "completed with the right result".to_string()
+        } else {
+            format!("failed cleanly: {}", stderr.trim())
+        }
+    );
+    let (ok, after, err) = sql(Some(url), &init, "SELECT count(*) FROM nation");
+    assert!(ok, "the cluster stopped serving: {err}\n{}", cluster.logs());
+    assert!(after.contains("25"), "{after}");
+}
