@@ -97,7 +97,14 @@ pub(crate) async fn run_statement(
 ) -> Result<StepReport> {
     let started = Instant::now();
     let _ = engine.bad_records().take_counts();
-    let work = run_inner(engine, statement, display, opts, dry_run);
+    let span = tracing::info_span!(
+        target: "flowengine::pipeline",
+        "statement",
+        index = statement.index,
+        location = %statement.location,
+    );
+    let work =
+        tracing::Instrument::instrument(run_inner(engine, statement, display, opts, dry_run), span);
     let outcome = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<String>()

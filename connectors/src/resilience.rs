@@ -158,6 +158,24 @@ impl Resilience {
         what: &str,
         policy: &RetryPolicy,
         transient: fn(&DataFusionError) -> bool,
+        op: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let span =
+            tracing::info_span!(target: "flowengine::connector", "connector call", endpoint, what);
+        tracing::Instrument::instrument(self.attempts(endpoint, what, policy, transient, op), span)
+            .await
+    }
+
+    async fn attempts<T, F, Fut>(
+        &self,
+        endpoint: &str,
+        what: &str,
+        policy: &RetryPolicy,
+        transient: fn(&DataFusionError) -> bool,
         mut op: F,
     ) -> Result<T>
     where

@@ -14,6 +14,7 @@ use engine::security::AuditRecord;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::error::{datafusion_status, engine_status};
 use crate::state::ServerState;
@@ -83,69 +84,97 @@ pub(crate) fn spawn_query(
     let progress = Arc::new(Progress::default());
     let token = state.shutdown.child_token();
     state.running.register(&id, token.clone(), &audit.user);
+    // A child of the Flight call's span (the caller's trace when it sent a traceparent).
+    let span = tracing::info_span!(
+        target: "flowengine::flight",
+        "query",
+        query_id = %id,
+        kind = kind.as_str(),
+        user = %audit.user
+    );
+    let trace_id = crate::trace::trace_id(&span);
+    audit.trace_id = trace_id.clone();
+    let origin = crate::activity::Origin {
+        user: audit.user.clone(),
+        tenant: audit.tenant.clone(),
+        client: audit.client.clone(),
+        trace_id: trace_id.clone(),
+    };
+    state.activity.started(&id, origin, kind.as_str(), &sql);
     let task_progress = Arc::clone(&progress);
     let task_id = id.clone();
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let mut counts = Counts::default();
-        let tenant = audit.tenant.clone();
-        let run = run(
-            &state,
-            tenant.as_deref(),
-            &plans,
-            &tx,
-            &task_progress,
-            &mut counts,
-        );
-        let timeout = state.query_timeout();
-        let outcome = tokio::select! {
-            r = run => r,
-            _ = token.cancelled() => Err(Status::cancelled("query cancelled")),
-            _ = sleep_opt(timeout) => Err(Status::deadline_exceeded(format!(
-                "query exceeded the server's query timeout of {}s",
-                timeout.map(|t| t.as_secs()).unwrap_or_default()
-            ))),
-        };
-        if counts.admitted {
-            state.metrics.active.dec();
+    tokio::spawn(
+        async move {
+            let started = Instant::now();
+            let mut counts = Counts::default();
+            let tenant = audit.tenant.clone();
+            let run = run(
+                &state,
+                tenant.as_deref(),
+                &plans,
+                &tx,
+                &task_progress,
+                &mut counts,
+            );
+            let timeout = state.query_timeout();
+            let outcome = tokio::select! {
+                r = run => r,
+                _ = token.cancelled() => Err(Status::cancelled("query cancelled")),
+                _ = sleep_opt(timeout) => Err(Status::deadline_exceeded(format!(
+                    "query exceeded the server's query timeout of {}s",
+                    timeout.map(|t| t.as_secs()).unwrap_or_default()
+                ))),
+            };
+            if counts.admitted {
+                state.metrics.active.dec();
+            }
+            state.running.unregister(&task_id);
+            let status = match &outcome {
+                Ok(()) => "ok",
+                Err(s) => match s.code() {
+                    tonic::Code::Cancelled => "cancelled",
+                    tonic::Code::DeadlineExceeded => "timeout",
+                    tonic::Code::ResourceExhausted if !counts.admitted => "rejected",
+                    _ => "error",
+                },
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            state.metrics.record(kind.as_str(), status, seconds);
+            let error = outcome.as_ref().err().map(|s| s.message().to_string());
+            tracing::info!(
+                target: "flowengine::query",
+                query_id = %task_id,
+                kind = kind.as_str(),
+                status,
+                rows = counts.rows,
+                bytes = counts.bytes,
+                duration_ms = (seconds * 1000.0).round() as u64,
+                sql = %truncate(&sql, 500),
+                error = error.as_deref().unwrap_or(""),
+                trace_id = trace_id.as_deref().unwrap_or(""),
+                "statement finished"
+            );
+            state.activity.finished(
+                &task_id,
+                status,
+                counts.rows,
+                counts.bytes,
+                error.as_deref(),
+            );
+            audit.query_id = Some(task_id.clone());
+            audit.rows = Some(counts.rows);
+            audit.bytes = Some(counts.bytes);
+            audit.duration_ms = Some((seconds * 1000.0).round() as u64);
+            audit.error = error;
+            state.audit.record(audit);
+            if let Err(status) = outcome {
+                // The client may be gone already; nothing else to tell.
+                let _ = tx.send(Err(status)).await;
+            }
+            task_progress.ready.store(true, Ordering::Release);
         }
-        state.running.unregister(&task_id);
-        let status = match &outcome {
-            Ok(()) => "ok",
-            Err(s) => match s.code() {
-                tonic::Code::Cancelled => "cancelled",
-                tonic::Code::DeadlineExceeded => "timeout",
-                tonic::Code::ResourceExhausted if !counts.admitted => "rejected",
-                _ => "error",
-            },
-        };
-        let seconds = started.elapsed().as_secs_f64();
-        state.metrics.record(kind.as_str(), status, seconds);
-        let error = outcome.as_ref().err().map(|s| s.message().to_string());
-        tracing::info!(
-            target: "flowengine::query",
-            query_id = %task_id,
-            kind = kind.as_str(),
-            status,
-            rows = counts.rows,
-            bytes = counts.bytes,
-            duration_ms = (seconds * 1000.0).round() as u64,
-            sql = %truncate(&sql, 500),
-            error = error.as_deref().unwrap_or(""),
-            "statement finished"
-        );
-        audit.query_id = Some(task_id.clone());
-        audit.rows = Some(counts.rows);
-        audit.bytes = Some(counts.bytes);
-        audit.duration_ms = Some((seconds * 1000.0).round() as u64);
-        audit.error = error;
-        state.audit.record(audit);
-        if let Err(status) = outcome {
-            // The client may be gone already; nothing else to tell.
-            let _ = tx.send(Err(status)).await;
-        }
-        task_progress.ready.store(true, Ordering::Release);
-    });
+        .instrument(span),
+    );
     QueryOutput { id, rx, progress }
 }
 
@@ -271,6 +300,7 @@ async fn sleep_opt(d: Option<std::time::Duration>) {
 /// Count and log a statement that failed before it could execute (parse, plan, binding).
 pub(crate) fn record_failure(
     state: &ServerState,
+    who: &crate::auth::Caller,
     kind: Kind,
     sql: &str,
     status: &Status,
@@ -283,6 +313,20 @@ pub(crate) fn record_failure(
     state
         .metrics
         .record(kind.as_str(), outcome, elapsed.as_secs_f64());
+    let origin = crate::activity::Origin {
+        user: who.principal.name.clone(),
+        tenant: who.principal.tenant.as_ref().map(|t| t.tenant.clone()),
+        client: who.client.clone(),
+        trace_id: crate::trace::trace_id(&tracing::Span::current()),
+    };
+    state.activity.refused(
+        origin,
+        kind.as_str(),
+        sql,
+        outcome,
+        elapsed,
+        status.message(),
+    );
     tracing::info!(
         target: "flowengine::query",
         kind = kind.as_str(),

@@ -53,6 +53,11 @@ impl FlowFlightService {
                 })?,
             None => auth.authenticate(request.metadata(), &client).await?,
         };
+        self.sql.state.activity.seen(
+            &principal.name,
+            principal.tenant.as_ref().map(|t| t.tenant.as_str()),
+            &client,
+        );
         request
             .extensions_mut()
             .insert(Caller { principal, client });

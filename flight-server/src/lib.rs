@@ -9,6 +9,7 @@
 //!
 //! Planning and execution go through [`engine::Engine`]; this crate only speaks the protocols.
 
+mod activity;
 mod admin;
 mod auth;
 mod error;
@@ -20,11 +21,13 @@ mod jwt;
 mod metadata;
 mod metrics;
 mod params;
+mod reload;
 mod service;
 mod sql_info;
 mod state;
 mod statements;
 mod tls;
+pub mod trace;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,6 +47,7 @@ use crate::service::FlowSqlService;
 
 use crate::state::ServerState;
 pub use metrics::{BatchFigures, PipelineMetrics};
+pub use reload::{RELOADABLE, ReloadReport, Reloader};
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +127,8 @@ impl Server {
             security.audit_file.as_deref(),
             security.audit_redact_literals,
         )?;
-        let policy = Policy::new(&security, protected_files(engine.config(), protected));
+        let protected = protected_files(engine.config(), protected);
+        let policy = Policy::new(&security, protected.clone());
         if let Some(path) = &security.audit_file {
             engine::system::register_audit_table(engine.context(), path.clone())
                 .map_err(|e| ServeError::Setup(format!("system.audit: {e}")))?;
@@ -142,9 +147,11 @@ impl Server {
             engine,
             config.clone(),
             policy,
+            protected,
             audit,
             tenants,
         ));
+        activity::register(&state).map_err(|e| ServeError::Setup(format!("system tables: {e}")))?;
         state
             .auth
             .load_jwt_keys()
@@ -219,6 +226,13 @@ impl Server {
         self.state.metrics.pipelines.clone()
     }
 
+    /// A handle applying reloaded configurations (SIGHUP) to this server while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: Arc::clone(&self.state),
+        }
+    }
+
     /// Mark the catalog as loaded: `/ready` answers 200.
     pub fn set_ready(&self) {
         self.state.ready.store(true, Ordering::Release);
@@ -286,6 +300,7 @@ impl Server {
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(trace::TraceLayer)
             .add_service(service);
         let server: std::pin::Pin<
             Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,

@@ -41,6 +41,9 @@ pub struct AuditRecord {
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// OpenTelemetry trace id of the request (32 hex digits), to find its spans and log lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Appends records to the audit file; cheap to clone. Without a file it only logs denials.
