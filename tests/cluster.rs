@@ -15,18 +15,10 @@ const TABLES: [&str; 8] = [
     "customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier",
 ];
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Two free ports next to each other (an executor's Flight port and its gRPC port).
 fn free_port_pair() -> u16 {
     loop {
-        let p = free_port();
+        let p = common::free_port();
         if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
             return p;
         }
@@ -65,7 +57,7 @@ struct Cluster {
 impl Cluster {
     fn start() -> Self {
         let logs = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = common::free_port();
         let scheduler = spawn(
             &[
                 "scheduler".into(),

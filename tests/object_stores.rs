@@ -5,21 +5,12 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{flowengine, write_pipeline};
 use predicates::prelude::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A server process killed when the test ends.
 struct Server {
@@ -61,7 +52,7 @@ fn wait_for_port(port: u16, what: &str, child: &mut Child) {
 
 /// moto's S3 server (`pip install 'moto[server]'`; `.ci/run` installs it).
 fn start_moto() -> Server {
-    let port = free_port();
+    let port = common::free_port();
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new("python3")
         .args([
@@ -252,7 +243,7 @@ fn s3_failed_copy_leaves_no_object() {
 
 /// Azurite's blob service, started with npm's `azurite-blob` (`.ci/run` installs it).
 fn start_azurite(dir: &Path) -> Server {
-    let port = free_port();
+    let port = common::free_port();
     let mut child = Command::new("azurite-blob")
         .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
         .arg("--location")
@@ -354,7 +345,7 @@ fn http_file_is_a_table() {
         dir.path().join("products.csv"),
     )
     .unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let mut child = Command::new("python3")
         .args([
             "-m",
@@ -427,7 +418,7 @@ class H(http.server.SimpleHTTPRequestHandler):
         if not self.fail(): super().do_HEAD()
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 "#;
-    let port = free_port();
+    let port = common::free_port();
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new("python3")
         .args(["-c", script, &port.to_string(), "3"])

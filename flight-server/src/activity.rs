@@ -36,6 +36,31 @@ pub(crate) struct Origin {
     pub(crate) trace_id: Option<String>,
 }
 
+impl Origin {
+    /// The origin an audit record names, in the trace `trace_id`.
+    pub(crate) fn of_record(
+        record: &engine::security::AuditRecord,
+        trace_id: Option<String>,
+    ) -> Self {
+        Self {
+            user: record.user.clone(),
+            tenant: record.tenant.clone(),
+            client: record.client.clone(),
+            trace_id,
+        }
+    }
+
+    /// The origin of an authenticated call, in the current span's trace.
+    pub(crate) fn of_caller(who: &crate::auth::Caller) -> Self {
+        Self {
+            user: who.principal.name.clone(),
+            tenant: who.principal.tenant.as_ref().map(|t| t.tenant.clone()),
+            client: who.client.clone(),
+            trace_id: crate::trace::trace_id(&tracing::Span::current()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct QueryEntry {
     id: String,

@@ -94,12 +94,7 @@ pub(crate) fn spawn_query(
     );
     let trace_id = crate::trace::trace_id(&span);
     audit.trace_id = trace_id.clone();
-    let origin = crate::activity::Origin {
-        user: audit.user.clone(),
-        tenant: audit.tenant.clone(),
-        client: audit.client.clone(),
-        trace_id: trace_id.clone(),
-    };
+    let origin = crate::activity::Origin::of_record(&audit, trace_id.clone());
     state.activity.started(&id, origin, kind.as_str(), &sql);
     let task_progress = Arc::clone(&progress);
     let task_id = id.clone();
@@ -313,12 +308,7 @@ pub(crate) fn record_failure(
     state
         .metrics
         .record(kind.as_str(), outcome, elapsed.as_secs_f64());
-    let origin = crate::activity::Origin {
-        user: who.principal.name.clone(),
-        tenant: who.principal.tenant.as_ref().map(|t| t.tenant.clone()),
-        client: who.client.clone(),
-        trace_id: crate::trace::trace_id(&tracing::Span::current()),
-    };
+    let origin = crate::activity::Origin::of_caller(who);
     state.activity.refused(
         origin,
         kind.as_str(),

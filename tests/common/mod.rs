@@ -158,3 +158,12 @@ pub(crate) fn api_key() -> (String, String) {
     };
     (field("key:"), field("key_sha256:"))
 }
+
+/// A loopback port free at the time of asking.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
