@@ -87,9 +87,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lineage(args) => commands::lineage::run(&cli.global, args).await,
         Command::User(args) => commands::user::run(args),
         #[cfg(feature = "cluster")]
-        Command::Scheduler(args) => commands::cluster::scheduler(args).await,
+        Command::Scheduler(args) => commands::cluster::scheduler(&cli.global, args).await,
         #[cfg(feature = "cluster")]
-        Command::Executor(args) => commands::cluster::executor(args).await,
+        Command::Executor(args) => commands::cluster::executor(&cli.global, args).await,
         #[cfg(not(feature = "cluster"))]
         Command::Scheduler(_) | Command::Executor(_) => {
             Err(UsageError("this flowengine was built without the `cluster` feature".into()).into())

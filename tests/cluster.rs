@@ -1,8 +1,9 @@
 //! Cluster execution on Apache DataFusion Ballista: a scheduler and two executors, each a
 //! separate `flowengine` process on loopback, run the 22 TPC-H queries (SF 0.01, Parquet) and
 //! a CSV -> Parquet ETL with the same results as a single-node run; tables Ballista cannot ship
-//! are refused with an error naming them; and killing an executor during a query leaves a
-//! cluster that keeps serving.
+//! are refused with an error naming them; killing an executor during a query leaves a
+//! cluster that keeps serving; and tables on an S3-compatible server (moto), declared with store
+//! options and secret references, are read and written by the nodes.
 
 mod common;
 
@@ -33,12 +34,18 @@ fn wait_port(port: u16, what: &str) {
     }
 }
 
-fn spawn(args: &[String], log: &Path) -> Child {
+fn spawn(args: &[String], log: &Path, env: &[(&str, String)]) -> Child {
     let log = std::fs::File::create(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_flowengine"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("FLOWENGINE_CONFIG")
         .env_remove("FLOWENGINE_CLUSTER")
+        // Nodes reach object stores only through what the session sends them.
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT")
         .env("FLOWENGINE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
@@ -56,6 +63,11 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A cluster whose nodes have `env` set (secrets, for instance).
+    fn start_with(env: &[(&str, String)]) -> Self {
         let logs = tempfile::tempdir().unwrap();
         let port = common::free_port();
         let scheduler = spawn(
@@ -69,6 +81,7 @@ impl Cluster {
                 "4".into(),
             ],
             &logs.path().join("scheduler.log"),
+            env,
         );
         wait_port(port, "the scheduler");
         let mut executors = Vec::new();
@@ -89,6 +102,7 @@ impl Cluster {
                     logs.path().join(format!("work{i}")).display().to_string(),
                 ],
                 &logs.path().join(format!("executor{i}.log")),
+                env,
             ));
             std::fs::create_dir_all(logs.path().join(format!("work{i}"))).unwrap();
             wait_port(flight, "an executor's Flight service");
@@ -129,6 +143,9 @@ impl Drop for Cluster {
 
 /// TPC-H at SF 0.01 as Parquet and lineitem as CSV, generated once per test run.
 fn tpch_data() -> PathBuf {
+    // The tests of this file run in parallel threads: one generates, the others wait.
+    static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
     let dir = std::env::temp_dir().join("flowengine-cluster-tpch-sf0.01");
     for format in ["parquet", "csv"] {
         let out = dir.join(format);
@@ -391,4 +408,164 @@ fn tpch_and_etl_on_the_cluster_match_single_node_and_it_survives_a_lost_executor
     let (ok, after, err) = sql(Some(url), &init, "SELECT count(*) FROM nation");
     assert!(ok, "the cluster stopped serving: {err}\n{}", cluster.logs());
     assert!(after.contains("25"), "{after}");
+}
+
+/// An S3 table declared with an endpoint and credentials as secret references: the scheduler
+/// lists it and the executors read and write it, each resolving the secrets from its own
+/// `FLOWENGINE_SECRET_*` (the nodes have no `AWS_*` variables), and the options shown by
+/// `system.settings` hold references, not values.
+#[test]
+fn object_store_tables_on_the_cluster() {
+    let data = tpch_data();
+    let moto = common::stores::start_moto();
+    common::stores::create_bucket(moto.port, "lake");
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let secrets = [
+        ("FLOWENGINE_SECRET_S3_ID", "testing".to_string()),
+        ("FLOWENGINE_SECRET_S3_KEY", "testing".to_string()),
+    ];
+    let cluster = Cluster::start_with(&secrets);
+    let work = tempfile::tempdir().unwrap();
+    // The object is uploaded once by a single node with its own credentials.
+    let upload = work.path().join("upload.sql");
+    std::fs::write(
+        &upload,
+        format!(
+            "CREATE EXTERNAL TABLE local_orders STORED AS PARQUET \
+             LOCATION '{}/parquet/orders.parquet';\n\
+             COPY local_orders TO 's3://lake/orders/part-0.parquet';\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let uploaded = common::flowengine()
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .arg("run")
+        .arg(&upload)
+        .output()
+        .unwrap();
+    assert!(
+        uploaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&uploaded.stderr)
+    );
+    let init = work.path().join("s3.sql");
+    std::fs::write(
+        &init,
+        format!(
+            "CREATE EXTERNAL TABLE orders STORED AS PARQUET LOCATION 's3://lake/orders/' \
+             OPTIONS ('aws.access_key_id' '${{secret:S3_ID}}', \
+                      'aws.secret_access_key' '${{secret:S3_KEY}}', \
+                      'aws.region' 'us-east-1', 'aws.endpoint' '{endpoint}');\n"
+        ),
+    )
+    .unwrap();
+    // Clients (in one process or on the cluster) read through the table.
+    let client = |cluster_url: Option<&str>, sql_text: &str| {
+        let mut cmd = common::flowengine();
+        if let Some(url) = cluster_url {
+            cmd.args(["--cluster", url]);
+        }
+        cmd.envs(secrets.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .args(["sql", "--format", "csv", "--init"])
+            .arg(&init)
+            .args(["-c", sql_text])
+            .timeout(Duration::from_secs(300))
+            .output()
+            .unwrap()
+    };
+    let query = "SELECT o_orderstatus, count(*), sum(o_totalprice) FROM orders \
+                 WHERE o_orderdate >= DATE '1995-01-01' GROUP BY o_orderstatus";
+    let single = client(None, query);
+    assert!(
+        single.status.success(),
+        "{}",
+        String::from_utf8_lossy(&single.stderr)
+    );
+    let distributed = client(Some(&cluster.url), query);
+    assert!(
+        distributed.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&distributed.stderr),
+        cluster.logs()
+    );
+    let (single, distributed) = (
+        String::from_utf8_lossy(&single.stdout),
+        String::from_utf8_lossy(&distributed.stdout),
+    );
+    assert_eq!(rows(&single).len(), 3, "{single}");
+    same_results(&single, &distributed).unwrap();
+
+    // The executors write to the same bucket through the table's store.
+    let copy = client(
+        Some(&cluster.url),
+        "COPY (SELECT o_orderkey, o_totalprice FROM orders WHERE o_orderstatus = 'F') \
+         TO 's3://lake/finished/' STORED AS PARQUET",
+    );
+    assert!(
+        copy.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&copy.stderr),
+        cluster.logs()
+    );
+    let read_back = client(
+        None,
+        "CREATE EXTERNAL TABLE finished STORED AS PARQUET LOCATION 's3://lake/finished/'; \
+         SELECT count(*) = (SELECT count(*) FROM orders WHERE o_orderstatus = 'F') FROM finished",
+    );
+    let text = String::from_utf8_lossy(&read_back.stdout);
+    assert!(
+        read_back.status.success() && text.contains("true"),
+        "{text}{}",
+        String::from_utf8_lossy(&read_back.stderr)
+    );
+
+    // Nodes resolve references from their own secrets: one only the client has fails there,
+    // and the error names the store and the secret.
+    let other = work.path().join("other.sql");
+    std::fs::write(
+        &other,
+        format!(
+            "CREATE EXTERNAL TABLE o2 STORED AS PARQUET LOCATION 's3://lake/orders/' \
+             OPTIONS ('aws.access_key_id' '${{secret:S3_ID}}', \
+                      'aws.secret_access_key' '${{secret:CLIENT_ONLY}}', \
+                      'aws.region' 'us-east-1', 'aws.endpoint' '{endpoint}');\n"
+        ),
+    )
+    .unwrap();
+    let missing = common::flowengine()
+        .args(["--cluster", &cluster.url, "sql", "--init"])
+        .arg(&other)
+        .args(["-c", "SELECT count(*) FROM o2"])
+        .envs(secrets.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("FLOWENGINE_SECRET_CLIENT_ONLY", "testing")
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success(), "{err}");
+    assert!(
+        err.contains("CLIENT_ONLY") && err.contains("s3://lake") && !err.contains("testing"),
+        "{err}"
+    );
+
+    // What travels to the nodes names the secrets, never their values.
+    let settings = client(
+        None,
+        "SELECT name, value FROM system.settings WHERE name LIKE 'flowengine_stores.%'",
+    );
+    let text = String::from_utf8_lossy(&settings.stdout);
+    assert!(
+        text.contains("s3://lake")
+            && text.contains("${secret:S3_KEY}")
+            && !text.contains("testing"),
+        "{text}"
+    );
 }

@@ -1,6 +1,11 @@
 //! `flowengine scheduler` and `flowengine executor`: Apache DataFusion Ballista's scheduler and
 //! executor processes, started from this binary so one artifact deploys everything. Queries
 //! reach them through `--cluster` (see [`crate::cluster`]).
+//!
+//! Both read object stores the way a single node does: every session's config carries the store
+//! options of its tables ([`connectors::cloud::SharedStoreOptions`]); each node builds those
+//! stores with secret references resolved from its own `--config` (`secrets_file`) and
+//! `FLOWENGINE_SECRET_*` variables, and any other cloud URL from its environment.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -8,13 +13,33 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::utils::default_session_builder;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
+use connectors::cloud::{NodeStores, SharedStoreOptions};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::SessionConfig;
 
 use crate::UsageError;
-use crate::cli::{ExecutorArgs, SchedulerArgs};
+use crate::cli::{ExecutorArgs, GlobalArgs, SchedulerArgs};
+
+/// The config a node starts each session from: Ballista's, able to receive the session's
+/// shared store options.
+fn node_session_config() -> SessionConfig {
+    SessionConfig::new_with_ballista().with_option_extension(SharedStoreOptions::default())
+}
+
+/// The node's object stores, resolving secret references from its own configuration.
+fn node_stores(global: &GlobalArgs) -> Result<Arc<NodeStores>> {
+    let loaded = super::load_config(global)?;
+    let secrets = engine::SecretStore::load(loaded.config.secrets_file.as_deref())
+        .map_err(|e| UsageError(format!("secrets_file: {e}")))?;
+    Ok(Arc::new(NodeStores::new(secrets)))
+}
 
 /// `HOST:PORT` resolved to one socket address.
 fn resolve(what: &str, addr: &str) -> Result<SocketAddr> {
@@ -34,8 +59,9 @@ fn split_host_port(what: &str, addr: &str) -> Result<(String, u16)> {
     Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
 
-pub(crate) async fn scheduler(args: SchedulerArgs) -> Result<ExitCode> {
+pub(crate) async fn scheduler(global: &GlobalArgs, args: SchedulerArgs) -> Result<ExitCode> {
     let addr = resolve("--bind", &args.bind)?;
+    let stores = node_stores(global)?;
     let config = SchedulerConfig {
         bind_host: addr.ip().to_string(),
         bind_port: addr.port(),
@@ -49,6 +75,18 @@ pub(crate) async fn scheduler(args: SchedulerArgs) -> Result<ExitCode> {
         expire_dead_executor_interval_seconds: (args.executor_timeout_secs / 4).max(1),
         no_executors_grace_period_seconds: args.executor_timeout_secs,
         task_max_failures: args.task_max_failures,
+        override_config_producer: Some(Arc::new(node_session_config)),
+        // The scheduler lists a table's files while planning: give it the session's stores.
+        override_session_builder: Some(Arc::new(move |config: SessionConfig| {
+            let registry = stores.registry(&config)?;
+            let state = default_session_builder(config)?;
+            let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
+                .with_object_store_registry(registry)
+                .build_arc()?;
+            Ok(SessionStateBuilder::new_from_existing(state)
+                .with_runtime_env(runtime)
+                .build())
+        })),
         ..Default::default()
     };
     let cluster = BallistaCluster::new_from_config(&config)
@@ -66,8 +104,9 @@ pub(crate) async fn scheduler(args: SchedulerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn executor(args: ExecutorArgs) -> Result<ExitCode> {
+pub(crate) async fn executor(global: &GlobalArgs, args: ExecutorArgs) -> Result<ExitCode> {
     let flight = resolve("--bind", &args.bind)?;
+    let stores = node_stores(global)?;
     let (scheduler_host, scheduler_port) = split_host_port("--scheduler", &args.scheduler)?;
     let grpc_port = match args.grpc_port {
         Some(p) => p,
@@ -94,8 +133,29 @@ pub(crate) async fn executor(args: ExecutorArgs) -> Result<ExitCode> {
         executor_heartbeat_interval_seconds: args.heartbeat_secs.max(1),
         memory_pool_size: args.memory_limit.map(|m| m.as_u64()),
         print_thread_info: false,
+        override_config_producer: Some(Arc::new(node_session_config)),
+        // A session's stores may grow with each query (a table created later names another
+        // bucket), so every task builds its runtime from its own settings; the stores
+        // themselves are reused while their options are unchanged.
+        session_runtime_cache_capacity: 0,
         ..Default::default()
     };
+    let work_dir = match &config.work_dir {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::env::temp_dir().join(format!("flowengine-executor-{}", config.executor_id)),
+    };
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating the work directory {}", work_dir.display()))?;
+    let mut config = config;
+    config.work_dir = Some(work_dir.display().to_string());
+    config.override_runtime_producer = Some(Arc::new(move |session: &SessionConfig| {
+        Ok(Arc::new(
+            RuntimeEnvBuilder::new()
+                .with_temp_file_path(work_dir.clone())
+                .with_object_store_registry(stores.registry(session)?)
+                .build()?,
+        ))
+    }));
     eprintln!(
         "flowengine: executor {} on {flight} (gRPC port {grpc_port}), scheduler {}",
         config.executor_id, args.scheduler

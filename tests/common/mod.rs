@@ -5,6 +5,7 @@ pub(crate) mod certs;
 pub(crate) mod flight;
 pub(crate) mod queues;
 pub(crate) mod server;
+pub(crate) mod stores;
 
 use std::path::{Path, PathBuf};
 

@@ -30,6 +30,10 @@ use object_store::ObjectStore;
 use object_store::{BackoffConfig, RetryConfig};
 use url::Url;
 
+pub mod shared;
+
+pub use shared::{NodeStores, SharedStoreOptions};
+
 /// Option prefixes that configure a store rather than a format.
 const PREFIXES: &[&str] = &["aws.", "azure.", "gcp.", "google.", "http.", "retry."];
 
@@ -86,6 +90,9 @@ impl Connector for CloudConnector {
             .with_object_store_registry(registry)
             .build_arc()?;
         *builder.runtime_env() = Some(runtime);
+        // Store options of tables travel with each query to cluster nodes (see `shared`).
+        let config = builder.config().take().unwrap_or_default();
+        *builder.config() = Some(config.with_option_extension(SharedStoreOptions::default()));
         if let Some(factories) = builder.table_factories() {
             for f in factories.values_mut() {
                 *f = Arc::new(CloudOptionsFactory {
@@ -367,11 +374,18 @@ impl TableProviderFactory for CloudOptionsFactory {
                     .map_err(|e| DataFusionError::Plan(format!("option `{k}`: {e}")))
             })
             .collect::<Result<BTreeMap<_, _>>>()?;
+        let shared = state
+            .config_options()
+            .extensions
+            .get::<SharedStoreOptions>();
         for url in &urls {
             let store = build_store(url, &resolved)?;
             state
                 .runtime_env()
                 .register_object_store(&store_url(url), store);
+            if let Some(shared) = shared {
+                shared.record(&store_url(url), &store_opts);
+            }
         }
         let mut cmd = cmd.clone();
         cmd.options = rest.into_iter().collect();
