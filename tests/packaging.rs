@@ -14,8 +14,8 @@ use std::path::Path;
 
 use serde_norway::Value;
 
-use common::repo;
 use common::server::{ServerProcess, http_get};
+use common::{flowengine, repo};
 
 /// The demo API key whose SHA-256 deploy/compose.toml and deploy/k8s/configmap.yaml hold.
 const DEMO_KEY: &str = "fek_compose_demo_key_change_me";
@@ -346,6 +346,99 @@ fn kubernetes_manifests_probe_limit_and_mount_what_the_server_reads() {
         .collect();
     assert_eq!(targets, BTreeSet::from(["admin", "flight-sql"]));
     config_checks(toml);
+}
+
+/// The scheduler and executors of deploy/k8s/cluster.yaml: wired to each other, probed on their
+/// ports, limited, non-root, with the server's configuration and secrets mounted, and started
+/// with options the binary accepts.
+#[test]
+fn kubernetes_cluster_manifests_wire_scheduler_and_executors() {
+    let docs = manifests();
+    let named = |kind: &str, name: &str| -> &Value {
+        docs.iter()
+            .find(|d| str_of(d, "kind") == kind && str_of(d, "metadata.name") == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let service = named("Service", "flowengine-scheduler");
+    let scheduler = named("Deployment", "flowengine-scheduler");
+    let executor = named("Deployment", "flowengine-executor");
+    assert_eq!(get(scheduler, "spec.replicas").as_u64(), Some(1));
+    assert_eq!(
+        get(service, "spec.selector"),
+        get(scheduler, "spec.template.metadata.labels")
+    );
+    let service_port = get(service, "spec.ports.0.port").as_u64().unwrap();
+    let config = of_kind(&docs, "ConfigMap");
+    let secret = of_kind(&docs, "Secret");
+    for (deployment, command) in [(scheduler, "scheduler"), (executor, "executor")] {
+        let pod = get(deployment, "spec.template.spec");
+        assert_eq!(
+            get(pod, "securityContext.runAsNonRoot").as_bool(),
+            Some(true)
+        );
+        let container = get(pod, "containers.0");
+        let args: Vec<&str> = get(container, "args")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(args[0], command);
+        // Every option is one the binary takes (`flowengine scheduler|executor --help`).
+        let help = flowengine().args([command, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout).into_owned();
+        for flag in args.iter().filter(|a| a.starts_with("--")) {
+            assert!(
+                help.contains(flag),
+                "`flowengine {command}` has no {flag}:\n{help}"
+            );
+        }
+        let ports: Vec<&str> = get(container, "ports")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| str_of(p, "name"))
+            .collect();
+        for probe in ["livenessProbe", "readinessProbe"] {
+            let port = str_of(container, &format!("{probe}.tcpSocket.port"));
+            assert!(ports.contains(&port), "{command} {probe} on {port}");
+        }
+        for kind in ["requests", "limits"] {
+            assert!(get(container, &format!("resources.{kind}.memory")).is_string());
+        }
+        let mounts: Vec<&str> = get(container, "volumeMounts")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|m| str_of(m, "mountPath"))
+            .collect();
+        assert!(mounts.contains(&"/etc/flowengine/flowengine.toml"));
+        assert!(mounts.contains(&"/etc/flowengine/secrets"));
+        let volumes = get(pod, "volumes").as_sequence().unwrap();
+        assert!(volumes.iter().any(|v| get(v, "configMap.name").as_str()
+            == Some(str_of(config, "metadata.name"))));
+        assert!(
+            volumes
+                .iter()
+                .any(|v| get(v, "secret.secretName").as_str()
+                    == Some(str_of(secret, "metadata.name")))
+        );
+    }
+    // Executors find the scheduler through its Service, and advertise their pod IP.
+    let args = get(executor, "spec.template.spec.containers.0.args")
+        .as_sequence()
+        .unwrap();
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a.as_str() == Some(flag))
+            .and_then(|i| args[i + 1].as_str())
+            .unwrap_or_else(|| panic!("executor {flag}"))
+    };
+    assert_eq!(
+        after("--scheduler"),
+        format!("{}:{service_port}", str_of(service, "metadata.name"))
+    );
+    assert_eq!(after("--external-host"), "$(POD_IP)");
 }
 
 /// The configuration the Kubernetes manifests deploy, with its paths moved into `dir` and its
