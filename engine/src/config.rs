@@ -58,6 +58,12 @@ pub struct EngineConfig {
     /// Rows per record batch. Default: 8192.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// FlowEngine's own logical optimizer rules, which DataFusion lacks: an aggregate joined on
+    /// its grouping key to a filtered table aggregates only the keys that join keeps, and an
+    /// `IN (subquery)` filters the join input holding its key. Default: on. Turn off to compare
+    /// plans or to rule them out. Env: `FLOWENGINE_EXTRA_OPTIMIZER_RULES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_optimizer_rules: Option<bool>,
     /// Raw DataFusion settings (`datafusion.*` keys), applied after FlowEngine's own defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub datafusion: BTreeMap<String, String>,
@@ -292,6 +298,13 @@ impl EngineConfig {
                 "AUTH" => self.security.auth = value.parse().map_err(bad)?,
                 "CLUSTER" => self.cluster = Some(value.clone()),
                 "OTLP_ENDPOINT" => self.otlp_endpoint = Some(value.clone()),
+                "EXTRA_OPTIMIZER_RULES" => {
+                    self.extra_optimizer_rules = Some(
+                        value
+                            .parse()
+                            .map_err(|_| bad(format!("`{value}` is not true or false")))?,
+                    )
+                }
                 "MAX_SPILL_SIZE" => {
                     self.max_spill_size = Some(
                         value
@@ -431,6 +444,7 @@ impl EngineConfig {
         effective.memory_limit = Some(self.memory_limit.unwrap_or(MemoryLimit::Percent(50.0)));
         effective.target_partitions = Some(self.effective_target_partitions());
         effective.batch_size = Some(self.effective_batch_size());
+        effective.extra_optimizer_rules = Some(self.extra_optimizer_rules.unwrap_or(true));
         effective.state_dir = Some(self.effective_state_dir());
         if effective.spill_dir.is_none() {
             effective.spill_dir = Some(std::env::temp_dir());

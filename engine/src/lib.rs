@@ -11,6 +11,7 @@ pub mod config;
 pub mod connector;
 pub mod encryption;
 pub mod error;
+pub mod join_keys;
 pub mod lineage;
 pub mod pipeline;
 pub mod placeholders;

@@ -81,10 +81,13 @@ impl Engine {
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features();
-        let state = connectors
-            .register_all(builder)?
-            .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins))
-            .build();
+        let mut builder = connectors.register_all(builder)?;
+        if config.extra_optimizer_rules.unwrap_or(true) {
+            builder = builder
+                .with_optimizer_rule(Arc::new(crate::join_keys::FilterAggregateByJoinKeys))
+                .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins));
+        }
+        let state = builder.build();
         let mut state = state;
         if let Some(keys) = parquet_keys {
             // Every Parquet file read or written goes through the factory: writes are
