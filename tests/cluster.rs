@@ -452,17 +452,17 @@ fn object_store_tables_on_the_cluster() {
         "{}",
         String::from_utf8_lossy(&uploaded.stderr)
     );
-    let init = work.path().join("s3.sql");
-    std::fs::write(
-        &init,
+    // The orders object as table `name`, its secret key from secret `key`.
+    let declare = |name: &str, key: &str| {
         format!(
-            "CREATE EXTERNAL TABLE orders STORED AS PARQUET LOCATION 's3://lake/orders/' \
+            "CREATE EXTERNAL TABLE {name} STORED AS PARQUET LOCATION 's3://lake/orders/' \
              OPTIONS ('aws.access_key_id' '${{secret:S3_ID}}', \
-                      'aws.secret_access_key' '${{secret:S3_KEY}}', \
+                      'aws.secret_access_key' '${{secret:{key}}}', \
                       'aws.region' 'us-east-1', 'aws.endpoint' '{endpoint}');\n"
-        ),
-    )
-    .unwrap();
+        )
+    };
+    let init = work.path().join("s3.sql");
+    std::fs::write(&init, declare("orders", "S3_KEY")).unwrap();
     // Clients (in one process or on the cluster) read through the table.
     let client = |cluster_url: Option<&str>, sql_text: &str| {
         let mut cmd = common::flowengine();
@@ -530,16 +530,7 @@ fn object_store_tables_on_the_cluster() {
     // Nodes resolve references from their own secrets: one only the client has fails there,
     // and the error names the store and the secret.
     let other = work.path().join("other.sql");
-    std::fs::write(
-        &other,
-        format!(
-            "CREATE EXTERNAL TABLE o2 STORED AS PARQUET LOCATION 's3://lake/orders/' \
-             OPTIONS ('aws.access_key_id' '${{secret:S3_ID}}', \
-                      'aws.secret_access_key' '${{secret:CLIENT_ONLY}}', \
-                      'aws.region' 'us-east-1', 'aws.endpoint' '{endpoint}');\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&other, declare("o2", "CLIENT_ONLY")).unwrap();
     let missing = common::flowengine()
         .args(["--cluster", &cluster.url, "sql", "--init"])
         .arg(&other)
