@@ -2,12 +2,13 @@
 //! engine is planned here and executed by an Apache DataFusion Ballista scheduler and its
 //! executors, started from this binary (`flowengine scheduler`, `flowengine executor`).
 //!
-//! Ballista ships a query's logical plan to the scheduler, so only tables Ballista can
-//! serialize and every node can read may be distributed: file tables (`CREATE EXTERNAL TABLE
-//! ... STORED AS PARQUET|CSV|JSON|AVRO|ARROW`) over paths all nodes share or object stores. A
-//! plan touching any other table (databases, queues, HTTP sources, in-memory tables, tolerant
-//! CSV readers) is refused before it is sent, with an error naming the table and why. Plans that
-//! read only this process's own catalog tables (`information_schema`, `system`) run here.
+//! Ballista ships a query's logical plan to the scheduler. File tables (`CREATE EXTERNAL TABLE
+//! ... STORED AS PARQUET|CSV|JSON|AVRO|ARROW`) over paths all nodes share or object stores go
+//! as they are; FlowEngine's own tables (databases, NATS subjects, REST sources) go as their
+//! definitions and are opened by the executors ([`crate::cluster_tables`]). A plan touching any
+//! other table (consuming queues, in-memory tables, tolerant CSV readers) is refused before it
+//! is sent, with an error naming the table and why. Plans that read only this process's own
+//! catalog tables (`information_schema`, `system`) run here.
 
 use anyhow::Result;
 use engine::{Engine, EngineConfig};
@@ -53,9 +54,11 @@ mod remote {
     use std::sync::Arc;
 
     use async_trait::async_trait;
-    use ballista_core::extension::SessionStateExt;
-    use datafusion::catalog::Session;
+    use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+    use connectors::files::tolerant::source::TolerantFormat;
+    use datafusion::catalog::{Session, TableProvider};
     use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::datasource::TableType;
     use datafusion::datasource::listing::ListingTable;
     use datafusion::datasource::source_as_provider;
     use datafusion::error::DataFusionError;
@@ -65,6 +68,7 @@ mod remote {
     use datafusion::logical_expr::{LogicalPlan, TableScan};
     use datafusion::physical_plan::ExecutionPlan;
     use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+    use engine::table_defs::TableDefinitions;
 
     /// Schemas of this process's own tables: a plan reading only these runs here.
     const LOCAL_SCHEMAS: [&str; 2] = ["information_schema", "system"];
@@ -74,6 +78,30 @@ mod remote {
         state: SessionState,
         scheduler: &str,
     ) -> datafusion::error::Result<SessionState> {
+        // FlowEngine's tables travel as their definitions (crate::cluster_tables).
+        let definitions = state
+            .config()
+            .get_extension::<engine::table_defs::TableDefinitions>();
+        let codec = Arc::new(crate::cluster_tables::TableCodec::new(
+            Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
+            definitions,
+        ));
+        let config = state
+            .config()
+            .clone()
+            .with_ballista_logical_extension_codec(codec);
+        // Federation would turn database scans into SQL sent from this process; on the
+        // cluster the executors scan those tables themselves, with filters still pushed down.
+        let rules = state
+            .optimizers()
+            .iter()
+            .filter(|rule| !rule.name().starts_with("federation_optimizer_rule"))
+            .cloned()
+            .collect();
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_config(config)
+            .with_optimizer_rules(rules)
+            .build();
         let state = state.upgrade_for_ballista(scheduler.to_string())?;
         let remote = Arc::clone(state.query_planner());
         Ok(SessionStateBuilder::new_from_existing(state)
@@ -97,11 +125,24 @@ mod remote {
         Cluster,
     }
 
-    fn placement(plan: &LogicalPlan) -> datafusion::error::Result<Placement> {
+    fn placement(
+        plan: &LogicalPlan,
+        definitions: Option<&TableDefinitions>,
+    ) -> datafusion::error::Result<Placement> {
         let mut local = Vec::new();
         let mut distributed = false;
         let mut refused: Option<DataFusionError> = None;
         plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::Dml(dml) = node
+                && let Ok(target) = source_as_provider(&dml.target)
+                && definitions.is_some_and(|d| d.definition_of(&target).is_some())
+            {
+                refused = Some(DataFusionError::Plan(format!(
+                    "writing to table `{}` is not done on the cluster: executors read FlowEngine's                      connector tables but only file tables are written there; run this                      statement without --cluster",
+                    dml.table_name
+                )));
+                return Ok(TreeNodeRecursion::Stop);
+            }
             if let LogicalPlan::TableScan(TableScan {
                 table_name, source, ..
             }) = node
@@ -113,16 +154,8 @@ mod remote {
                     local.push(table_name.to_string());
                 } else {
                     let provider = source_as_provider(source)?;
-                    if (provider.as_ref() as &dyn std::any::Any).downcast_ref::<ListingTable>().is_none() {
-                        refused = Some(DataFusionError::Plan(format!(
-                            "table `{table_name}` cannot be read on the cluster: only file tables \
-                             (CREATE EXTERNAL TABLE ... STORED AS PARQUET, CSV, JSON, AVRO or ARROW, \
-                             without on_error) are sent to executors, and `{table_name}` is a \
-                             {} table read by this process (a database, queue, HTTP or in-memory \
-                             table, or a tolerant reader). Copy it to Parquet on a path every node \
-                             shares (COPY ... TO), or run without --cluster",
-                            describe(provider.as_ref())
-                        )));
+                    if let Err(why) = readable_on_executors(&provider, definitions) {
+                        refused = Some(crate::cluster_tables::refused(table_name, &why));
                         return Ok(TreeNodeRecursion::Stop);
                     }
                     distributed = true;
@@ -143,12 +176,43 @@ mod remote {
         }
     }
 
-    /// A short name of a provider's kind, from its table type.
-    fn describe(provider: &dyn datafusion::catalog::TableProvider) -> &'static str {
-        match provider.table_type() {
-            datafusion::datasource::TableType::Base => "non-file",
-            datafusion::datasource::TableType::View => "view-like",
-            datafusion::datasource::TableType::Temporary => "temporary",
+    /// Whether executors can read `provider`: file tables (not tolerant readers, whose bad
+    /// records this process counts and dead-letters) and FlowEngine's connector tables that
+    /// [`crate::cluster_tables::distributable`] accepts.
+    fn readable_on_executors(
+        provider: &Arc<dyn TableProvider>,
+        definitions: Option<&TableDefinitions>,
+    ) -> Result<(), String> {
+        if let Some(listing) =
+            (provider.as_ref() as &dyn std::any::Any).downcast_ref::<ListingTable>()
+        {
+            let format = listing.options().format.as_ref() as &dyn std::any::Any;
+            if format.downcast_ref::<TolerantFormat>().is_some() {
+                return Err(
+                    "it reads with on_error, whose bad-record counts and dead letters \
+                            this process keeps"
+                        .into(),
+                );
+            }
+            return Ok(());
+        }
+        match definitions.and_then(|d| d.definition_of(provider)) {
+            Some(cmd) => crate::cluster_tables::distributable(&cmd.file_type).map_err(|why| {
+                format!(
+                    "it is a {} table and {why}",
+                    cmd.file_type.to_ascii_uppercase()
+                )
+            }),
+            None => Err(format!(
+                "it is a {} table held by this process (an in-memory table or a table created \
+                 by a query), and executors can read only file tables and tables declared with \
+                 CREATE EXTERNAL TABLE",
+                match provider.table_type() {
+                    TableType::Base => "base",
+                    TableType::View => "view-like",
+                    TableType::Temporary => "temporary",
+                }
+            )),
         }
     }
 
@@ -159,7 +223,8 @@ mod remote {
             logical_plan: &LogicalPlan,
             session: &dyn Session,
         ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-            match placement(logical_plan)? {
+            let definitions = session.config().get_extension::<TableDefinitions>();
+            match placement(logical_plan, definitions.as_deref())? {
                 Placement::Local => {
                     DefaultPhysicalPlanner::default()
                         .create_physical_plan(logical_plan, session)
@@ -178,6 +243,10 @@ mod remote {
     mod tests {
         use super::*;
         use datafusion::prelude::SessionContext;
+
+        fn place(plan: &LogicalPlan) -> datafusion::error::Result<Placement> {
+            placement(plan, None)
+        }
 
         #[tokio::test]
         async fn only_file_tables_go_to_the_cluster() {
@@ -199,30 +268,26 @@ mod remote {
                 async move { ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap() }
             };
             assert_eq!(
-                placement(&plan("SELECT a FROM files WHERE b > 1").await).unwrap(),
+                place(&plan("SELECT a FROM files WHERE b > 1").await).unwrap(),
                 Placement::Cluster
             );
+            assert_eq!(place(&plan("SELECT 1").await).unwrap(), Placement::Cluster);
             assert_eq!(
-                placement(&plan("SELECT 1").await).unwrap(),
-                Placement::Cluster
-            );
-            assert_eq!(
-                placement(&plan("SELECT * FROM information_schema.tables").await).unwrap(),
+                place(&plan("SELECT * FROM information_schema.tables").await).unwrap(),
                 Placement::Local
             );
             let err =
-                placement(&plan("SELECT * FROM files WHERE a IN (SELECT column1 FROM mem)").await)
+                place(&plan("SELECT * FROM files WHERE a IN (SELECT column1 FROM mem)").await)
                     .unwrap_err()
                     .to_string();
             assert!(
                 err.contains("table `mem` cannot be read on the cluster") && err.contains("COPY"),
                 "{err}"
             );
-            let err = placement(
-                &plan("SELECT * FROM files CROSS JOIN information_schema.schemata").await,
-            )
-            .unwrap_err()
-            .to_string();
+            let err =
+                place(&plan("SELECT * FROM files CROSS JOIN information_schema.schemata").await)
+                    .unwrap_err()
+                    .to_string();
             assert!(err.contains("cannot be joined"), "{err}");
         }
     }

@@ -5,6 +5,8 @@
 
 mod cli;
 mod cluster;
+#[cfg(feature = "cluster")]
+mod cluster_tables;
 mod commands;
 mod exec;
 mod lineage_sink;

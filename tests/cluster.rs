@@ -2,8 +2,9 @@
 //! separate `flowengine` process on loopback, run the 22 TPC-H queries (SF 0.01, Parquet) and
 //! a CSV -> Parquet ETL with the same results as a single-node run; tables Ballista cannot ship
 //! are refused with an error naming them; killing an executor during a query leaves a
-//! cluster that keeps serving; and tables on an S3-compatible server (moto), declared with store
-//! options and secret references, are read and written by the nodes.
+//! cluster that keeps serving; tables on an S3-compatible server (moto), declared with store
+//! options and secret references, are read and written by the nodes; and FlowEngine's own
+//! connector tables (PostgreSQL here) are opened and read by the executors themselves.
 
 mod common;
 
@@ -559,4 +560,129 @@ fn object_store_tables_on_the_cluster() {
             && !text.contains("testing"),
         "{text}"
     );
+}
+
+#[test]
+fn connector_tables_are_read_by_the_executors() {
+    let data = tpch_data();
+    let table = format!("cluster_pg_{}", std::process::id());
+    common::psql(&format!(
+        "DROP TABLE IF EXISTS {table}; \
+         CREATE TABLE {table} AS SELECT g AS id, g % 25 AS nation, (g * 1.5)::numeric(12,2) AS amount, \
+                'name ' || g AS name FROM generate_series(1, 20000) g;"
+    ));
+    // Both the client and the nodes resolve PG_PASS; only the client has CLIENT_ONLY.
+    let node_secrets = [(
+        "FLOWENGINE_SECRET_PG_PASS",
+        "trust-auth-ignores-it".to_string(),
+    )];
+    let cluster = Cluster::start_with(&node_secrets);
+    let work = tempfile::tempdir().unwrap();
+    let declare = |name: &str, connection: &str| {
+        format!(
+            "CREATE EXTERNAL TABLE {name} STORED AS POSTGRES LOCATION 'public.{table}' \
+             OPTIONS ('connection' '{connection}');\n"
+        )
+    };
+    let init = work.path().join("pg.sql");
+    std::fs::write(
+        &init,
+        std::fs::read_to_string(tables_sql(&data)).unwrap()
+            + &declare(
+                "pg",
+                "postgresql://postgres:${secret:PG_PASS}@127.0.0.1:5432/test",
+            )
+            + &declare(
+                "pg_client_only",
+                "postgresql://postgres:${secret:CLIENT_ONLY}@127.0.0.1:5432/test",
+            )
+            + &declare(
+                "pg_literal",
+                "postgresql://postgres:hunter2@127.0.0.1:5432/test",
+            )
+            + &format!(
+                "CREATE EXTERNAL TABLE tolerant STORED AS CSV LOCATION '{}/csv/nation.csv' \
+                 OPTIONS ('on_error' 'skip');\n",
+                data.display()
+            ),
+    )
+    .unwrap();
+    let client = |cluster_url: Option<&str>, query: &str| {
+        let mut cmd = common::flowengine();
+        if let Some(url) = cluster_url {
+            cmd.args(["--cluster", url]);
+        }
+        let out = cmd
+            .env("FLOWENGINE_SECRET_PG_PASS", "trust-auth-ignores-it")
+            .env("FLOWENGINE_SECRET_CLIENT_ONLY", "trust-auth-ignores-it")
+            .args(["sql", "--format", "csv", "--init"])
+            .arg(&init)
+            .args(["-c", query])
+            .timeout(Duration::from_secs(120))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = cluster.url.as_str();
+    for query in [
+        // Filters and aggregates over the database table.
+        "SELECT nation, count(*) AS n, sum(amount) AS total FROM pg WHERE id > 100 GROUP BY nation",
+        // Joined with a Parquet table on the executors.
+        "SELECT n_name, count(*) AS n, max(name) AS last FROM pg JOIN nation ON pg.nation = n_nationkey \
+         WHERE amount < 9000 GROUP BY n_name",
+        // A pushed-down filter the database evaluates, and a limit.
+        "SELECT id, name FROM pg WHERE name LIKE 'name 1999%'",
+        "SELECT count(*) AS n FROM (SELECT id FROM pg WHERE id > 50 LIMIT 7)",
+    ] {
+        let (ok, single, err) = client(None, query);
+        assert!(ok, "{query}: single node failed: {err}");
+        let (ok, distributed, err) = client(Some(url), query);
+        assert!(ok, "{query}: cluster failed: {err}\n{}", cluster.logs());
+        assert!(!rows(&single).is_empty(), "{query}: {single}");
+        if let Err(diff) = same_results(&single, &distributed) {
+            panic!("{query}: {diff}\n{single}\n{distributed}");
+        }
+    }
+    // The executors open the table themselves: a secret only the client has is missing there,
+    // and the error names it (never a value).
+    let (ok, _, err) = client(Some(url), "SELECT count(*) FROM pg_client_only");
+    assert!(
+        !ok,
+        "a table needing the client's own secret ran on the cluster"
+    );
+    assert!(err.contains("CLIENT_ONLY"), "{err}");
+    assert!(!err.contains("trust-auth-ignores-it"), "{err}");
+    // A credential written literally in SQL is not sent to the nodes.
+    let (ok, _, err) = client(Some(url), "SELECT count(*) FROM pg_literal");
+    assert!(!ok);
+    assert!(
+        err.contains("table `pg_literal` cannot be read on the cluster")
+            && err.contains("literal credential"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    // Writes to connector tables and tolerant readers stay with a single node, saying so.
+    let (ok, _, err) = client(
+        Some(url),
+        "INSERT INTO pg SELECT id + 100000, nation, amount, name FROM pg WHERE id < 3",
+    );
+    assert!(
+        !ok && err.contains("writing to table") && err.contains("pg"),
+        "{err}"
+    );
+    let (ok, _, err) = client(Some(url), "SELECT count(*) FROM tolerant");
+    assert!(
+        !ok && err.contains("table `tolerant` cannot be read on the cluster")
+            && err.contains("on_error"),
+        "{err}"
+    );
+    // The cluster still serves.
+    let (ok, out, err) = client(Some(url), "SELECT count(*) AS n FROM pg");
+    assert!(ok, "{err}");
+    assert_eq!(rows(&out), vec![vec!["20000".to_string()]]);
+    common::psql(&format!("DROP TABLE IF EXISTS {table};"));
 }

@@ -1,7 +1,8 @@
-//! Under a memory limit far below the data (64 MiB against ~160 MB), sorts and aggregations
-//! spill to disk and finish with the right result; a plan that cannot spill (a hash join's build
-//! side, which DataFusion 55 keeps in memory) fails with a clear resources-exhausted error
-//! instead of being killed.
+//! Under a memory limit far below the data (64 MiB against ~160 MB), sorts, aggregations and
+//! joins spill to disk and finish with the right result (joins as sort-merge joins, which
+//! FlowEngine plans when a hash join's build side would not fit: `spillable_joins`); a plan
+//! that cannot spill (a hash join, kept with `spillable_joins = "never"`) fails with a clear
+//! resources-exhausted error instead of being killed.
 //!
 //! The configuration sets only the limit, the pool and the spill directory: FlowEngine then
 //! plans with one partition per 256 MiB of pool (`EngineConfig::effective_target_partitions`),
@@ -20,6 +21,10 @@ TO '${DIR}/big.parquet' STORED AS PARQUET;
 ";
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    setup_with("")
+}
+
+fn setup_with(extra_config: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let data = write_pipeline(dir.path(), "data.sql", DATA);
     flowengine()
@@ -33,7 +38,7 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "memory_limit = \"64MiB\"\nmemory_pool = \"fair\"\nspill_dir = \"{}\"\n",
+            "memory_limit = \"64MiB\"\nmemory_pool = \"fair\"\nspill_dir = \"{}\"\n{extra_config}",
             dir.path().join("spill").display()
         ),
     )
@@ -43,7 +48,7 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
 
 #[test]
 fn a_plan_that_cannot_spill_fails_with_resources_exhausted() {
-    let (dir, config) = setup();
+    let (dir, config) = setup_with("spillable_joins = \"never\"\n");
     let pipeline = write_pipeline(
         dir.path(),
         "hash.sql",
@@ -145,6 +150,75 @@ FROM (SELECT pad, count(*) AS n FROM big GROUP BY pad);
         0,
         "spill files left behind in {}",
         spill.display()
+    );
+}
+
+/// The sum of `spill_count=` metrics in an `EXPLAIN ANALYZE` output.
+fn spill_count(plan: &str) -> u64 {
+    plan.split("spill_count=")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[test]
+fn joins_whose_build_side_does_not_fit_spill_and_finish() {
+    let (dir, config) = setup();
+    let run = |name: &str, sql: &str| {
+        let pipeline = write_pipeline(
+            dir.path(),
+            name,
+            &format!(
+                "CREATE EXTERNAL TABLE big STORED AS PARQUET LOCATION '${{DIR}}/big.parquet';\n{sql}\n"
+            ),
+        );
+        let out = flowengine()
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .arg(&pipeline)
+            .args(["--format", "csv", "--var"])
+            .arg(format!("DIR={}", dir.path().display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The join the hash-join test above cannot run: 2M x 2M rows on an 80-byte key.
+    let join = "SELECT count(*) AS n, sum(a.k) AS keys, sum(b.g) AS g \
+                FROM big a JOIN big b ON a.pad = b.pad";
+    assert_eq!(
+        run("join.sql", &format!("{join};")),
+        "n,keys,g\n2000000,1999999000000,999000000\n"
+    );
+    // Outer joins keep unmatched rows: half of the keys find a partner.
+    assert_eq!(
+        run(
+            "left.sql",
+            "SELECT count(*) AS n, count(b.k) AS matched FROM big a \
+             LEFT JOIN big b ON a.k = b.k + 1000000;"
+        ),
+        "n,matched\n2000000,1000000\n"
+    );
+    // It ran as a sort-merge join whose sorts spilled.
+    let plan = run("explain.sql", &format!("EXPLAIN ANALYZE {join};"));
+    assert!(plan.contains("SortMergeJoinExec"), "{plan}");
+    assert!(!plan.contains("HashJoinExec"), "{plan}");
+    assert!(spill_count(&plan) > 0, "no spill in\n{plan}");
+    assert_eq!(
+        walk_files(&dir.path().join("spill")),
+        0,
+        "spill files left behind"
     );
 }
 

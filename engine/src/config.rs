@@ -64,6 +64,12 @@ pub struct EngineConfig {
     /// plans or to rule them out. Env: `FLOWENGINE_EXTRA_OPTIMIZER_RULES`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_optimizer_rules: Option<bool>,
+    /// When a join is planned as a sort-merge join, which spills, instead of a hash join, whose
+    /// build side must fit in memory: `auto` (default) when the build side is estimated to
+    /// need more than a quarter of `memory_limit`, `always`, or `never`. Env:
+    /// `FLOWENGINE_SPILLABLE_JOINS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spillable_joins: Option<SpillableJoinsMode>,
     /// Raw DataFusion settings (`datafusion.*` keys), applied after FlowEngine's own defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub datafusion: BTreeMap<String, String>,
@@ -113,6 +119,33 @@ pub struct EngineConfig {
         skip_serializing_if = "crate::encryption::ParquetEncryptionConfig::is_default"
     )]
     pub parquet_encryption: crate::encryption::ParquetEncryptionConfig,
+}
+
+/// When joins are planned to spill (see [`crate::spillable_joins`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SpillableJoinsMode {
+    /// A sort-merge join when the build side would take over a quarter of the memory pool.
+    #[default]
+    Auto,
+    /// Every equi-join that can be one is a sort-merge join.
+    Always,
+    /// Hash joins as DataFusion plans them.
+    Never,
+}
+
+impl FromStr for SpillableJoinsMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "unknown spillable_joins mode `{other}`; expected auto, always or never"
+            )),
+        }
+    }
 }
 
 /// Memory pool sharing policy.
@@ -288,6 +321,7 @@ impl EngineConfig {
             match key {
                 "MEMORY_LIMIT" => self.memory_limit = Some(value.parse().map_err(bad)?),
                 "MEMORY_POOL" => self.memory_pool = Some(value.parse().map_err(bad)?),
+                "SPILLABLE_JOINS" => self.spillable_joins = Some(value.parse().map_err(bad)?),
                 "SPILL_DIR" => self.spill_dir = Some(PathBuf::from(&value)),
                 "STATE_DIR" => self.state_dir = Some(PathBuf::from(&value)),
                 "STATE_URL" => self.state_url = Some(value.clone()),
@@ -445,6 +479,7 @@ impl EngineConfig {
         effective.target_partitions = Some(self.effective_target_partitions());
         effective.batch_size = Some(self.effective_batch_size());
         effective.extra_optimizer_rules = Some(self.extra_optimizer_rules.unwrap_or(true));
+        effective.spillable_joins = Some(self.spillable_joins.unwrap_or_default());
         effective.state_dir = Some(self.effective_state_dir());
         if effective.spill_dir.is_none() {
             effective.spill_dir = Some(std::env::temp_dir());

@@ -22,9 +22,11 @@ pub mod security;
 pub mod semi_join;
 pub mod server_config;
 pub mod session;
+pub mod spillable_joins;
 pub mod staging;
 pub mod state;
 pub mod system;
+pub mod table_defs;
 pub mod tenant;
 
 pub use acks::{AckLedger, PendingAck};

@@ -69,6 +69,7 @@ impl Engine {
                 origin: "parquet_encryption".into(),
                 message,
             })?;
+        let definitions = Arc::new(crate::table_defs::TableDefinitions::default());
         let session_config = session_config(config)
             .map_err(build_err)?
             .with_extension(Arc::clone(&bad_records))
@@ -76,19 +77,28 @@ impl Engine {
             .with_extension(Arc::new(crate::RemoteCallStats::default()))
             .with_extension(Arc::new(crate::AckLedger::default()))
             // Connectors that keep local state (the MQTT spool) find the state directory here.
-            .with_extension(Arc::new(config.clone()));
+            .with_extension(Arc::new(config.clone()))
+            // What each table was created from, for cluster nodes to open it themselves.
+            .with_extension(Arc::clone(&definitions));
         let builder = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features();
-        let mut builder = connectors.register_all(builder)?;
+        let mut builder =
+            crate::table_defs::record_definitions(connectors.register_all(builder)?, &definitions);
         if config.extra_optimizer_rules.unwrap_or(true) {
             builder = builder
                 .with_optimizer_rule(Arc::new(crate::join_keys::FilterAggregateByJoinKeys))
                 .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins));
         }
-        let state = builder.build();
-        let mut state = state;
+        let physical_rules = crate::spillable_joins::SpillableJoins::new(
+            config.spillable_joins.unwrap_or_default(),
+            config.memory_limit_bytes(),
+        )
+        .insert_into(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
+        let mut state = builder
+            .with_physical_optimizer_rules(physical_rules)
+            .build();
         if let Some(keys) = parquet_keys {
             // Every Parquet file read or written goes through the factory: writes are
             // encrypted with the write key, reads find the key a file names.
@@ -181,7 +191,9 @@ fn build_runtime(config: &EngineConfig) -> datafusion::error::Result<Arc<Runtime
         }
         MemoryPoolKind::Fair => Arc::new(TrackConsumersPool::new(FairSpillPool::new(limit), track)),
     };
-    let mut builder = RuntimeEnvBuilder::new().with_memory_pool(pool);
+    let mut builder = RuntimeEnvBuilder::new()
+        .with_memory_pool(pool)
+        .with_max_spill_merge_fan_in(spill_merge_fan_in(limit));
     if let Some(dir) = &config.spill_dir {
         std::fs::create_dir_all(dir).map_err(|e| {
             datafusion::error::DataFusionError::Configuration(format!(
@@ -195,6 +207,18 @@ fn build_runtime(config: &EngineConfig) -> datafusion::error::Result<Arc<Runtime
         builder = builder.with_max_temp_directory_size(max.as_u64());
     }
     builder.build_arc()
+}
+
+/// Pool bytes per spill file a sort merges in one pass.
+const MERGE_MEMORY_PER_FILE: usize = 8 * 1024 * 1024;
+
+/// How many spill files one merge pass of a sort opens. DataFusion's default opens as many as
+/// the pool can hold, each with a batch reserved up front: under a small pool the first sort to
+/// merge then takes everything left, and the operators above it (an aggregate, the other side
+/// of a sort-merge join) fail to get one batch. One file per 8 MiB of pool (at least 2) leaves
+/// them room; the merge takes more passes instead. 64 MiB: 8 files per pass; 12 GiB: 1536.
+fn spill_merge_fan_in(pool_bytes: usize) -> usize {
+    (pool_bytes / MERGE_MEMORY_PER_FILE).max(2)
 }
 
 /// FlowEngine's DataFusion settings: defaults chosen for pipelines, then the user's `[datafusion]`.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
 use ballista_core::utils::default_session_builder;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
@@ -26,6 +27,7 @@ use datafusion::prelude::SessionConfig;
 
 use crate::UsageError;
 use crate::cli::{ExecutorArgs, GlobalArgs, SchedulerArgs};
+use crate::cluster_tables::{NodeTables, ScanCodec, TableCodec};
 
 /// The config a node starts each session from: Ballista's, able to receive the session's
 /// shared store options.
@@ -33,12 +35,42 @@ fn node_session_config() -> SessionConfig {
     SessionConfig::new_with_ballista().with_option_extension(SharedStoreOptions::default())
 }
 
-/// The node's object stores, resolving secret references from its own configuration.
-fn node_stores(global: &GlobalArgs) -> Result<Arc<NodeStores>> {
+/// What a node reads with: its object stores, resolving secret references from its own
+/// configuration, and its connectors for FlowEngine's own tables.
+struct Node {
+    stores: Arc<NodeStores>,
+    tables: Arc<NodeTables>,
+}
+
+fn node(global: &GlobalArgs) -> Result<Node> {
     let loaded = super::load_config(global)?;
     let secrets = engine::SecretStore::load(loaded.config.secrets_file.as_deref())
         .map_err(|e| UsageError(format!("secrets_file: {e}")))?;
-    Ok(Arc::new(NodeStores::new(secrets)))
+    Ok(Node {
+        stores: Arc::new(NodeStores::new(secrets)),
+        tables: Arc::new(NodeTables::new(loaded.config)),
+    })
+}
+
+impl Node {
+    /// Ballista's codecs plus FlowEngine's tables (see [`crate::cluster_tables`]).
+    fn codecs(
+        &self,
+    ) -> (
+        Arc<dyn datafusion_proto::logical_plan::LogicalExtensionCodec>,
+        Arc<dyn datafusion_proto::physical_plan::PhysicalExtensionCodec>,
+    ) {
+        (
+            Arc::new(TableCodec::new(
+                Arc::new(BallistaLogicalExtensionCodec::default()),
+                None,
+            )),
+            Arc::new(ScanCodec::new(
+                Arc::new(BallistaPhysicalExtensionCodec::default()),
+                Arc::clone(&self.tables),
+            )),
+        )
+    }
 }
 
 /// `HOST:PORT` resolved to one socket address.
@@ -61,7 +93,9 @@ fn split_host_port(what: &str, addr: &str) -> Result<(String, u16)> {
 
 pub(crate) async fn scheduler(global: &GlobalArgs, args: SchedulerArgs) -> Result<ExitCode> {
     let addr = resolve("--bind", &args.bind)?;
-    let stores = node_stores(global)?;
+    let node = node(global)?;
+    let (logical_codec, physical_codec) = node.codecs();
+    let stores = node.stores;
     let config = SchedulerConfig {
         bind_host: addr.ip().to_string(),
         bind_port: addr.port(),
@@ -76,6 +110,8 @@ pub(crate) async fn scheduler(global: &GlobalArgs, args: SchedulerArgs) -> Resul
         no_executors_grace_period_seconds: args.executor_timeout_secs,
         task_max_failures: args.task_max_failures,
         override_config_producer: Some(Arc::new(node_session_config)),
+        override_logical_codec: Some(logical_codec),
+        override_physical_codec: Some(physical_codec),
         // The scheduler lists a table's files while planning: give it the session's stores.
         override_session_builder: Some(Arc::new(move |config: SessionConfig| {
             let registry = stores.registry(&config)?;
@@ -106,7 +142,9 @@ pub(crate) async fn scheduler(global: &GlobalArgs, args: SchedulerArgs) -> Resul
 
 pub(crate) async fn executor(global: &GlobalArgs, args: ExecutorArgs) -> Result<ExitCode> {
     let flight = resolve("--bind", &args.bind)?;
-    let stores = node_stores(global)?;
+    let node = node(global)?;
+    let (logical_codec, physical_codec) = node.codecs();
+    let stores = node.stores;
     let (scheduler_host, scheduler_port) = split_host_port("--scheduler", &args.scheduler)?;
     let grpc_port = match args.grpc_port {
         Some(p) => p,
@@ -134,6 +172,8 @@ pub(crate) async fn executor(global: &GlobalArgs, args: ExecutorArgs) -> Result<
         memory_pool_size: args.memory_limit.map(|m| m.as_u64()),
         print_thread_info: false,
         override_config_producer: Some(Arc::new(node_session_config)),
+        override_logical_codec: Some(logical_codec),
+        override_physical_codec: Some(physical_codec),
         // A session's stores may grow with each query (a table created later names another
         // bucket), so every task builds its runtime from its own settings; the stores
         // themselves are reused while their options are unchanged.
