@@ -135,10 +135,15 @@ mod remote {
         plan.apply_with_subqueries(|node| {
             if let LogicalPlan::Dml(dml) = node
                 && let Ok(target) = source_as_provider(&dml.target)
+                && (target.as_ref() as &dyn std::any::Any)
+                    .downcast_ref::<ListingTable>()
+                    .is_none()
                 && definitions.is_some_and(|d| d.definition_of(&target).is_some())
             {
                 refused = Some(DataFusionError::Plan(format!(
-                    "writing to table `{}` is not done on the cluster: executors read FlowEngine's                      connector tables but only file tables are written there; run this                      statement without --cluster",
+                    "writing to table `{}` is not done on the cluster: executors read \
+                     FlowEngine's connector tables, but they write only file tables; run this \
+                     statement without --cluster",
                     dml.table_name
                 )));
                 return Ok(TreeNodeRecursion::Stop);

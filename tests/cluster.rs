@@ -3,8 +3,9 @@
 //! a CSV -> Parquet ETL with the same results as a single-node run; tables Ballista cannot ship
 //! are refused with an error naming them; killing an executor during a query leaves a
 //! cluster that keeps serving; tables on an S3-compatible server (moto), declared with store
-//! options and secret references, are read and written by the nodes; and FlowEngine's own
-//! connector tables (PostgreSQL here) are opened and read by the executors themselves.
+//! options and secret references, are read and written by the nodes; FlowEngine's own
+//! connector tables (PostgreSQL here) are opened and read by the executors themselves; writes
+//! on the cluster commit only when the whole job succeeds.
 
 mod common;
 
@@ -685,4 +686,146 @@ fn connector_tables_are_read_by_the_executors() {
     assert!(ok, "{err}");
     assert_eq!(rows(&out), vec![vec!["20000".to_string()]]);
     common::psql(&format!("DROP TABLE IF EXISTS {table};"));
+}
+
+/// Every file under `dir`, relative names.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn cluster_writes_commit_only_when_the_job_succeeds() {
+    let data = tpch_data();
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let good = work.path().join("good");
+    let bad = work.path().join("bad");
+    let pipeline = |name: &str, out: &Path, value: &str| {
+        let path = work.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "CREATE EXTERNAL TABLE li STORED AS CSV LOCATION '{}/csv/lineitem.csv';\n\
+                 SET datafusion.execution.soft_max_rows_per_output_file = 4000;\n\
+                 SET datafusion.execution.target_partitions = 1;\n\
+                 COPY (SELECT l_orderkey, l_linenumber, {value} AS v FROM li) \
+                 TO '{}/' STORED AS PARQUET;\n",
+                data.display(),
+                out.display()
+            ),
+        )
+        .unwrap();
+        common::flowengine()
+            .args(["--cluster", &cluster.url, "run"])
+            .arg(&path)
+            .timeout(Duration::from_secs(300))
+            .output()
+            .unwrap()
+    };
+    // A job that succeeds: its files are in place under their final names, nothing staged.
+    let run = pipeline("good.sql", &good, "l_quantity");
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        cluster.logs()
+    );
+    let written = files_under(&good);
+    assert!(written.len() > 1, "expected several files: {written:?}");
+    assert!(
+        written
+            .iter()
+            .all(|f| f.ends_with(".parquet") && !f.contains(".flowengine-")),
+        "{written:?}"
+    );
+    let check = work.path().join("check.sql");
+    std::fs::write(
+        &check,
+        format!(
+            "CREATE EXTERNAL TABLE li STORED AS CSV LOCATION '{}/csv/lineitem.csv';\n\
+             CREATE EXTERNAL TABLE good STORED AS PARQUET LOCATION '{}/';\n",
+            data.display(),
+            good.display()
+        ),
+    )
+    .unwrap();
+    let (ok, got, err) = sql(None, &check, "SELECT count(*), sum(v) FROM good");
+    assert!(ok, "{err}");
+    let (ok, expected, err) = sql(None, &check, "SELECT count(*), sum(l_quantity) FROM li");
+    assert!(ok, "{err}");
+    same_results(&expected, &got).unwrap();
+    // A job that fails late (a cast of the last orders' comments, in the one task that also
+    // writes: one partition), after files of the earlier rows were complete: none of them is
+    // left, under its final name or staged.
+    let run = pipeline(
+        "bad.sql",
+        &bad,
+        "CASE WHEN l_orderkey > 50000 THEN CAST(l_comment AS INT) ELSE 0 END",
+    );
+    assert!(!run.status.success(), "the failing COPY succeeded");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("Cannot cast"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(files_under(&bad), Vec::<String>::new());
+    // INSERT INTO a file table: a failing one adds nothing, a succeeding one commits its files.
+    let insert = |name: &str, value: &str| {
+        let path = work.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "CREATE EXTERNAL TABLE li STORED AS CSV LOCATION '{}/csv/lineitem.csv';\n\
+                 CREATE EXTERNAL TABLE good STORED AS PARQUET LOCATION '{}/';\n\
+                 SET datafusion.execution.soft_max_rows_per_output_file = 4000;\n\
+                 SET datafusion.execution.target_partitions = 1;\n\
+                 INSERT INTO good SELECT l_orderkey, l_linenumber, {value} FROM li;\n",
+                data.display(),
+                good.display()
+            ),
+        )
+        .unwrap();
+        common::flowengine()
+            .args(["--cluster", &cluster.url, "run"])
+            .arg(&path)
+            .timeout(Duration::from_secs(300))
+            .output()
+            .unwrap()
+    };
+    let run = insert(
+        "bad_insert.sql",
+        "CASE WHEN l_orderkey > 50000 THEN CAST(l_comment AS DECIMAL(15,2)) ELSE l_quantity END",
+    );
+    assert!(!run.status.success(), "the failing INSERT succeeded");
+    assert_eq!(files_under(&good), written);
+    let run = insert("insert.sql", "l_quantity");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let after = files_under(&good);
+    assert!(after.len() > written.len(), "{after:?}");
+    assert!(
+        after.iter().all(|f| !f.contains(".flowengine-")),
+        "{after:?}"
+    );
+    let (ok, got, err) = sql(None, &check, "SELECT count(*) FROM good");
+    assert!(ok, "{err}");
+    let (ok, expected, err) = sql(None, &check, "SELECT 2 * count(*) FROM li");
+    assert!(ok, "{err}");
+    same_results(&expected, &got).unwrap();
 }

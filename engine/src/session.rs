@@ -175,7 +175,13 @@ impl Engine {
                 Arc::clone(txn),
             )))
             .build_arc()?;
+        // Cluster executors stage their writes under the same transaction id.
+        let mut config = state.config().clone();
+        config
+            .options_mut()
+            .set("flowengine_staging.txn", txn.id())?;
         let state = SessionStateBuilder::new_from_existing(state)
+            .with_config(config)
             .with_runtime_env(runtime)
             .build();
         Ok(SessionContext::new_with_state(state))
@@ -224,6 +230,7 @@ fn spill_merge_fan_in(pool_bytes: usize) -> usize {
 /// FlowEngine's DataFusion settings: defaults chosen for pipelines, then the user's `[datafusion]`.
 fn session_config(config: &EngineConfig) -> datafusion::error::Result<SessionConfig> {
     let mut sc = SessionConfig::new()
+        .with_option_extension(crate::staging::StagingOptions::default())
         .with_information_schema(true)
         .with_target_partitions(config.effective_target_partitions())
         .with_batch_size(config.effective_batch_size());

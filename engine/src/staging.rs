@@ -7,6 +7,12 @@
 //! disks, `copy`+`delete` elsewhere); [`WriteTxn::rollback`] deletes them, and directories the
 //! statement created. A process killed mid-write leaves only `.<name>.flowengine-<id>.inprogress`
 //! files, which no reader takes for output (listing tables filter by extension).
+//!
+//! On a Ballista cluster the executors write. The statement's transaction id travels to them
+//! in the session setting `flowengine_staging.txn` ([`StagingOptions`]); each executor stages
+//! under that id with a [`WriteTxn::detached`] transaction, and the client, once the job has
+//! succeeded or failed, [`WriteTxn::adopt`]s the staged objects under the statement's targets
+//! and commits or rolls them back like its own.
 
 use std::fmt;
 use std::ops::Range;
@@ -26,6 +32,54 @@ use url::Url;
 
 /// Marker in staged object names; anything containing it is an unfinished write.
 pub const STAGING_MARKER: &str = ".flowengine-";
+
+/// Session settings of staged writes (`flowengine_staging.*`), sent with every query to
+/// cluster nodes. (Written out rather than with DataFusion's `extensions_options!`, whose
+/// entries leave out the prefix, so Ballista would send a bare `txn` key.)
+#[derive(Debug, Clone, Default)]
+pub struct StagingOptions {
+    /// The id of the statement's write transaction; empty outside a write.
+    pub txn: String,
+}
+
+impl datafusion::common::config::ConfigExtension for StagingOptions {
+    const PREFIX: &'static str = "flowengine_staging";
+}
+
+impl datafusion::common::config::ExtensionOptions for StagingOptions {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn datafusion::common::config::ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> DfResult<()> {
+        match key {
+            "txn" => {
+                self.txn = value.to_string();
+                Ok(())
+            }
+            other => Err(datafusion::error::DataFusionError::Configuration(format!(
+                "unknown setting flowengine_staging.{other}"
+            ))),
+        }
+    }
+
+    fn entries(&self) -> Vec<datafusion::common::config::ConfigEntry> {
+        vec![datafusion::common::config::ConfigEntry {
+            key: "flowengine_staging.txn".into(),
+            value: Some(self.txn.clone()),
+            description: "the write transaction of the running statement, whose files cluster \
+                          executors stage until the client commits them",
+        }]
+    }
+}
 
 /// One staged object: where it is now and where it goes on commit.
 #[derive(Debug, Clone)]
@@ -85,6 +139,75 @@ impl WriteTxn {
             id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             state: Mutex::new(TxnState::default()),
         }
+    }
+
+    /// A cluster node's view of the client's transaction `id`: it stages writes under the
+    /// client's id and never commits, rolls back or cleans up; the client does.
+    pub fn detached(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            state: Mutex::new(TxnState {
+                finished: true,
+                ..TxnState::default()
+            }),
+        }
+    }
+
+    /// The id staged names carry.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Take over the objects other processes (cluster executors) staged under this
+    /// transaction's id below `prefix` of `store`: directly in it, and anywhere under it when it
+    /// is a directory. They are then committed or rolled back with this transaction's own.
+    pub async fn adopt(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        prefix: &Path,
+        local: bool,
+    ) -> object_store::Result<usize> {
+        use futures::TryStreamExt;
+        let suffix = format!("{STAGING_MARKER}{}.inprogress", self.id);
+        let parent = {
+            let mut parts: Vec<_> = prefix.parts().collect();
+            parts.pop();
+            Path::from_iter(parts)
+        };
+        let mut found: Vec<ObjectMeta> = match store.list_with_delimiter(Some(&parent)).await {
+            Ok(listed) => listed.objects,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let below: Vec<ObjectMeta> = match store.list(Some(prefix)).try_collect().await {
+            Ok(objects) => objects,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        found.extend(below);
+        let mut adopted = 0;
+        for meta in found {
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            let Some(target_name) = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(suffix.as_str()))
+            else {
+                continue;
+            };
+            let mut parts: Vec<_> = meta.location.parts().collect();
+            parts.pop();
+            parts.push(target_name.into());
+            self.record(
+                Arc::clone(&store),
+                meta.location.clone(),
+                Path::from_iter(parts),
+                local,
+            );
+            adopted += 1;
+        }
+        Ok(adopted)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TxnState> {

@@ -24,6 +24,7 @@ use connectors::cloud::{NodeStores, SharedStoreOptions};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
+use engine::staging::{StagingOptions, StagingRegistry, WriteTxn};
 
 use crate::UsageError;
 use crate::cli::{ExecutorArgs, GlobalArgs, SchedulerArgs};
@@ -32,7 +33,9 @@ use crate::cluster_tables::{NodeTables, ScanCodec, TableCodec};
 /// The config a node starts each session from: Ballista's, able to receive the session's
 /// shared store options.
 fn node_session_config() -> SessionConfig {
-    SessionConfig::new_with_ballista().with_option_extension(SharedStoreOptions::default())
+    SessionConfig::new_with_ballista()
+        .with_option_extension(SharedStoreOptions::default())
+        .with_option_extension(StagingOptions::default())
 }
 
 /// What a node reads with: its object stores, resolving secret references from its own
@@ -189,10 +192,21 @@ pub(crate) async fn executor(global: &GlobalArgs, args: ExecutorArgs) -> Result<
     let mut config = config;
     config.work_dir = Some(work_dir.display().to_string());
     config.override_runtime_producer = Some(Arc::new(move |session: &SessionConfig| {
+        let registry = stores.registry(session)?;
+        // A write's objects are staged under the client's transaction id; the client renames
+        // them into place once the whole job has succeeded (engine::staging).
+        let registry: Arc<dyn datafusion::execution::object_store::ObjectStoreRegistry> =
+            match session.options().extensions.get::<StagingOptions>() {
+                Some(staging) if !staging.txn.is_empty() => Arc::new(StagingRegistry::new(
+                    registry,
+                    Arc::new(WriteTxn::detached(&staging.txn)),
+                )),
+                _ => registry,
+            };
         Ok(Arc::new(
             RuntimeEnvBuilder::new()
                 .with_temp_file_path(work_dir.clone())
-                .with_object_store_registry(stores.registry(session)?)
+                .with_object_store_registry(registry)
                 .build()?,
         ))
     }));

@@ -115,12 +115,49 @@ pub struct Execution {
     pub stream: SendableRecordBatchStream,
     pub class: StatementClass,
     txn: Option<Arc<WriteTxn>>,
+    /// Where cluster executors staged this statement's writes (empty on a single node).
+    remote_targets: Vec<RemoteTarget>,
+}
+
+/// A write target of a statement run on a cluster, whose executors stage objects there.
+struct RemoteTarget {
+    store: Arc<dyn object_store::ObjectStore>,
+    prefix: object_store::path::Path,
+    local: bool,
+}
+
+/// Take over what cluster executors staged for a statement into its transaction.
+async fn adopt_remote(
+    txn: &Option<Arc<WriteTxn>>,
+    targets: &[RemoteTarget],
+) -> std::result::Result<(), object_store::Error> {
+    if let Some(txn) = txn {
+        for target in targets {
+            txn.adopt(Arc::clone(&target.store), &target.prefix, target.local)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 impl Execution {
     /// Commit staged writes after the stream was drained without error.
     pub async fn finish(self) -> Result<()> {
-        if let Some(txn) = self.txn {
+        let Execution {
+            txn,
+            remote_targets,
+            ..
+        } = self;
+        if let Err(e) = adopt_remote(&txn, &remote_targets).await {
+            if let Some(txn) = &txn {
+                txn.rollback().await;
+            }
+            return Err(EngineError::from(
+                DataFusionError::ObjectStore(Box::new(e))
+                    .context("finding the files cluster executors wrote"),
+            ));
+        }
+        if let Some(txn) = txn {
             txn.commit().await.map_err(|e| {
                 EngineError::from(
                     DataFusionError::ObjectStore(Box::new(e))
@@ -133,7 +170,14 @@ impl Execution {
 
     /// Discard staged writes after a failure.
     pub async fn abort(self) {
-        if let Some(txn) = self.txn {
+        let Execution {
+            txn,
+            remote_targets,
+            ..
+        } = self;
+        // Best effort: what cannot be listed stays hidden under its staging name.
+        let _ = adopt_remote(&txn, &remote_targets).await;
+        if let Some(txn) = txn {
             txn.rollback().await;
         }
     }
@@ -246,6 +290,7 @@ impl Engine {
                     stream,
                     class: StatementClass::Query,
                     txn: None,
+                    remote_targets: Vec::new(),
                 }))
             }
             StatementClass::CreateTableAs => {
@@ -295,6 +340,10 @@ impl Engine {
                 physical: Some(physical),
             });
         }
+        let remote_targets = match (&txn, &self.config().cluster) {
+            (Some(_), Some(_)) => self.write_targets(&prepared.logical).map_err(fail)?,
+            _ => Vec::new(),
+        };
         let stream =
             execute_stream(Arc::clone(&physical), Arc::new(df.task_ctx())).map_err(fail)?;
         Ok(Started::Running(Execution {
@@ -302,7 +351,35 @@ impl Engine {
             stream,
             class: prepared.class,
             txn,
+            remote_targets,
         }))
+    }
+
+    /// The locations a `COPY` or an `INSERT` into a file table writes to, with their stores.
+    fn write_targets(&self, plan: &LogicalPlan) -> datafusion::error::Result<Vec<RemoteTarget>> {
+        let urls: Vec<ListingTableUrl> = match plan {
+            LogicalPlan::Copy(copy) => vec![ListingTableUrl::parse(&copy.output_url)?],
+            LogicalPlan::Dml(dml) => {
+                let target = datafusion::datasource::source_as_provider(&dml.target)?;
+                match (target.as_ref() as &dyn std::any::Any)
+                    .downcast_ref::<datafusion::datasource::listing::ListingTable>()
+                {
+                    Some(listing) => listing.table_paths().clone(),
+                    None => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
+        let runtime = self.context().runtime_env();
+        urls.into_iter()
+            .map(|url| {
+                Ok(RemoteTarget {
+                    store: runtime.object_store(url.object_store())?,
+                    prefix: url.prefix().clone(),
+                    local: url.scheme() == "file",
+                })
+            })
+            .collect()
     }
 
     /// A table whose schema was inferred with no columns (an empty file, a header-only
