@@ -86,10 +86,6 @@ mod remote {
             Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
             definitions,
         ));
-        let config = state
-            .config()
-            .clone()
-            .with_ballista_logical_extension_codec(codec);
         // Federation would turn database scans into SQL sent from this process; on the
         // cluster the executors scan those tables themselves, with filters still pushed down.
         let rules = state
@@ -98,10 +94,13 @@ mod remote {
             .filter(|rule| !rule.name().starts_with("federation_optimizer_rule"))
             .cloned()
             .collect();
-        let state = SessionStateBuilder::new_from_existing(state)
-            .with_config(config)
+        let mut state = SessionStateBuilder::new_from_existing(state)
             .with_optimizer_rules(rules)
             .build();
+        // Set on the built state: a builder given a config again would register a fresh default
+        // catalog over the session's.
+        let config = std::mem::take(state.config_mut());
+        *state.config_mut() = config.with_ballista_logical_extension_codec(codec);
         let state = state.upgrade_for_ballista(scheduler.to_string())?;
         let remote = Arc::clone(state.query_planner());
         Ok(SessionStateBuilder::new_from_existing(state)

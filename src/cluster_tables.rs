@@ -306,12 +306,14 @@ impl TableProvider for DeferredTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         DeferredScanExec::try_new(
-            self.table.clone(),
-            self.create.clone(),
-            Arc::clone(&self.schema),
-            projection.cloned(),
-            filters.to_vec(),
-            limit,
+            ScanRequest {
+                table: self.table.clone(),
+                create: self.create.clone(),
+                schema: Arc::clone(&self.schema),
+                projection: projection.cloned(),
+                filters: filters.to_vec(),
+                limit,
+            },
             None,
         )
         .map(|exec| Arc::new(exec) as Arc<dyn ExecutionPlan>)
@@ -333,13 +335,7 @@ impl TableProvider for DeferredTable {
 
 /// A scan of a FlowEngine table, opened by the executor that runs it.
 pub(crate) struct DeferredScanExec {
-    table: TableReference,
-    create: Vec<u8>,
-    /// The table's columns when the query was planned (projection indices refer to them).
-    schema: SchemaRef,
-    projection: Option<Vec<usize>>,
-    filters: Vec<Expr>,
-    limit: Option<usize>,
+    scan: Arc<ScanRequest>,
     properties: Arc<PlanProperties>,
     /// The node's connectors; `None` where the plan was made (the scheduler never runs it).
     node: Option<Arc<NodeTables>>,
@@ -349,27 +345,19 @@ impl fmt::Debug for DeferredScanExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The definition (with its options) is left out: it is not for logs.
         f.debug_struct("DeferredScanExec")
-            .field("table", &self.table)
-            .field("projection", &self.projection)
-            .field("filters", &self.filters.len())
-            .field("limit", &self.limit)
+            .field("table", &self.scan.table)
+            .field("projection", &self.scan.projection)
+            .field("filters", &self.scan.filters.len())
+            .field("limit", &self.scan.limit)
             .finish()
     }
 }
 
 impl DeferredScanExec {
-    fn try_new(
-        table: TableReference,
-        create: Vec<u8>,
-        schema: SchemaRef,
-        projection: Option<Vec<usize>>,
-        filters: Vec<Expr>,
-        limit: Option<usize>,
-        node: Option<Arc<NodeTables>>,
-    ) -> Result<Self> {
-        let projected = match &projection {
-            Some(p) => Arc::new(schema.project(p)?),
-            None => Arc::clone(&schema),
+    fn try_new(scan: ScanRequest, node: Option<Arc<NodeTables>>) -> Result<Self> {
+        let projected = match &scan.projection {
+            Some(p) => Arc::new(scan.schema.project(p)?),
+            None => Arc::clone(&scan.schema),
         };
         let properties = PlanProperties::new(
             EquivalenceProperties::new(projected),
@@ -378,34 +366,30 @@ impl DeferredScanExec {
             Boundedness::Bounded,
         );
         Ok(Self {
-            table,
-            create,
-            schema,
-            projection,
-            filters,
-            limit,
+            scan: Arc::new(scan),
             properties: Arc::new(properties),
             node,
         })
     }
 
     fn to_proto(&self) -> Result<ScanNode> {
+        let scan = &self.scan;
         Ok(ScanNode {
-            create: self.create.clone(),
-            table: self.table.to_string(),
-            schema: Some(self.schema.as_ref().try_into()?),
-            projected: self.projection.is_some(),
-            projection: self
+            create: scan.create.clone(),
+            table: scan.table.to_string(),
+            schema: Some(scan.schema.as_ref().try_into()?),
+            projected: scan.projection.is_some(),
+            projection: scan
                 .projection
                 .iter()
                 .flatten()
                 .map(|&i| i as u64)
                 .collect(),
             filters: datafusion_proto::logical_plan::to_proto::serialize_exprs(
-                &self.filters,
+                &scan.filters,
                 &DefaultLogicalExtensionCodec {},
             )?,
-            limit: self.limit.map(|l| l as u64),
+            limit: scan.limit.map(|l| l as u64),
         })
     }
 
@@ -421,13 +405,16 @@ impl DeferredScanExec {
             &DefaultLogicalExtensionCodec {},
         )?;
         Self::try_new(
-            TableReference::parse_str(&node.table),
-            node.create,
-            Arc::new(schema),
-            node.projected
-                .then(|| node.projection.iter().map(|&i| i as usize).collect()),
-            filters,
-            node.limit.map(|l| l as usize),
+            ScanRequest {
+                table: TableReference::parse_str(&node.table),
+                create: node.create,
+                schema: Arc::new(schema),
+                projection: node
+                    .projected
+                    .then(|| node.projection.iter().map(|&i| i as usize).collect()),
+                filters,
+                limit: node.limit.map(|l| l as usize),
+            },
             Some(tables),
         )
     }
@@ -435,8 +422,8 @@ impl DeferredScanExec {
 
 impl DisplayAs for DeferredScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeferredScanExec: table={}", self.table)?;
-        if let Some(limit) = self.limit {
+        write!(f, "DeferredScanExec: table={}", self.scan.table)?;
+        if let Some(limit) = self.scan.limit {
             write!(f, ", limit={limit}")?;
         }
         Ok(())
@@ -489,17 +476,10 @@ impl ExecutionPlan for DeferredScanExec {
         let Some(node) = self.node.clone() else {
             return Err(DataFusionError::Execution(format!(
                 "table `{}` is read by executors; this process cannot open it",
-                self.table
+                self.scan.table
             )));
         };
-        let scan = ScanRequest {
-            table: self.table.clone(),
-            create: self.create.clone(),
-            schema: Arc::clone(&self.schema),
-            projection: self.projection.clone(),
-            filters: self.filters.clone(),
-            limit: self.limit,
-        };
+        let scan = Arc::clone(&self.scan);
         let out_schema = self.schema();
         let stream =
             futures::stream::once(async move { node.scan(scan, context).await }).try_flatten();
@@ -553,7 +533,7 @@ impl NodeTables {
 
     async fn scan(
         &self,
-        scan: ScanRequest,
+        scan: Arc<ScanRequest>,
         task: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let engine = self.engine()?;
@@ -641,5 +621,84 @@ impl PhysicalExtensionCodec for ScanCodec {
             }
             None => self.inner.try_encode(node, buf, proto_converter),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::common::DFSchema;
+
+    fn table(options: &[(&str, &str)]) -> CreateExternalTable {
+        CreateExternalTable::builder(
+            TableReference::bare("t"),
+            "public.t".to_string(),
+            "POSTGRES".to_string(),
+            Arc::new(DFSchema::empty()),
+        )
+        .with_options(
+            options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .build()
+    }
+
+    #[test]
+    fn credentials_travel_only_as_references() {
+        for ok in [
+            vec![("connection", "postgresql://app:${secret:PG}@db:5432/x")],
+            vec![
+                ("connection", "postgresql://app@db/x"),
+                ("password", "${secret:PG}"),
+            ],
+            vec![("header.authorization", "Bearer ${secret:TOKEN}")],
+            vec![("on_conflict", "upsert:id"), ("message_id", "id")],
+        ] {
+            assert_eq!(literal_credential(&table(&ok)), None, "{ok:?}");
+        }
+        for (bad, key) in [
+            (
+                vec![("connection", "postgresql://app:hunter2@db/x")],
+                "connection",
+            ),
+            (vec![("password", "hunter2")], "password"),
+            (
+                vec![("header.Authorization", "Bearer abc")],
+                "header.Authorization",
+            ),
+            (
+                vec![("aws.secret_access_key", "abc")],
+                "aws.secret_access_key",
+            ),
+        ] {
+            assert_eq!(
+                literal_credential(&table(&bad)).as_deref(),
+                Some(key),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn consuming_queues_and_sinks_stay_on_one_node() {
+        for ok in ["postgres", "MYSQL", "SQLITE", "HTTP_JSON", "NATS"] {
+            assert!(distributable(ok).is_ok(), "{ok}");
+        }
+        for no in ["RABBITMQ", "REDIS_STREAM", "MQTT", "WEBHOOK", "SOMETHING"] {
+            assert!(distributable(no).is_err(), "{no}");
+        }
+    }
+
+    #[test]
+    fn a_table_definition_survives_the_round_trip() {
+        let cmd = table(&[("connection", "postgresql://app:${secret:PG}@db/x")]);
+        let bytes = encode_create(&cmd).unwrap();
+        let back = decode_create(&bytes, &TaskContext::default()).unwrap();
+        assert_eq!(back.name, cmd.name);
+        assert_eq!(back.file_type, "POSTGRES");
+        assert_eq!(back.locations, cmd.locations);
+        assert_eq!(back.options, cmd.options);
     }
 }

@@ -203,6 +203,17 @@ fn sql(cluster: Option<&str>, init: &Path, query: &str) -> (bool, String, String
     )
 }
 
+/// Write `text` to `path` and `flowengine run` it on the cluster at `url`.
+fn run_on(url: &str, path: &Path, text: &str) -> std::process::Output {
+    std::fs::write(path, text).unwrap();
+    common::flowengine()
+        .args(["--cluster", url, "run"])
+        .arg(path)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap()
+}
+
 /// Rows as sorted vectors of cells, numbers compared with a tolerance (the order of a
 /// distributed sum's additions differs from a single node's).
 fn rows(csv: &str) -> Vec<Vec<String>> {
@@ -282,14 +293,7 @@ fn tpch_and_etl_on_the_cluster_match_single_node_and_it_survives_a_lost_executor
         data.display(),
         out.display()
     );
-    let pipeline = work.path().join("etl.sql");
-    std::fs::write(&pipeline, etl).unwrap();
-    let run = common::flowengine()
-        .args(["--cluster", url, "run"])
-        .arg(&pipeline)
-        .timeout(Duration::from_secs(300))
-        .output()
-        .unwrap();
+    let run = run_on(url, &work.path().join("etl.sql"), &etl);
     assert!(
         run.status.success(),
         "{}\n{}",
@@ -714,10 +718,10 @@ fn cluster_writes_commit_only_when_the_job_succeeds() {
     let good = work.path().join("good");
     let bad = work.path().join("bad");
     let pipeline = |name: &str, out: &Path, value: &str| {
-        let path = work.path().join(name);
-        std::fs::write(
-            &path,
-            format!(
+        run_on(
+            &cluster.url,
+            &work.path().join(name),
+            &format!(
                 "CREATE EXTERNAL TABLE li STORED AS CSV LOCATION '{}/csv/lineitem.csv';\n\
                  SET datafusion.execution.soft_max_rows_per_output_file = 4000;\n\
                  SET datafusion.execution.target_partitions = 1;\n\
@@ -727,13 +731,6 @@ fn cluster_writes_commit_only_when_the_job_succeeds() {
                 out.display()
             ),
         )
-        .unwrap();
-        common::flowengine()
-            .args(["--cluster", &cluster.url, "run"])
-            .arg(&path)
-            .timeout(Duration::from_secs(300))
-            .output()
-            .unwrap()
     };
     // A job that succeeds: its files are in place under their final names, nothing staged.
     let run = pipeline("good.sql", &good, "l_quantity");
@@ -784,10 +781,10 @@ fn cluster_writes_commit_only_when_the_job_succeeds() {
     assert_eq!(files_under(&bad), Vec::<String>::new());
     // INSERT INTO a file table: a failing one adds nothing, a succeeding one commits its files.
     let insert = |name: &str, value: &str| {
-        let path = work.path().join(name);
-        std::fs::write(
-            &path,
-            format!(
+        run_on(
+            &cluster.url,
+            &work.path().join(name),
+            &format!(
                 "CREATE EXTERNAL TABLE li STORED AS CSV LOCATION '{}/csv/lineitem.csv';\n\
                  CREATE EXTERNAL TABLE good STORED AS PARQUET LOCATION '{}/';\n\
                  SET datafusion.execution.soft_max_rows_per_output_file = 4000;\n\
@@ -797,13 +794,6 @@ fn cluster_writes_commit_only_when_the_job_succeeds() {
                 good.display()
             ),
         )
-        .unwrap();
-        common::flowengine()
-            .args(["--cluster", &cluster.url, "run"])
-            .arg(&path)
-            .timeout(Duration::from_secs(300))
-            .output()
-            .unwrap()
     };
     let run = insert(
         "bad_insert.sql",

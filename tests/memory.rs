@@ -46,6 +46,32 @@ fn setup_with(extra_config: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, config)
 }
 
+/// Run `sql` (after declaring `big`) under `config` with CSV output; its stdout, asserting success.
+fn run_csv(dir: &std::path::Path, config: &std::path::Path, name: &str, sql: &str) -> String {
+    let pipeline = write_pipeline(
+        dir,
+        name,
+        &format!(
+            "CREATE EXTERNAL TABLE big STORED AS PARQUET LOCATION '${{DIR}}/big.parquet';\n{sql}\n"
+        ),
+    );
+    let out = flowengine()
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--format", "csv", "--var"])
+        .arg(format!("DIR={}", dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn a_plan_that_cannot_spill_fails_with_resources_exhausted() {
     let (dir, config) = setup_with("spillable_joins = \"never\"\n");
@@ -107,39 +133,13 @@ FROM (SELECT pad, count(*) AS n FROM big GROUP BY pad);
         "SELECT k FROM big ORDER BY pad DESC",
         "SELECT pad, count(*) FROM big GROUP BY pad",
     ] {
-        let explain = write_pipeline(
+        let plan = run_csv(
             dir.path(),
+            &config,
             "explain.sql",
-            &format!(
-                "CREATE EXTERNAL TABLE big STORED AS PARQUET LOCATION '${{DIR}}/big.parquet';\nEXPLAIN ANALYZE {query};\n"
-            ),
+            &format!("EXPLAIN ANALYZE {query};"),
         );
-        let out = flowengine()
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .arg(&explain)
-            .args(["--format", "csv", "--var"])
-            .arg(format!("DIR={}", dir.path().display()))
-            .output()
-            .unwrap();
-        let plan = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let spills: u64 = plan
-            .split("spill_count=")
-            .skip(1)
-            .filter_map(|rest| {
-                rest.chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum();
+        let spills = spill_count(&plan);
         assert!(spills > 0, "{query}: no spill in\n{plan}");
     }
     // The spill directory was used and cleaned up.
@@ -170,30 +170,7 @@ fn spill_count(plan: &str) -> u64 {
 #[test]
 fn joins_whose_build_side_does_not_fit_spill_and_finish() {
     let (dir, config) = setup();
-    let run = |name: &str, sql: &str| {
-        let pipeline = write_pipeline(
-            dir.path(),
-            name,
-            &format!(
-                "CREATE EXTERNAL TABLE big STORED AS PARQUET LOCATION '${{DIR}}/big.parquet';\n{sql}\n"
-            ),
-        );
-        let out = flowengine()
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .arg(&pipeline)
-            .args(["--format", "csv", "--var"])
-            .arg(format!("DIR={}", dir.path().display()))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |name: &str, sql: &str| run_csv(dir.path(), &config, name, sql);
     // The join the hash-join test above cannot run: 2M x 2M rows on an 80-byte key.
     let join = "SELECT count(*) AS n, sum(a.k) AS keys, sum(b.g) AS g \
                 FROM big a JOIN big b ON a.pad = b.pad";

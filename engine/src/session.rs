@@ -175,15 +175,16 @@ impl Engine {
                 Arc::clone(txn),
             )))
             .build_arc()?;
-        // Cluster executors stage their writes under the same transaction id.
-        let mut config = state.config().clone();
-        config
-            .options_mut()
-            .set("flowengine_staging.txn", txn.id())?;
-        let state = SessionStateBuilder::new_from_existing(state)
-            .with_config(config)
+        let mut state = SessionStateBuilder::new_from_existing(state)
             .with_runtime_env(runtime)
             .build();
+        // Cluster executors stage their writes under the same transaction id. (Set on the built
+        // state: a builder given a config again would register a fresh, empty default catalog
+        // over the shared one.)
+        state
+            .config_mut()
+            .options_mut()
+            .set("flowengine_staging.txn", txn.id())?;
         Ok(SessionContext::new_with_state(state))
     }
 }
