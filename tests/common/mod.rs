@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod certs;
+pub(crate) mod cluster;
 pub(crate) mod flight;
 pub(crate) mod queues;
 pub(crate) mod server;
