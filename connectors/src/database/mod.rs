@@ -14,6 +14,8 @@
 
 mod deadline;
 mod federation;
+#[cfg(feature = "postgres")]
+mod last_per_key;
 #[cfg(feature = "mysql")]
 mod mysql;
 mod options;

@@ -19,9 +19,11 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use datafusion_table_providers::postgres::Postgres;
+use datafusion_table_providers::util::on_conflict::OnConflict;
 use futures::{SinkExt, StreamExt};
 
 use super::external;
+use super::last_per_key::LastPerKeyExec;
 
 /// The PostgreSQL table provider: reads and upserts through `inner`, bulk appends by COPY.
 #[derive(Debug)]
@@ -31,6 +33,9 @@ pub(crate) struct PgCopyWriter {
     table: TableReference,
     /// Whether `inner` upserts (then it writes every insert).
     upserts: bool,
+    /// The key of an `upsert:` conflict clause: each batch keeps its last row per key
+    /// ([`LastPerKeyExec`]).
+    upsert_key: Option<Vec<String>>,
 }
 
 impl PgCopyWriter {
@@ -38,13 +43,18 @@ impl PgCopyWriter {
         inner: Arc<dyn TableProvider>,
         postgres: Postgres,
         table: TableReference,
-        upserts: bool,
+        on_conflict: Option<&OnConflict>,
     ) -> Arc<dyn TableProvider> {
+        let upsert_key = match on_conflict {
+            Some(OnConflict::Upsert(key)) => Some(key.iter().map(str::to_string).collect()),
+            _ => None,
+        };
         Arc::new(Self {
             inner,
             postgres: Arc::new(postgres),
             table,
-            upserts,
+            upserts: on_conflict.is_some(),
+            upsert_key,
         })
     }
 }
@@ -114,6 +124,13 @@ impl TableProvider for PgCopyWriter {
             && matches!(op, InsertOp::Append | InsertOp::Overwrite)
             && schema.fields().iter().all(|f| copyable(f.data_type()));
         if !bulk {
+            let input = match &self.upsert_key {
+                Some(key) => {
+                    let key: Vec<&str> = key.iter().map(String::as_str).collect();
+                    Arc::new(LastPerKeyExec::try_new(input, &key)?)
+                }
+                None => input,
+            };
             return self.inner.insert_into(state, input, op).await;
         }
         Ok(Arc::new(DataSinkExec::new(

@@ -101,9 +101,8 @@ impl Backend for PostgresBackend {
                 let plain = PlainRead::wrap(Arc::clone(&read));
                 let schema = plain.schema();
                 let pg = Postgres::new(table.clone(), pool, schema, Constraints::default());
-                let upserts = on_conflict.is_some();
-                let writer = PostgresTableWriter::create(plain, pg.clone(), on_conflict);
-                let writer = PgCopyWriter::wrap(writer, pg, table, upserts);
+                let writer = PostgresTableWriter::create(plain, pg.clone(), on_conflict.clone());
+                let writer = PgCopyWriter::wrap(writer, pg, table, on_conflict.as_ref());
                 Ok(federated(&read, writer))
             }
             Err(e) => match declared {
