@@ -102,16 +102,34 @@ pub(crate) fn dead_ids(path: &Path) -> (std::collections::BTreeSet<u64>, usize) 
     (ids, n)
 }
 
-/// `flowengine run --follow` of `pipeline`, its state under `state`.
+/// `flowengine run --follow` of `pipeline`, its state under `state`; what it prints to stderr
+/// is appended to [`follow_log`]`(state)`.
 pub(crate) fn follow(pipeline: &Path, state: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(follow_log(state))
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_flowengine"))
         .args(["run", "--follow", "--interval", "0.2"])
         .arg(pipeline)
         .env("FLOWENGINE_STATE_DIR", state)
         .env_remove("FLOWENGINE_CONFIG")
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
         .spawn()
         .unwrap()
+}
+
+/// The stderr log of the `--follow` processes whose state is `state`.
+pub(crate) fn follow_log(state: &Path) -> PathBuf {
+    state.with_extension("stderr.log")
+}
+
+/// The last lines of [`follow_log`]`(state)`, for a failure message.
+pub(crate) fn follow_log_tail(state: &Path) -> String {
+    let text = std::fs::read_to_string(follow_log(state)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// Ask a `--follow` process to stop after its micro-batch (SIGTERM); it must exit 0.
@@ -123,10 +141,24 @@ pub(crate) fn terminate(mut child: Child) {
 }
 
 /// Wait until `done` holds, failing after `secs` with `what`.
-pub(crate) async fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(secs: u64, what: &str, done: impl FnMut() -> bool) {
+    wait_for_follow(secs, what, None, done).await;
+}
+
+/// [`wait_for`] of a `--follow` process whose state is `state`: a timeout shows its log.
+pub(crate) async fn wait_for_follow(
+    secs: u64,
+    what: &str,
+    state: Option<&Path>,
+    mut done: impl FnMut() -> bool,
+) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {what}; the pipeline's stderr ended with:\n{}",
+            state.map(follow_log_tail).unwrap_or_default()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
@@ -170,7 +202,7 @@ pub(crate) async fn follow_kill_restart(
     );
     let state = dir.join("state");
     let first = follow(&pipeline, &state);
-    wait_for(180, "20,000 rows before the kill", || {
+    wait_for_follow(180, "20,000 rows before the kill", Some(&state), || {
         all_ids(out, "batch_").len() >= 20_000
     })
     .await;
@@ -186,11 +218,16 @@ pub(crate) async fn follow_kill_restart(
     let second = follow(&pipeline, &state);
     let mut want = expected;
     want.extend(more);
-    wait_for(240, "every valid message after the restart", || {
-        let mut ids = all_ids(out, "batch_");
-        ids.dedup();
-        ids.len() >= want.len()
-    })
+    wait_for_follow(
+        240,
+        "every valid message after the restart",
+        Some(&state),
+        || {
+            let mut ids = all_ids(out, "batch_");
+            ids.dedup();
+            ids.len() >= want.len()
+        },
+    )
     .await;
     terminate(second);
     let mut ids = all_ids(out, "batch_");
@@ -225,12 +262,15 @@ pub(crate) async fn follow_into_postgres_exactly_once(source: &str, expected: &[
     };
     let state = dir.path().join("state");
     let mut first = follow(&pipeline, &state);
-    wait_for(120, "6,000 rows before the kill", || count() >= 6_000).await;
+    wait_for_follow(120, "6,000 rows before the kill", Some(&state), || {
+        count() >= 6_000
+    })
+    .await;
     first.kill().unwrap();
     first.wait().unwrap();
     assert!(count() < expected.len(), "finished before the kill");
     let second = follow(&pipeline, &state);
-    wait_for(180, "every row after the restart", || {
+    wait_for_follow(180, "every row after the restart", Some(&state), || {
         count() >= expected.len()
     })
     .await;
