@@ -60,7 +60,8 @@ pub struct EngineConfig {
     pub batch_size: Option<usize>,
     /// FlowEngine's own logical optimizer rules, which DataFusion lacks: an aggregate joined on
     /// its grouping key to a filtered table aggregates only the keys that join keeps, and an
-    /// `IN (subquery)` filters the join input holding its key. Default: on. Turn off to compare
+    /// `IN (subquery)` filters the join input holding its key; and one physical rule: a hash
+    /// join builds on the input estimated smaller by rows times row width. Default: on. Turn off to compare
     /// plans or to rule them out. Env: `FLOWENGINE_EXTRA_OPTIMIZER_RULES`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_optimizer_rules: Option<bool>,

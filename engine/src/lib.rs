@@ -7,6 +7,7 @@
 
 pub mod acks;
 pub mod bad_records;
+pub mod build_side;
 pub mod config;
 pub mod connector;
 pub mod encryption;

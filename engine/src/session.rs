@@ -91,11 +91,15 @@ impl Engine {
                 .with_optimizer_rule(Arc::new(crate::join_keys::FilterAggregateByJoinKeys))
                 .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins));
         }
-        let physical_rules = crate::spillable_joins::SpillableJoins::new(
+        let mut physical_rules = crate::spillable_joins::SpillableJoins::new(
             config.spillable_joins.unwrap_or_default(),
             config.memory_limit_bytes(),
         )
         .insert_into(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
+        if config.extra_optimizer_rules.unwrap_or(true) {
+            // Right after join selection, before the spillable-joins rule sees the build sides.
+            physical_rules = crate::build_side::BuildSmallerSide.insert_into(physical_rules);
+        }
         let mut state = builder
             .with_physical_optimizer_rules(physical_rules)
             .build();
