@@ -24,10 +24,8 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 
-/// Name of DataFusion's rule this one must follow.
-const AFTER_RULE: &str = "join_selection";
-/// Estimated bytes per row for a column of variable width (strings, lists).
-const VARIABLE_WIDTH: usize = 32;
+use crate::spillable_joins::{PhysicalRules, insert_after_join_selection, row_width};
+
 /// How much larger the build side must be estimated before the inputs are swapped.
 const MARGIN: usize = 2;
 
@@ -37,16 +35,8 @@ pub struct BuildSmallerSide;
 
 impl BuildSmallerSide {
     /// DataFusion's physical optimizer rules with this one inserted after join selection.
-    pub fn insert_into(
-        self,
-        mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
-    ) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
-        let at = rules
-            .iter()
-            .position(|rule| rule.name() == AFTER_RULE)
-            .map_or(0, |i| i + 1);
-        rules.insert(at, Arc::new(self));
-        rules
+    pub fn insert_into(self, rules: PhysicalRules) -> PhysicalRules {
+        insert_after_join_selection(rules, Arc::new(self))
     }
 }
 
@@ -58,13 +48,7 @@ fn estimate(plan: &Arc<dyn ExecutionPlan>) -> Option<(usize, usize)> {
     let (Precision::Exact(rows) | Precision::Inexact(rows)) = stats.num_rows else {
         return None;
     };
-    let width: usize = plan
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.data_type().primitive_width().unwrap_or(VARIABLE_WIDTH))
-        .sum();
-    Some((rows, rows.saturating_mul(width.max(1))))
+    Some((rows, rows.saturating_mul(row_width(&plan.schema()))))
 }
 
 /// The join with its inputs swapped, when its build side is clearly the larger one.

@@ -56,16 +56,8 @@ impl SpillableJoins {
     }
 
     /// DataFusion's physical optimizer rules with this one inserted after join selection.
-    pub fn insert_into(
-        self,
-        mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
-    ) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
-        let at = rules
-            .iter()
-            .position(|rule| rule.name() == AFTER_RULE)
-            .map_or(0, |i| i + 1);
-        rules.insert(at, Arc::new(self));
-        rules
+    pub fn insert_into(self, rules: PhysicalRules) -> PhysicalRules {
+        insert_after_join_selection(rules, Arc::new(self))
     }
 
     fn wants_sort_merge(&self, join: &HashJoinExec) -> bool {
@@ -134,6 +126,33 @@ fn sort_merge(join: &HashJoinExec) -> Result<Arc<dyn ExecutionPlan>> {
     Ok(Arc::new(ProjectionExec::try_new(exprs, smj)?))
 }
 
+/// A session's physical optimizer rules, in order.
+pub type PhysicalRules = Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>;
+
+/// `rules` with `rule` inserted right after DataFusion's join selection (first if absent).
+pub(crate) fn insert_after_join_selection(
+    mut rules: PhysicalRules,
+    rule: Arc<dyn PhysicalOptimizerRule + Send + Sync>,
+) -> PhysicalRules {
+    let at = rules
+        .iter()
+        .position(|r| r.name() == AFTER_RULE)
+        .map_or(0, |i| i + 1);
+    rules.insert(at, rule);
+    rules
+}
+
+/// Estimated bytes of one row of `schema`: fixed-width types at their width, others at
+/// [`VARIABLE_WIDTH`].
+pub(crate) fn row_width(schema: &datafusion::arrow::datatypes::Schema) -> usize {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.data_type().primitive_width().unwrap_or(VARIABLE_WIDTH))
+        .sum::<usize>()
+        .max(1)
+}
+
 /// Bytes a plan's output is expected to take in memory, if anything tells.
 fn estimated_bytes(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
     let stats = StatisticsContext::new()
@@ -143,13 +162,7 @@ fn estimated_bytes(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
         return Some(bytes);
     }
     if let Precision::Exact(rows) | Precision::Inexact(rows) = stats.num_rows {
-        let width: usize = plan
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.data_type().primitive_width().unwrap_or(VARIABLE_WIDTH))
-            .sum();
-        return Some(rows.saturating_mul(width.max(1)));
+        return Some(rows.saturating_mul(row_width(&plan.schema())));
     }
     scanned_file_bytes(plan)
 }
