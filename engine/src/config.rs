@@ -19,6 +19,13 @@ const MIN_DEFAULT_PARTITIONS: usize = 4;
 /// [`EngineConfig::effective_target_partitions`]).
 pub const PARTITION_MEMORY: u64 = 256 * 1024 * 1024;
 
+/// The largest gRPC message cluster nodes and clients exchange (a query's plan is one).
+pub const CLUSTER_GRPC_MESSAGE_LIMIT: u64 = 256 * 1024 * 1024;
+/// Default of `cluster_inline_limit`.
+pub const CLUSTER_INLINE_LIMIT_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Highest `cluster_inline_limit`: the rest of a plan message stays for the plan itself.
+pub const CLUSTER_INLINE_LIMIT_MAX: u64 = 192 * 1024 * 1024;
+
 /// Default file looked up in the working directory when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "flowengine.toml";
 
@@ -108,6 +115,12 @@ pub struct EngineConfig {
     /// `df://HOST:PORT`. Default: in this process. Env: `FLOWENGINE_CLUSTER`; `--cluster`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// On a cluster, tables executors cannot read (consuming queues, `on_error` readers,
+    /// in-memory and `system` tables) are read by this process and their rows sent with the
+    /// query; this caps those rows per query, as Arrow IPC. Default: 64 MiB; at most 192 MiB.
+    /// Env: `FLOWENGINE_CLUSTER_INLINE_LIMIT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_inline_limit: Option<ByteSize>,
     /// `flowengine serve` settings.
     #[serde(default, skip_serializing_if = "ServerConfig::is_default")]
     pub server: ServerConfig,
@@ -332,6 +345,13 @@ impl EngineConfig {
                 "LINEAGE_API_KEY" => self.lineage_api_key = Some(value.clone()),
                 "AUTH" => self.security.auth = value.parse().map_err(bad)?,
                 "CLUSTER" => self.cluster = Some(value.clone()),
+                "CLUSTER_INLINE_LIMIT" => {
+                    self.cluster_inline_limit = Some(
+                        value
+                            .parse::<ByteSize>()
+                            .map_err(|e| bad(format!("`{value}` is not a size: {e}")))?,
+                    )
+                }
                 "OTLP_ENDPOINT" => self.otlp_endpoint = Some(value.clone()),
                 "EXTRA_OPTIMIZER_RULES" => {
                     self.extra_optimizer_rules = Some(
@@ -386,6 +406,17 @@ impl EngineConfig {
         if let Some(url) = &self.cluster {
             cluster_address(url).map_err(bad)?;
         }
+        if let Some(limit) = self.cluster_inline_limit
+            && limit.as_u64() > CLUSTER_INLINE_LIMIT_MAX
+        {
+            return Err(bad(format!(
+                "cluster_inline_limit {} is above {}: a query's plan is one gRPC message of at \
+                 most {}",
+                limit.display().iec(),
+                ByteSize(CLUSTER_INLINE_LIMIT_MAX).display().iec(),
+                ByteSize(CLUSTER_GRPC_MESSAGE_LIMIT).display().iec()
+            )));
+        }
         if let Some(url) = &self.otlp_endpoint
             && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
         {
@@ -426,6 +457,12 @@ impl EngineConfig {
             return Err(format!("lineage_api_key is a plain-text key: {hint}"));
         }
         Ok(())
+    }
+
+    /// `cluster_inline_limit` in bytes, defaulted.
+    pub fn cluster_inline_limit_bytes(&self) -> u64 {
+        self.cluster_inline_limit
+            .map_or(CLUSTER_INLINE_LIMIT_DEFAULT, |l| l.as_u64())
     }
 
     /// The pool size this configuration asks for, in bytes.
@@ -646,6 +683,23 @@ fn cgroup_limit(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_inline_limit_is_capped_by_the_message_size() {
+        let config = EngineConfig::from_toml("cluster_inline_limit = \"16MiB\"", "t").unwrap();
+        config.validate("t".into()).unwrap();
+        assert_eq!(config.cluster_inline_limit_bytes(), 16 * 1024 * 1024);
+        assert_eq!(
+            EngineConfig::default().cluster_inline_limit_bytes(),
+            CLUSTER_INLINE_LIMIT_DEFAULT
+        );
+        let mut config = EngineConfig::default();
+        config
+            .apply_env([("FLOWENGINE_CLUSTER_INLINE_LIMIT".into(), "1GiB".into())])
+            .unwrap();
+        let err = config.validate("env".into()).unwrap_err().to_string();
+        assert!(err.contains("cluster_inline_limit"), "{err}");
+    }
 
     #[test]
     fn cluster_addresses_are_df_urls() {

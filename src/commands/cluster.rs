@@ -30,6 +30,9 @@ use crate::UsageError;
 use crate::cli::{ExecutorArgs, GlobalArgs, SchedulerArgs};
 use crate::cluster_tables::{NodeTables, ScanCodec, TableCodec};
 
+/// The largest gRPC message a node takes or sends: task plans carry the rows a client read.
+const GRPC_MESSAGE_LIMIT: u32 = engine::config::CLUSTER_GRPC_MESSAGE_LIMIT as u32;
+
 /// The config a node starts each session from: Ballista's, able to receive the session's
 /// shared store options.
 fn node_session_config() -> SessionConfig {
@@ -115,6 +118,11 @@ pub(crate) async fn scheduler(global: &GlobalArgs, args: SchedulerArgs) -> Resul
         override_config_producer: Some(Arc::new(node_session_config)),
         override_logical_codec: Some(logical_codec),
         override_physical_codec: Some(physical_codec),
+        // A plan may carry rows the client read (`cluster_inline_limit`), to the scheduler and
+        // in each task it sends on.
+        grpc_server_max_decoding_message_size: GRPC_MESSAGE_LIMIT,
+        grpc_server_max_encoding_message_size: GRPC_MESSAGE_LIMIT,
+        grpc_client_max_message_size: GRPC_MESSAGE_LIMIT,
         // The scheduler lists a table's files while planning: give it the session's stores.
         override_session_builder: Some(Arc::new(move |config: SessionConfig| {
             let registry = stores.registry(&config)?;
@@ -177,6 +185,8 @@ pub(crate) async fn executor(global: &GlobalArgs, args: ExecutorArgs) -> Result<
         override_config_producer: Some(Arc::new(node_session_config)),
         override_logical_codec: Some(logical_codec),
         override_physical_codec: Some(physical_codec),
+        grpc_max_decoding_message_size: GRPC_MESSAGE_LIMIT,
+        grpc_max_encoding_message_size: GRPC_MESSAGE_LIMIT,
         // A session's stores may grow with each query (a table created later names another
         // bucket), so every task builds its runtime from its own settings; the stores
         // themselves are reused while their options are unchanged.
