@@ -5,10 +5,11 @@
 //! Ballista ships a query's logical plan to the scheduler. File tables (`CREATE EXTERNAL TABLE
 //! ... STORED AS PARQUET|CSV|JSON|AVRO|ARROW`) over paths all nodes share or object stores go
 //! as they are; FlowEngine's own tables (databases, NATS subjects, REST sources) go as their
-//! definitions and are opened by the executors ([`crate::cluster_tables`]). A plan touching any
-//! other table (consuming queues, in-memory tables, tolerant CSV readers) is refused before it
-//! is sent, with an error naming the table and why. Plans that read only this process's own
-//! catalog tables (`information_schema`, `system`) run here.
+//! definitions and are opened by the executors ([`crate::cluster_tables`]). Any other table
+//! (consuming queues, tolerant CSV readers, in-memory and `system` tables) is read by this
+//! process when the query runs, and its rows travel inside the plan
+//! ([`crate::client_tables`]). Plans that read only this process's own catalog tables
+//! (`information_schema`, `system`) run here.
 
 use anyhow::Result;
 use engine::{Engine, EngineConfig};
@@ -44,8 +45,9 @@ fn distributed(
 ) -> Result<Engine> {
     let (host, port) = engine::config::cluster_address(url).map_err(anyhow::Error::msg)?;
     let scheduler = format!("http://{host}:{port}");
+    let inline_limit = config.cluster_inline_limit_bytes();
     Ok(Engine::try_new_distributed(config, connectors, &|state| {
-        remote::distribute(state, &scheduler)
+        remote::distribute(state, &scheduler, inline_limit)
     })?)
 }
 
@@ -77,6 +79,7 @@ mod remote {
     pub(super) fn distribute(
         state: SessionState,
         scheduler: &str,
+        inline_limit: u64,
     ) -> datafusion::error::Result<SessionState> {
         // FlowEngine's tables travel as their definitions (crate::cluster_tables).
         let definitions = state
@@ -100,11 +103,19 @@ mod remote {
         // Set on the built state: a builder given a config again would register a fresh default
         // catalog over the session's.
         let config = std::mem::take(state.config_mut());
-        *state.config_mut() = config.with_ballista_logical_extension_codec(codec);
+        // Plans carry the rows of tables this process reads (crate::client_tables).
+        *state.config_mut() = config
+            .with_ballista_logical_extension_codec(codec)
+            .with_ballista_grpc_client_max_message_size(
+                engine::config::CLUSTER_GRPC_MESSAGE_LIMIT as usize,
+            );
         let state = state.upgrade_for_ballista(scheduler.to_string())?;
         let remote = Arc::clone(state.query_planner());
         Ok(SessionStateBuilder::new_from_existing(state)
-            .with_query_planner(Arc::new(ClusterPlanner { remote }))
+            .with_query_planner(Arc::new(ClusterPlanner {
+                remote,
+                inline_limit,
+            }))
             .build())
     }
 
@@ -113,6 +124,8 @@ mod remote {
     #[derive(Debug)]
     struct ClusterPlanner {
         remote: Arc<dyn QueryPlanner + Send + Sync>,
+        /// Bytes of rows read here that one query may send ([`crate::client_tables`]).
+        inline_limit: u64,
     }
 
     /// Where a plan can run.
@@ -128,7 +141,7 @@ mod remote {
         plan: &LogicalPlan,
         definitions: Option<&TableDefinitions>,
     ) -> datafusion::error::Result<Placement> {
-        let mut local = Vec::new();
+        let mut local = false;
         let mut distributed = false;
         let mut refused: Option<DataFusionError> = None;
         plan.apply_with_subqueries(|node| {
@@ -147,21 +160,10 @@ mod remote {
                 )));
                 return Ok(TreeNodeRecursion::Stop);
             }
-            if let LogicalPlan::TableScan(TableScan {
-                table_name, source, ..
-            }) = node
-            {
-                if table_name
-                    .schema()
-                    .is_some_and(|s| LOCAL_SCHEMAS.contains(&s))
-                {
-                    local.push(table_name.to_string());
+            if let LogicalPlan::TableScan(scan) = node {
+                if is_local(scan) {
+                    local = true;
                 } else {
-                    let provider = source_as_provider(source)?;
-                    if let Err(why) = readable_on_executors(&provider, definitions) {
-                        refused = Some(crate::cluster_tables::refused(table_name, &why));
-                        return Ok(TreeNodeRecursion::Stop);
-                    }
                     distributed = true;
                 }
             }
@@ -170,14 +172,27 @@ mod remote {
         if let Some(e) = refused {
             return Err(e);
         }
-        match (local.first(), distributed) {
-            (Some(table), true) => Err(DataFusionError::Plan(format!(
-                "`{table}` is a table of this process and cannot be joined with cluster tables in \
-                 one query; query it on its own"
-            ))),
-            (Some(_), false) => Ok(Placement::Local),
-            (None, _) => Ok(Placement::Cluster),
+        Ok(if local && !distributed {
+            Placement::Local
+        } else {
+            Placement::Cluster
+        })
+    }
+
+    /// A table of this process's own catalog.
+    fn is_local(scan: &TableScan) -> bool {
+        scan.table_name
+            .schema()
+            .is_some_and(|s| LOCAL_SCHEMAS.contains(&s))
+    }
+
+    /// Whether executors can read what `scan` reads; why not, if they cannot.
+    fn readable(scan: &TableScan, definitions: Option<&TableDefinitions>) -> Result<(), String> {
+        if is_local(scan) {
+            return Err("it is a table of this process's catalog".into());
         }
+        let provider = source_as_provider(&scan.source).map_err(|e| e.to_string())?;
+        readable_on_executors(&provider, definitions)
     }
 
     /// Whether executors can read `provider`: file tables (not tolerant readers, whose bad
@@ -209,8 +224,7 @@ mod remote {
             }),
             None => Err(format!(
                 "it is a {} table held by this process (an in-memory table or a table created \
-                 by a query), and executors can read only file tables and tables declared with \
-                 CREATE EXTERNAL TABLE",
+                 by a query)",
                 match provider.table_type() {
                     TableType::Base => "base",
                     TableType::View => "view-like",
@@ -235,9 +249,20 @@ mod remote {
                         .await
                 }
                 Placement::Cluster => {
-                    self.remote
-                        .create_physical_plan(logical_plan, session)
-                        .await
+                    let readable = |scan: &TableScan| readable(scan, definitions.as_deref());
+                    let (plan, tables) =
+                        crate::client_tables::read_on_client(logical_plan, session, &readable)
+                            .await?;
+                    let cluster = self.remote.create_physical_plan(&plan, session).await?;
+                    // An EXPLAIN only shows the plan: nothing is read for it.
+                    if tables.is_empty() || matches!(plan, LogicalPlan::Explain(_)) {
+                        return Ok(cluster);
+                    }
+                    Ok(Arc::new(crate::client_tables::ClientScansExec::new(
+                        cluster,
+                        tables,
+                        self.inline_limit,
+                    )))
                 }
             }
         }
@@ -253,7 +278,7 @@ mod remote {
         }
 
         #[tokio::test]
-        async fn only_file_tables_go_to_the_cluster() {
+        async fn plans_go_to_the_cluster_unless_they_read_only_local_tables() {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("t.csv"), "a,b\n1,2\n").unwrap();
             let ctx = SessionContext::new_with_config(
@@ -280,19 +305,46 @@ mod remote {
                 place(&plan("SELECT * FROM information_schema.tables").await).unwrap(),
                 Placement::Local
             );
-            let err =
-                place(&plan("SELECT * FROM files WHERE a IN (SELECT column1 FROM mem)").await)
-                    .unwrap_err()
-                    .to_string();
-            assert!(
-                err.contains("table `mem` cannot be read on the cluster") && err.contains("COPY"),
-                "{err}"
+            // Tables executors cannot read go to the cluster as rows this process reads.
+            for sql in [
+                "SELECT * FROM files WHERE a IN (SELECT column1 FROM mem)",
+                "SELECT * FROM files CROSS JOIN information_schema.schemata",
+            ] {
+                assert_eq!(
+                    place(&plan(sql).await).unwrap(),
+                    Placement::Cluster,
+                    "{sql}"
+                );
+            }
+            let scans = |p: &LogicalPlan| {
+                let mut scans = Vec::new();
+                p.apply_with_subqueries(|n| {
+                    if let LogicalPlan::TableScan(s) = n {
+                        scans.push((
+                            s.table_name.to_string(),
+                            readable(s, None).map_err(|why| why.contains("held by this process")),
+                        ));
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+                .unwrap();
+                scans.sort();
+                scans
+            };
+            assert_eq!(
+                scans(&plan("SELECT * FROM files WHERE a IN (SELECT column1 FROM mem)").await),
+                vec![
+                    ("files".to_string(), Ok(())),
+                    ("mem".to_string(), Err(true))
+                ]
             );
-            let err =
-                place(&plan("SELECT * FROM files CROSS JOIN information_schema.schemata").await)
-                    .unwrap_err()
-                    .to_string();
-            assert!(err.contains("cannot be joined"), "{err}");
+            assert_eq!(
+                scans(&plan("SELECT * FROM files CROSS JOIN information_schema.schemata").await),
+                vec![
+                    ("files".to_string(), Ok(())),
+                    ("information_schema.schemata".to_string(), Err(false))
+                ]
+            );
         }
     }
 }

@@ -14,7 +14,8 @@
 //!
 //! One task reads the whole table (the scan has one partition); joins, aggregates and writes
 //! above it are distributed as usual. Tables whose reads this process settles after the run
-//! (consuming queues acknowledged at commit) are refused by [`distributable`].
+//! (consuming queues acknowledged at commit) are not [`distributable`]: the client reads them
+//! ([`crate::client_tables`]), and their rows travel in the plan under their own marker.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -189,6 +190,11 @@ impl LogicalExtensionCodec for TableCodec {
         schema: SchemaRef,
         ctx: &TaskContext,
     ) -> Result<Arc<dyn TableProvider>> {
+        if let Some(rows) = strip(buf, crate::client_tables::CLIENT_MAGIC) {
+            return Ok(Arc::new(crate::client_tables::decode(
+                rows, table_ref, schema,
+            )?));
+        }
         match strip(buf, TABLE_MAGIC) {
             Some(rest) => {
                 let node = TableNode::decode(rest)
@@ -214,6 +220,11 @@ impl LogicalExtensionCodec for TableCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
+        if let Some(client) = (node.as_ref() as &dyn std::any::Any)
+            .downcast_ref::<crate::client_tables::ClientTable>()
+        {
+            return client.encode(buf);
+        }
         let definition = self
             .definitions
             .as_ref()

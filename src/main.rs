@@ -4,6 +4,8 @@
 //! Exit codes: 0 success, 1 a statement or pipeline failed, 2 usage or configuration error.
 
 mod cli;
+#[cfg(feature = "cluster")]
+mod client_tables;
 mod cluster;
 #[cfg(feature = "cluster")]
 mod cluster_tables;

@@ -1,6 +1,8 @@
 //! FlowEngine's own tables on a Ballista cluster (scheduler and two executors on loopback):
 //! connector tables (PostgreSQL here) are opened and read by the executors themselves, with the
-//! refusals named; and writes on the cluster commit only when the whole job succeeds.
+//! refusals named; tables only the client can read (tolerant readers, consuming queues,
+//! in-memory tables) are read by the client and shipped with the plan; and writes on the
+//! cluster commit only when the whole job succeeds.
 
 mod common;
 
@@ -46,11 +48,6 @@ fn connector_tables_are_read_by_the_executors() {
             + &declare(
                 "pg_literal",
                 "postgresql://postgres:hunter2@127.0.0.1:5432/test",
-            )
-            + &format!(
-                "CREATE EXTERNAL TABLE tolerant STORED AS CSV LOCATION '{}/csv/nation.csv' \
-                 OPTIONS ('on_error' 'skip');\n",
-                data.display()
             ),
     )
     .unwrap();
@@ -112,19 +109,13 @@ fn connector_tables_are_read_by_the_executors() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
-    // Writes to connector tables and tolerant readers stay with a single node, saying so.
+    // Writes to connector tables stay with a single node, saying so.
     let (ok, _, err) = client(
         Some(url),
         "INSERT INTO pg SELECT id + 100000, nation, amount, name FROM pg WHERE id < 3",
     );
     assert!(
         !ok && err.contains("writing to table") && err.contains("pg"),
-        "{err}"
-    );
-    let (ok, _, err) = client(Some(url), "SELECT count(*) FROM tolerant");
-    assert!(
-        !ok && err.contains("table `tolerant` cannot be read on the cluster")
-            && err.contains("on_error"),
         "{err}"
     );
     // The cluster still serves.
@@ -260,4 +251,201 @@ fn cluster_writes_commit_only_when_the_job_succeeds() {
     let (ok, expected, err) = sql(None, &check, "SELECT 2 * count(*) FROM li");
     assert!(ok, "{err}");
     same_results(&expected, &got).unwrap();
+}
+
+/// `flowengine run` of `text`, on the cluster at `url` or in-process: (success, stdout, stderr).
+fn run(url: Option<&str>, path: &Path, text: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    std::fs::write(path, text).unwrap();
+    let mut cmd = common::flowengine();
+    if let Some(url) = url {
+        cmd.args(["--cluster", url]);
+    }
+    let out = cmd
+        .envs(env.iter().copied())
+        .args(["run", "--format", "csv"])
+        .arg(path)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tables_only_the_client_can_read_run_on_the_cluster() {
+    let data = tpch_data();
+    let cluster = Cluster::start();
+    let url = cluster.url.as_str();
+    let work = tempfile::tempdir().unwrap();
+    // A CSV with 2,000 good rows and 20 bad ones (a word where a number belongs).
+    let csv = work.path().join("in.csv");
+    let mut text = String::from("id,nation,amount\n");
+    for id in 0..2020u64 {
+        if id % 101 == 7 {
+            text.push_str(&format!("{id},x{id},1.0\n"));
+        } else {
+            text.push_str(&format!("{id},{},{}.25\n", id % 25, id % 1000));
+        }
+    }
+    std::fs::write(&csv, text).unwrap();
+    let pipeline = |tag: &str| {
+        format!(
+            "CREATE EXTERNAL TABLE nation STORED AS PARQUET LOCATION '{data}/parquet/nation.parquet';\n\
+             CREATE EXTERNAL TABLE src (id BIGINT NOT NULL, nation BIGINT, amount DOUBLE) \
+               STORED AS CSV LOCATION '{csv}' OPTIONS ('format.has_header' 'true', \
+               'on_error' 'dead_letter', 'dead_letter_path' '{dir}/{tag}-dl.jsonl', \
+               'dead_letter_table' 'bad_rows');\n\
+             CREATE TABLE mem AS VALUES (0, 'zero'), (1, 'one'), (2, 'two');\n\
+             COPY (SELECT n_name, count(*) AS n, sum(amount) AS total, max(column2) AS label \
+                   FROM src JOIN nation ON src.nation = n_nationkey \
+                   LEFT JOIN mem ON src.id % 3 = mem.column1 GROUP BY n_name) \
+               TO '{dir}/{tag}/' STORED AS PARQUET;\n\
+             SELECT (SELECT count(*) FROM src) AS good, (SELECT count(*) FROM bad_rows) AS bad, \
+                    (SELECT count(*) FROM nation CROSS JOIN mem) AS pairs;\n",
+            data = data.display(),
+            csv = csv.display(),
+            dir = work.path().display(),
+        )
+    };
+    let (ok, single, err) = run(
+        None,
+        &work.path().join("single.sql"),
+        &pipeline("single"),
+        &[],
+    );
+    assert!(ok, "single node: {err}");
+    let (ok, distributed, err) = run(
+        Some(url),
+        &work.path().join("cluster.sql"),
+        &pipeline("cluster"),
+        &[],
+    );
+    assert!(ok, "cluster: {err}\n{}", cluster.logs());
+    // Good + bad = input on both, the bad rows counted and dead-lettered by the client.
+    assert!(single.ends_with("good,bad,pairs\n2000,20,75\n"), "{single}");
+    assert_eq!(single, distributed);
+    assert!(
+        err.contains("20 bad records dead-lettered to"),
+        "the cluster run's summary: {err}"
+    );
+    let letters = std::fs::read_to_string(work.path().join("cluster-dl.jsonl")).unwrap();
+    assert_eq!(letters.lines().count(), 20, "{letters}");
+    // The written report equals the single node's.
+    let check = work.path().join("check.sql");
+    std::fs::write(
+        &check,
+        format!(
+            "CREATE EXTERNAL TABLE a STORED AS PARQUET LOCATION '{0}/single/';\n\
+             CREATE EXTERNAL TABLE b STORED AS PARQUET LOCATION '{0}/cluster/';\n",
+            work.path().display()
+        ),
+    )
+    .unwrap();
+    let (ok, a, err) = sql(None, &check, "SELECT * FROM a");
+    assert!(ok, "{err}");
+    let (ok, b, err) = sql(None, &check, "SELECT * FROM b");
+    assert!(ok, "{err}");
+    assert_eq!(rows(&a).len(), 25, "{a}");
+    same_results(&a, &b).unwrap();
+
+    // Over cluster_inline_limit, the query fails naming the table and the setting, and the
+    // cluster serves the next query.
+    let (ok, _, err) = run(
+        Some(url),
+        &work.path().join("limit.sql"),
+        &pipeline("limit"),
+        &[("FLOWENGINE_CLUSTER_INLINE_LIMIT", "1KiB")],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("table `src`") && err.contains("cluster_inline_limit"),
+        "{err}"
+    );
+    let (ok, out, err) = sql(
+        Some(url),
+        &tables_sql(&data),
+        "SELECT count(*) AS n FROM nation",
+    );
+    assert!(
+        ok && rows(&out) == vec![vec!["25".to_string()]],
+        "{out}{err}"
+    );
+
+    // A consuming Redis stream read on the cluster: acknowledged once the run commits, and a
+    // failed run's messages are delivered again to the next.
+    let key = format!("fe_cluster_{}", std::process::id());
+    let stream = format!(
+        "CREATE EXTERNAL TABLE t (id BIGINT, name VARCHAR) STORED AS REDIS_STREAM \
+         LOCATION 'redis://127.0.0.1:6379/{key}' OPTIONS ('format' 'fields');\n\
+         CREATE EXTERNAL TABLE nation STORED AS PARQUET LOCATION '{}/parquet/nation.parquet';\n",
+        data.display()
+    );
+    let publish = |from: u64, to: u64| {
+        let (ok, _, err) = run(
+            None,
+            &work.path().join("publish.sql"),
+            &format!(
+                "{stream}INSERT INTO t (id, name) SELECT value, 'row ' || value FROM range({from}, {to});\n"
+            ),
+            &[],
+        );
+        assert!(ok, "{err}");
+    };
+    let peek = || {
+        let (ok, out, err) = run(
+            None,
+            &work.path().join("peek.sql"),
+            &format!("{stream}SELECT count(*) AS n FROM t;\n"),
+            &[],
+        );
+        assert!(ok, "{err}");
+        out
+    };
+    publish(0, 3000);
+    let out_dir = work.path().display();
+    let (ok, written, err) = run(
+        Some(url),
+        &work.path().join("consume.sql"),
+        &format!(
+            "{stream}COPY (SELECT id, name, n_name FROM t JOIN nation ON id % 25 = n_nationkey) \
+             TO '{out_dir}/stream/' STORED AS PARQUET;\n\
+             CREATE EXTERNAL TABLE written STORED AS PARQUET LOCATION '{out_dir}/stream/';\n\
+             SELECT count(*) AS n, count(DISTINCT id) AS ids FROM written;\n"
+        ),
+        &[],
+    );
+    assert!(ok, "{err}\n{}", cluster.logs());
+    assert!(written.ends_with("n,ids\n3000,3000\n"), "{written}");
+    assert!(peek().ends_with("n\n0\n"), "every message was acknowledged");
+    publish(3000, 3500);
+    let (ok, _, _) = run(
+        Some(url),
+        &work.path().join("fail.sql"),
+        &format!(
+            "{stream}COPY (SELECT id FROM t) TO '{out_dir}/failed/' STORED AS PARQUET;\n\
+             SELECT * FROM no_such_table;\n"
+        ),
+        &[],
+    );
+    assert!(!ok);
+    let (ok, again, err) = run(
+        Some(url),
+        &work.path().join("again.sql"),
+        &format!(
+            "{stream}COPY (SELECT id, _redelivered FROM t) TO '{out_dir}/again/' STORED AS PARQUET;\n\
+             CREATE EXTERNAL TABLE again STORED AS PARQUET LOCATION '{out_dir}/again/';\n\
+             SELECT count(*) AS n, count(*) FILTER (WHERE _redelivered) AS r, min(id) AS lo, \
+                    max(id) AS hi FROM again;\n"
+        ),
+        &[],
+    );
+    assert!(ok, "{err}\n{}", cluster.logs());
+    assert!(again.ends_with("n,r,lo,hi\n500,500,3000,3499\n"), "{again}");
+    assert!(peek().ends_with("n\n0\n"));
+    let _ = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "DEL", &key])
+        .output();
 }
