@@ -30,7 +30,7 @@ use datafusion::common::{Result, TableReference};
 use datafusion::datasource::{MemTable, TableType, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, LogicalPlan, TableScan, TableScanBuilder};
+use datafusion::logical_expr::{Expr, LogicalPlan, SubqueryAlias, TableScan, TableScanBuilder};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
@@ -205,10 +205,16 @@ pub(crate) async fn read_on_client(
                 return Ok(Transformed::no(node));
             };
             let table = Arc::clone(&tables[index]);
-            let replaced =
-                TableScanBuilder::new(scan.table_name.clone(), provider_as_source(table))
-                    .build()?;
-            Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
+            // The scan is named by one bare identifier (Ballista refuses plans that scan
+            // `information_schema` next to other tables) and aliased back to the table's name,
+            // so the columns above it keep their qualifiers.
+            let bare = TableReference::bare(scan.table_name.to_string());
+            let replaced = TableScanBuilder::new(bare, provider_as_source(table)).build()?;
+            let aliased = SubqueryAlias::try_new(
+                Arc::new(LogicalPlan::TableScan(replaced)),
+                scan.table_name.clone(),
+            )?;
+            Ok(Transformed::yes(LogicalPlan::SubqueryAlias(aliased)))
         })?
         .data;
     Ok((rewritten, tables))

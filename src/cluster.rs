@@ -51,6 +51,21 @@ fn distributed(
     })?)
 }
 
+/// Planner settings every cluster session needs, on the client and in the scheduler's session
+/// builder, because Ballista splits a physical plan into stages and re-plans joins between them:
+/// - uncorrelated scalar subqueries are planned as joins: DataFusion's `ScalarSubqueryExec` cannot
+///   be split from the expressions that read its result (TPC-H Q11, Q15 and Q22 failed to decode
+///   on the executors);
+/// - no dynamic filters from hash joins: Ballista re-runs join selection when a stage's inputs
+///   are known, and DataFusion refuses to swap a join's inputs once its dynamic filter exists
+///   (TPC-H Q20 failed in the scheduler).
+#[cfg(feature = "cluster")]
+pub(crate) fn distributable(config: &mut datafusion::prelude::SessionConfig) {
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.enable_physical_uncorrelated_scalar_subquery = false;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+}
+
 #[cfg(feature = "cluster")]
 mod remote {
     use std::sync::Arc;
@@ -102,7 +117,9 @@ mod remote {
             .build();
         // Set on the built state: a builder given a config again would register a fresh default
         // catalog over the session's.
-        let config = std::mem::take(state.config_mut());
+        let mut config = std::mem::take(state.config_mut());
+        // The scheduler plans with the same settings (crate::commands::cluster).
+        crate::cluster::distributable(&mut config);
         // Plans carry the rows of tables this process reads (crate::client_tables).
         *state.config_mut() = config
             .with_ballista_logical_extension_codec(codec)

@@ -124,7 +124,8 @@ pub(crate) async fn scheduler(global: &GlobalArgs, args: SchedulerArgs) -> Resul
         grpc_server_max_encoding_message_size: GRPC_MESSAGE_LIMIT,
         grpc_client_max_message_size: GRPC_MESSAGE_LIMIT,
         // The scheduler lists a table's files while planning: give it the session's stores.
-        override_session_builder: Some(Arc::new(move |config: SessionConfig| {
+        override_session_builder: Some(Arc::new(move |mut config: SessionConfig| {
+            crate::cluster::distributable(&mut config);
             let registry = stores.registry(&config)?;
             let state = default_session_builder(config)?;
             let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
