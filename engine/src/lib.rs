@@ -10,6 +10,7 @@ pub mod bad_records;
 pub mod build_side;
 pub mod config;
 pub mod connector;
+pub mod dimension_joins;
 pub mod encryption;
 pub mod error;
 pub mod join_keys;

@@ -89,7 +89,10 @@ impl Engine {
         if config.extra_optimizer_rules.unwrap_or(true) {
             builder = builder
                 .with_optimizer_rule(Arc::new(crate::join_keys::FilterAggregateByJoinKeys))
-                .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins));
+                .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins))
+                .with_optimizer_rule(Arc::new(
+                    crate::dimension_joins::JoinFilteredDimensionsEarly,
+                ));
         }
         let mut physical_rules = crate::spillable_joins::SpillableJoins::new(
             config.spillable_joins.unwrap_or_default(),

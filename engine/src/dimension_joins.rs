@@ -1,0 +1,475 @@
+//! A logical optimizer rule DataFusion 55 lacks: an inner join with a point-filtered dimension
+//! (`nation WHERE n_name = 'FRANCE'`) is moved down onto the relation that holds its join key,
+//! instead of running after every other join of the `FROM` clause.
+//!
+//! DataFusion 55 has no cost-based join ordering: comma joins run in the order written, so in
+//! TPC-H Q7 (`FROM supplier, lineitem, orders, customer, nation n1, nation n2`) 1.8 million
+//! `lineitem` rows flow through the joins with `orders` and `customer` before the two one-row
+//! `nation` filters keep 5,900 of them. Joined onto `supplier` and `customer` directly, the
+//! nation filters shrink those inputs first, and every join above works on a few percent of the
+//! rows (and builds small hash tables whose dynamic filters prune the scans).
+//!
+//! Inner joins commute and associate, so `((X ⋈ Y) ⋈ Z) ⋈ S` with conditions between `S` and
+//! `X` alone equals `((X ⋈ S) ⋈ Y) ⋈ Z`; the rewrite keeps the original output columns (a
+//! projection on top) and any non-equi condition of the moved join as a filter above. Without
+//! row counts at logical planning time, "selective" is judged from the plan's shape: a single
+//! table filtered by an equality or `IN` list on a column (or such a table joined with one
+//! plain table, as `nation ⋈ region WHERE r_name = 'ASIA'`). A range filter does not qualify
+//! (TPC-H's filtered `lineitem` is millions of rows), and the join is not moved below another
+//! join whose other input is itself point-filtered, since that join may be the more selective.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::Transformed;
+use datafusion::common::{Column, Result};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Filter, Join, JoinConstraint, JoinType, LogicalPlan, Operator, Projection,
+};
+use datafusion::optimizer::optimizer::ApplyOrder;
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct JoinFilteredDimensionsEarly;
+
+impl OptimizerRule for JoinFilteredDimensionsEarly {
+    fn name(&self) -> &str {
+        "join_filtered_dimensions_early"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        // Bottom up: a lower dimension join moves first, so one above it (TPC-H Q7's second
+        // nation) is not stopped by the point-filtered input it still sits next to.
+        Some(ApplyOrder::BottomUp)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let LogicalPlan::Join(join) = plan else {
+            return Ok(Transformed::no(plan));
+        };
+        match move_down(&join)? {
+            Some(rewritten) => Ok(Transformed::yes(rewritten)),
+            None => Ok(Transformed::no(LogicalPlan::Join(join))),
+        }
+    }
+}
+
+/// `join` with its selective side joined further down the other side, when that helps.
+fn move_down(join: &Join) -> Result<Option<LogicalPlan>> {
+    if join.join_type != JoinType::Inner || join.null_aware || join.on.is_empty() {
+        return Ok(None);
+    }
+    // Which side is the filtered dimension; `on` is re-paired as (rest, dimension).
+    let (rest, dim, on): (&Arc<LogicalPlan>, &Arc<LogicalPlan>, Vec<(Expr, Expr)>) =
+        if is_selective(&join.right) {
+            (&join.left, &join.right, join.on.clone())
+        } else if is_selective(&join.left) {
+            let swapped = join
+                .on
+                .iter()
+                .map(|(l, r)| (r.clone(), l.clone()))
+                .collect();
+            (&join.right, &join.left, swapped)
+        } else {
+            return Ok(None);
+        };
+    let mut keys: HashSet<Column> = HashSet::new();
+    for (r, d) in &on {
+        keys.extend(r.column_refs().into_iter().cloned());
+        if !d.column_refs().iter().all(|c| dim.schema().has_column(c)) {
+            return Ok(None);
+        }
+    }
+    if keys.is_empty() || !descends(rest, &keys) {
+        return Ok(None);
+    }
+    let target = Target {
+        dim,
+        on: &on,
+        null_equality: join.null_equality,
+        keys: &keys,
+    };
+    let mut moved = target.place(rest)?;
+    if let Some(filter) = &join.filter {
+        // The moved join's non-equi condition becomes a condition of the lowest join that has
+        // its columns, as DataFusion would have placed it. Not a `Filter` above: DataFusion 55's
+        // physical filter pushdown maps columns by name through projections, and with two
+        // `n_name` columns (n1, n2) it pushed the filter onto the wrong one (apache/datafusion
+        // #21246, fixed after 55).
+        moved = match attach_filter(&moved, filter)? {
+            Some(attached) => attached,
+            None => LogicalPlan::Filter(Filter::try_new(filter.clone(), Arc::new(moved))?),
+        };
+    }
+    // The join's own output columns, in its order, for the plans above.
+    let columns = join
+        .schema
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect::<Vec<_>>();
+    Ok(Some(LogicalPlan::Projection(Projection::try_new(
+        columns,
+        Arc::new(moved),
+    )?)))
+}
+
+/// Where the dimension goes and how it joins.
+struct Target<'a> {
+    dim: &'a Arc<LogicalPlan>,
+    on: &'a [(Expr, Expr)],
+    null_equality: datafusion::common::NullEquality,
+    keys: &'a HashSet<Column>,
+}
+
+impl Target<'_> {
+    /// `plan` with the dimension joined onto the deepest input that holds all the keys.
+    fn place(&self, plan: &LogicalPlan) -> Result<LogicalPlan> {
+        match plan {
+            LogicalPlan::Projection(p) if plain_columns(p) => {
+                let mut expr = p.expr.clone();
+                expr.extend(self.dim.schema().columns().into_iter().map(Expr::Column));
+                let input = self.place(&p.input)?;
+                Ok(LogicalPlan::Projection(Projection::try_new(
+                    expr,
+                    Arc::new(input),
+                )?))
+            }
+            LogicalPlan::Filter(f) if descends(&f.input, self.keys) => Ok(LogicalPlan::Filter(
+                Filter::try_new(f.predicate.clone(), Arc::new(self.place(&f.input)?))?,
+            )),
+            LogicalPlan::Join(j) if crossable(j) => {
+                let (left, right) = if holds(&j.left, self.keys) && !is_point_filtered(&j.right) {
+                    (Arc::new(self.place(&j.left)?), Arc::clone(&j.right))
+                } else if holds(&j.right, self.keys) && !is_point_filtered(&j.left) {
+                    (Arc::clone(&j.left), Arc::new(self.place(&j.right)?))
+                } else {
+                    return self.join_here(plan);
+                };
+                Ok(LogicalPlan::Join(Join::try_new(
+                    left,
+                    right,
+                    j.on.clone(),
+                    j.filter.clone(),
+                    JoinType::Inner,
+                    j.join_constraint,
+                    j.null_equality,
+                    false,
+                )?))
+            }
+            _ => self.join_here(plan),
+        }
+    }
+
+    fn join_here(&self, plan: &LogicalPlan) -> Result<LogicalPlan> {
+        Ok(LogicalPlan::Join(Join::try_new(
+            Arc::new(plan.clone()),
+            Arc::clone(self.dim),
+            self.on.to_vec(),
+            None,
+            JoinType::Inner,
+            JoinConstraint::On,
+            self.null_equality,
+            false,
+        )?))
+    }
+}
+
+/// `plan` with `predicate` added to the condition of its lowest inner join whose output has
+/// every column the predicate reads; `None` when no join below has them all.
+fn attach_filter(plan: &LogicalPlan, predicate: &Expr) -> Result<Option<LogicalPlan>> {
+    let columns: HashSet<Column> = predicate.column_refs().into_iter().cloned().collect();
+    if !holds(plan, &columns) {
+        return Ok(None);
+    }
+    match plan {
+        LogicalPlan::Projection(p) if plain_columns(p) => {
+            Ok(match attach_filter(&p.input, predicate)? {
+                Some(input) => Some(LogicalPlan::Projection(Projection::try_new(
+                    p.expr.clone(),
+                    Arc::new(input),
+                )?)),
+                None => None,
+            })
+        }
+        LogicalPlan::Filter(f) => Ok(match attach_filter(&f.input, predicate)? {
+            Some(input) => Some(LogicalPlan::Filter(Filter::try_new(
+                f.predicate.clone(),
+                Arc::new(input),
+            )?)),
+            None => None,
+        }),
+        LogicalPlan::Join(j) if crossable(j) => {
+            let rebuild = |left: Arc<LogicalPlan>, right: Arc<LogicalPlan>, filter| {
+                Join::try_new(
+                    left,
+                    right,
+                    j.on.clone(),
+                    filter,
+                    JoinType::Inner,
+                    j.join_constraint,
+                    j.null_equality,
+                    false,
+                )
+                .map(LogicalPlan::Join)
+            };
+            if let Some(left) = attach_filter(&j.left, predicate)? {
+                return rebuild(Arc::new(left), Arc::clone(&j.right), j.filter.clone()).map(Some);
+            }
+            if let Some(right) = attach_filter(&j.right, predicate)? {
+                return rebuild(Arc::clone(&j.left), Arc::new(right), j.filter.clone()).map(Some);
+            }
+            let filter = match &j.filter {
+                Some(existing) => existing.clone().and(predicate.clone()),
+                None => predicate.clone(),
+            };
+            rebuild(Arc::clone(&j.left), Arc::clone(&j.right), Some(filter)).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Whether placing a join on `keys` into `plan` would cross at least one inner join (otherwise
+/// the rewrite would only reproduce the plan).
+fn descends(plan: &LogicalPlan, keys: &HashSet<Column>) -> bool {
+    match plan {
+        LogicalPlan::Projection(p) if plain_columns(p) => descends(&p.input, keys),
+        LogicalPlan::Filter(f) => descends(&f.input, keys),
+        LogicalPlan::Join(j) if crossable(j) => {
+            (holds(&j.left, keys) && !is_point_filtered(&j.right))
+                || (holds(&j.right, keys) && !is_point_filtered(&j.left))
+        }
+        _ => false,
+    }
+}
+
+fn crossable(j: &Join) -> bool {
+    j.join_type == JoinType::Inner && !j.null_aware
+}
+
+fn plain_columns(p: &Projection) -> bool {
+    p.expr.iter().all(|e| matches!(e, Expr::Column(_)))
+}
+
+fn holds(plan: &LogicalPlan, keys: &HashSet<Column>) -> bool {
+    keys.iter().all(|c| plan.schema().has_column(c))
+}
+
+/// A point-filtered table, or one joined with a plain table (a snowflake dimension).
+fn is_selective(plan: &LogicalPlan) -> bool {
+    if is_point_filtered(plan) {
+        return true;
+    }
+    match peel(plan) {
+        LogicalPlan::Join(j) if crossable(j) && !j.on.is_empty() => {
+            (is_point_filtered(&j.left) && is_table(&j.right))
+                || (is_point_filtered(&j.right) && is_table(&j.left))
+        }
+        _ => false,
+    }
+}
+
+/// One table filtered by an equality or `IN` list on a column.
+fn is_point_filtered(plan: &LogicalPlan) -> bool {
+    match peel(plan) {
+        LogicalPlan::Filter(f) => {
+            is_table(&f.input) && split_conjunction(&f.predicate).into_iter().any(is_point)
+        }
+        LogicalPlan::TableScan(scan) => scan.filters.iter().any(is_point),
+        _ => false,
+    }
+}
+
+fn is_table(plan: &LogicalPlan) -> bool {
+    matches!(peel(plan), LogicalPlan::TableScan(_))
+}
+
+/// The plan under aliases and projections.
+fn peel(plan: &LogicalPlan) -> &LogicalPlan {
+    match plan {
+        LogicalPlan::SubqueryAlias(a) => peel(&a.input),
+        LogicalPlan::Projection(p) => peel(&p.input),
+        other => other,
+    }
+}
+
+/// `col = literal`, `col IN (literals)`, or an `OR` of those on one column.
+fn is_point(expr: &Expr) -> bool {
+    point_column(expr).is_some()
+}
+
+fn point_column(expr: &Expr) -> Option<&Column> {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match (op, &**left, &**right) {
+            (Operator::Eq, Expr::Column(c), Expr::Literal(..))
+            | (Operator::Eq, Expr::Literal(..), Expr::Column(c)) => Some(c),
+            (Operator::Or, l, r) => {
+                let (l, r) = (point_column(l)?, point_column(r)?);
+                (l == r).then_some(l)
+            }
+            _ => None,
+        },
+        Expr::InList(list) if !list.negated => match &*list.expr {
+            Expr::Column(c) if list.list.iter().all(|e| matches!(e, Expr::Literal(..))) => Some(c),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    /// The tables as Parquet files, so the plans scan tables as TPC-H's do.
+    async fn tables(ctx: &SessionContext, dir: &std::path::Path) {
+        for (name, sql) in [
+            (
+                "s",
+                "SELECT * FROM (VALUES (1, 10), (2, 20), (3, 10)) AS t(sk, snk)",
+            ),
+            (
+                "l",
+                "SELECT * FROM (VALUES (1, 100, 5), (2, 100, 6), (3, 101, 7), (1, 102, 8))
+                 AS t(lsk, lok, q)",
+            ),
+            (
+                "o",
+                "SELECT * FROM (VALUES (100, 1000), (101, 1001), (102, 1000)) AS t(ok, ock)",
+            ),
+            (
+                "c",
+                "SELECT * FROM (VALUES (1000, 20), (1001, 10)) AS t(ck, cnk)",
+            ),
+            (
+                "n",
+                "SELECT * FROM (VALUES (10, 'FRANCE'), (20, 'GERMANY'), (30, 'PERU')) AS t(nk, name)",
+            ),
+        ] {
+            let path = dir.join(format!("{name}.parquet"));
+            let path = path.display();
+            ctx.sql(&format!("COPY ({sql}) TO '{path}' STORED AS PARQUET"))
+                .await
+                .expect("copy")
+                .collect()
+                .await
+                .expect("write");
+            ctx.sql(&format!(
+                "CREATE EXTERNAL TABLE {name} STORED AS PARQUET LOCATION '{path}'"
+            ))
+            .await
+            .expect("create")
+            .collect()
+            .await
+            .expect("register");
+        }
+    }
+
+    #[tokio::test]
+    async fn filtered_dimensions_join_their_key_holders_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = SessionContext::new();
+        tables(&ctx, dir.path()).await;
+        // TPC-H Q7's shape: two filtered nations joined last in the order written.
+        let sql = "SELECT n1.name AS sn, n2.name AS cn, sum(q) AS qty
+            FROM s, l, o, c, n n1, n n2
+            WHERE sk = lsk AND ok = lok AND ck = ock AND snk = n1.nk AND cnk = n2.nk
+              AND ((n1.name = 'FRANCE' AND n2.name = 'GERMANY')
+                OR (n1.name = 'GERMANY' AND n2.name = 'FRANCE'))
+            GROUP BY n1.name, n2.name ORDER BY sn, cn";
+        let expected = ctx
+            .sql(sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
+            .with_optimizer_rule(Arc::new(JoinFilteredDimensionsEarly))
+            .build();
+        let with_rule = SessionContext::new_with_state(state);
+        let df = with_rule.sql(sql).await.expect("plan");
+        let plan = df.clone().into_optimized_plan().expect("optimize");
+        let text = format!("{}", plan.display_indent());
+        // Each nation now joins the table holding its key directly.
+        assert!(text.contains("Inner Join: s.snk = n1.nk"), "{text}");
+        assert!(text.contains("Inner Join: c.cnk = n2.nk"), "{text}");
+        let n1 = text.find("Inner Join: s.snk = n1.nk").expect("n1 join");
+        let l = text.find("Inner Join: s.sk = l.lsk").expect("l join");
+        assert!(
+            l < n1,
+            "the nation join sits below the lineitem join: {text}"
+        );
+        let got = df.collect().await.expect("run");
+        let show = |b: &[datafusion::arrow::array::RecordBatch]| {
+            datafusion::arrow::util::pretty::pretty_format_batches(b)
+                .expect("format")
+                .to_string()
+        };
+        assert_eq!(show(&got), show(&expected));
+        assert!(show(&got).contains("GERMANY"), "{}", show(&got));
+    }
+
+    #[tokio::test]
+    async fn range_filters_and_adjacent_joins_are_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = SessionContext::new();
+        tables(&ctx, dir.path()).await;
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
+            .with_optimizer_rule(Arc::new(JoinFilteredDimensionsEarly))
+            .build();
+        let with_rule = SessionContext::new_with_state(state);
+        for sql in [
+            // A range filter is not a point filter.
+            "SELECT sum(q) FROM s, l, o WHERE sk = lsk AND ok = lok AND sk > 1",
+            // The filtered table already joins the table holding its key.
+            "SELECT sum(q) FROM l, s WHERE sk = lsk AND snk = 10",
+        ] {
+            let plain = format!(
+                "{}",
+                ctx.sql(sql)
+                    .await
+                    .expect("plan")
+                    .into_optimized_plan()
+                    .expect("optimize")
+                    .display_indent()
+            );
+            let ruled = format!(
+                "{}",
+                with_rule
+                    .sql(sql)
+                    .await
+                    .expect("plan")
+                    .into_optimized_plan()
+                    .expect("optimize")
+                    .display_indent()
+            );
+            assert_eq!(plain, ruled, "{sql}");
+        }
+    }
+
+    #[test]
+    fn point_predicates() {
+        use datafusion::prelude::{col, lit};
+        assert!(is_point(&col("a").eq(lit(1))));
+        assert!(is_point(&lit("x").eq(col("a"))));
+        assert!(is_point(&col("a").eq(lit(1)).or(col("a").eq(lit(2)))));
+        assert!(is_point(&col("a").in_list(vec![lit(1), lit(2)], false)));
+        assert!(!is_point(&col("a").in_list(vec![lit(1)], true)));
+        assert!(!is_point(&col("a").eq(lit(1)).or(col("b").eq(lit(2)))));
+        assert!(!is_point(&col("a").gt(lit(1))));
+        assert!(!is_point(&col("a").eq(col("b"))));
+    }
+}
