@@ -165,25 +165,17 @@ impl Target<'_> {
             LogicalPlan::Filter(f) if descends(&f.input, self.keys) => Ok(LogicalPlan::Filter(
                 Filter::try_new(f.predicate.clone(), Arc::new(self.place(&f.input)?))?,
             )),
-            LogicalPlan::Join(j) if crossable(j) => {
-                let (left, right) = if holds(&j.left, self.keys) && !is_point_filtered(&j.right) {
-                    (Arc::new(self.place(&j.left)?), Arc::clone(&j.right))
-                } else if holds(&j.right, self.keys) && !is_point_filtered(&j.left) {
-                    (Arc::clone(&j.left), Arc::new(self.place(&j.right)?))
-                } else {
-                    return self.join_here(plan);
-                };
-                Ok(LogicalPlan::Join(Join::try_new(
-                    left,
-                    right,
-                    j.on.clone(),
-                    j.filter.clone(),
-                    JoinType::Inner,
-                    j.join_constraint,
-                    j.null_equality,
-                    false,
-                )?))
-            }
+            LogicalPlan::Join(j) if crossable(j) => match side_to_enter(j, self.keys) {
+                Some(Side::Left) => {
+                    let left = Arc::new(self.place(&j.left)?);
+                    inner_join_with(j, left, Arc::clone(&j.right), j.filter.clone())
+                }
+                Some(Side::Right) => {
+                    let right = Arc::new(self.place(&j.right)?);
+                    inner_join_with(j, Arc::clone(&j.left), right, j.filter.clone())
+                }
+                None => self.join_here(plan),
+            },
             _ => self.join_here(plan),
         }
     }
@@ -206,51 +198,41 @@ impl Target<'_> {
 /// every column the predicate reads; `None` when no join below has them all.
 fn attach_filter(plan: &LogicalPlan, predicate: &Expr) -> Result<Option<LogicalPlan>> {
     let columns: HashSet<Column> = predicate.column_refs().into_iter().cloned().collect();
-    if !holds(plan, &columns) {
+    attach_filter_reading(plan, predicate, &columns)
+}
+
+fn attach_filter_reading(
+    plan: &LogicalPlan,
+    predicate: &Expr,
+    columns: &HashSet<Column>,
+) -> Result<Option<LogicalPlan>> {
+    if !holds(plan, columns) {
         return Ok(None);
     }
+    let below = |input: &LogicalPlan| attach_filter_reading(input, predicate, columns);
     match plan {
-        LogicalPlan::Projection(p) if plain_columns(p) => {
-            Ok(match attach_filter(&p.input, predicate)? {
-                Some(input) => Some(LogicalPlan::Projection(Projection::try_new(
-                    p.expr.clone(),
-                    Arc::new(input),
-                )?)),
-                None => None,
-            })
-        }
-        LogicalPlan::Filter(f) => Ok(match attach_filter(&f.input, predicate)? {
-            Some(input) => Some(LogicalPlan::Filter(Filter::try_new(
-                f.predicate.clone(),
-                Arc::new(input),
-            )?)),
-            None => None,
-        }),
+        LogicalPlan::Projection(p) if plain_columns(p) => below(&p.input)?
+            .map(|input| Projection::try_new(p.expr.clone(), Arc::new(input)))
+            .transpose()
+            .map(|p| p.map(LogicalPlan::Projection)),
+        LogicalPlan::Filter(f) => below(&f.input)?
+            .map(|input| Filter::try_new(f.predicate.clone(), Arc::new(input)))
+            .transpose()
+            .map(|f| f.map(LogicalPlan::Filter)),
         LogicalPlan::Join(j) if crossable(j) => {
-            let rebuild = |left: Arc<LogicalPlan>, right: Arc<LogicalPlan>, filter| {
-                Join::try_new(
-                    left,
-                    right,
-                    j.on.clone(),
-                    filter,
-                    JoinType::Inner,
-                    j.join_constraint,
-                    j.null_equality,
-                    false,
-                )
-                .map(LogicalPlan::Join)
-            };
-            if let Some(left) = attach_filter(&j.left, predicate)? {
-                return rebuild(Arc::new(left), Arc::clone(&j.right), j.filter.clone()).map(Some);
+            if let Some(left) = below(&j.left)? {
+                return inner_join_with(j, Arc::new(left), Arc::clone(&j.right), j.filter.clone())
+                    .map(Some);
             }
-            if let Some(right) = attach_filter(&j.right, predicate)? {
-                return rebuild(Arc::clone(&j.left), Arc::new(right), j.filter.clone()).map(Some);
+            if let Some(right) = below(&j.right)? {
+                return inner_join_with(j, Arc::clone(&j.left), Arc::new(right), j.filter.clone())
+                    .map(Some);
             }
             let filter = match &j.filter {
                 Some(existing) => existing.clone().and(predicate.clone()),
                 None => predicate.clone(),
             };
-            rebuild(Arc::clone(&j.left), Arc::clone(&j.right), Some(filter)).map(Some)
+            inner_join_with(j, Arc::clone(&j.left), Arc::clone(&j.right), Some(filter)).map(Some)
         }
         _ => Ok(None),
     }
@@ -262,12 +244,45 @@ fn descends(plan: &LogicalPlan, keys: &HashSet<Column>) -> bool {
     match plan {
         LogicalPlan::Projection(p) if plain_columns(p) => descends(&p.input, keys),
         LogicalPlan::Filter(f) => descends(&f.input, keys),
-        LogicalPlan::Join(j) if crossable(j) => {
-            (holds(&j.left, keys) && !is_point_filtered(&j.right))
-                || (holds(&j.right, keys) && !is_point_filtered(&j.left))
-        }
+        LogicalPlan::Join(j) if crossable(j) => side_to_enter(j, keys).is_some(),
         _ => false,
     }
+}
+
+enum Side {
+    Left,
+    Right,
+}
+
+/// The input of `j` a join on `keys` moves into: the one holding the keys, unless the other
+/// input is point-filtered (that join may be the more selective one, so it stays below).
+fn side_to_enter(j: &Join, keys: &HashSet<Column>) -> Option<Side> {
+    if holds(&j.left, keys) && !is_point_filtered(&j.right) {
+        Some(Side::Left)
+    } else if holds(&j.right, keys) && !is_point_filtered(&j.left) {
+        Some(Side::Right)
+    } else {
+        None
+    }
+}
+
+/// The inner join `j` over new inputs and with `filter` as its non-equi condition.
+fn inner_join_with(
+    j: &Join,
+    left: Arc<LogicalPlan>,
+    right: Arc<LogicalPlan>,
+    filter: Option<Expr>,
+) -> Result<LogicalPlan> {
+    Ok(LogicalPlan::Join(Join::try_new(
+        left,
+        right,
+        j.on.clone(),
+        filter,
+        JoinType::Inner,
+        j.join_constraint,
+        j.null_equality,
+        false,
+    )?))
 }
 
 fn crossable(j: &Join) -> bool {
@@ -351,54 +366,82 @@ mod tests {
     use super::*;
 
     /// The tables as Parquet files, so the plans scan tables as TPC-H's do.
-    async fn tables(ctx: &SessionContext, dir: &std::path::Path) {
-        for (name, sql) in [
-            (
-                "s",
-                "SELECT * FROM (VALUES (1, 10), (2, 20), (3, 10)) AS t(sk, snk)",
-            ),
-            (
-                "l",
-                "SELECT * FROM (VALUES (1, 100, 5), (2, 100, 6), (3, 101, 7), (1, 102, 8))
-                 AS t(lsk, lok, q)",
-            ),
-            (
-                "o",
-                "SELECT * FROM (VALUES (100, 1000), (101, 1001), (102, 1000)) AS t(ok, ock)",
-            ),
-            (
-                "c",
-                "SELECT * FROM (VALUES (1000, 20), (1001, 10)) AS t(ck, cnk)",
-            ),
-            (
-                "n",
-                "SELECT * FROM (VALUES (10, 'FRANCE'), (20, 'GERMANY'), (30, 'PERU')) AS t(nk, name)",
-            ),
-        ] {
+    const TABLES: &[(&str, &str)] = &[
+        (
+            "s",
+            "SELECT * FROM (VALUES (1, 10), (2, 20), (3, 10)) AS t(sk, snk)",
+        ),
+        (
+            "l",
+            "SELECT * FROM (VALUES (1, 100, 5), (2, 100, 6), (3, 101, 7), (1, 102, 8))
+             AS t(lsk, lok, q)",
+        ),
+        (
+            "o",
+            "SELECT * FROM (VALUES (100, 1000), (101, 1001), (102, 1000)) AS t(ok, ock)",
+        ),
+        (
+            "c",
+            "SELECT * FROM (VALUES (1000, 20), (1001, 10)) AS t(ck, cnk)",
+        ),
+        (
+            "n",
+            "SELECT * FROM (VALUES (10, 'FRANCE'), (20, 'GERMANY'), (30, 'PERU')) AS t(nk, name)",
+        ),
+        (
+            "r",
+            "SELECT * FROM (VALUES (10, 1), (20, 2), (30, 1)) AS t(rnk, rk)",
+        ),
+    ];
+
+    /// A session over [`TABLES`], and the same catalog with the rule added.
+    async fn sessions(dir: &std::path::Path) -> (SessionContext, SessionContext) {
+        let ctx = SessionContext::new();
+        for (name, sql) in TABLES {
             let path = dir.join(format!("{name}.parquet"));
             let path = path.display();
-            ctx.sql(&format!("COPY ({sql}) TO '{path}' STORED AS PARQUET"))
-                .await
-                .expect("copy")
-                .collect()
-                .await
-                .expect("write");
-            ctx.sql(&format!(
-                "CREATE EXTERNAL TABLE {name} STORED AS PARQUET LOCATION '{path}'"
-            ))
+            for statement in [
+                format!("COPY ({sql}) TO '{path}' STORED AS PARQUET"),
+                format!("CREATE EXTERNAL TABLE {name} STORED AS PARQUET LOCATION '{path}'"),
+            ] {
+                ctx.sql(&statement)
+                    .await
+                    .expect("plan")
+                    .collect()
+                    .await
+                    .expect("run");
+            }
+        }
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
+            .with_optimizer_rule(Arc::new(JoinFilteredDimensionsEarly))
+            .build();
+        let with_rule = SessionContext::new_with_state(state);
+        (ctx, with_rule)
+    }
+
+    async fn optimized(ctx: &SessionContext, sql: &str) -> String {
+        let df = ctx.sql(sql).await.expect("plan");
+        let plan = df.into_optimized_plan().expect("optimize");
+        format!("{}", plan.display_indent())
+    }
+
+    async fn results(ctx: &SessionContext, sql: &str) -> String {
+        let batches = ctx
+            .sql(sql)
             .await
-            .expect("create")
+            .expect("plan")
             .collect()
             .await
-            .expect("register");
-        }
+            .expect("run");
+        datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .expect("format")
+            .to_string()
     }
 
     #[tokio::test]
     async fn filtered_dimensions_join_their_key_holders_first() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = SessionContext::new();
-        tables(&ctx, dir.path()).await;
+        let (ctx, with_rule) = sessions(dir.path()).await;
         // TPC-H Q7's shape: two filtered nations joined last in the order written.
         let sql = "SELECT n1.name AS sn, n2.name AS cn, sum(q) AS qty
             FROM s, l, o, c, n n1, n n2
@@ -406,20 +449,7 @@ mod tests {
               AND ((n1.name = 'FRANCE' AND n2.name = 'GERMANY')
                 OR (n1.name = 'GERMANY' AND n2.name = 'FRANCE'))
             GROUP BY n1.name, n2.name ORDER BY sn, cn";
-        let expected = ctx
-            .sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
-            .with_optimizer_rule(Arc::new(JoinFilteredDimensionsEarly))
-            .build();
-        let with_rule = SessionContext::new_with_state(state);
-        let df = with_rule.sql(sql).await.expect("plan");
-        let plan = df.clone().into_optimized_plan().expect("optimize");
-        let text = format!("{}", plan.display_indent());
+        let text = optimized(&with_rule, sql).await;
         // Each nation now joins the table holding its key directly.
         assert!(text.contains("Inner Join: s.snk = n1.nk"), "{text}");
         assert!(text.contains("Inner Join: c.cnk = n2.nk"), "{text}");
@@ -429,63 +459,20 @@ mod tests {
             l < n1,
             "the nation join sits below the lineitem join: {text}"
         );
-        let got = df.collect().await.expect("run");
-        let show = |b: &[datafusion::arrow::array::RecordBatch]| {
-            datafusion::arrow::util::pretty::pretty_format_batches(b)
-                .expect("format")
-                .to_string()
-        };
-        assert_eq!(show(&got), show(&expected));
-        assert!(show(&got).contains("GERMANY"), "{}", show(&got));
+        let got = results(&with_rule, sql).await;
+        assert_eq!(got, results(&ctx, sql).await);
+        assert!(got.contains("GERMANY"), "{got}");
     }
 
     #[tokio::test]
     async fn a_dimension_filtered_through_another_moves_as_one() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = SessionContext::new();
-        tables(&ctx, dir.path()).await;
-        ctx.sql(&format!(
-            "COPY (SELECT * FROM (VALUES (10, 1), (20, 2), (30, 1)) AS t(rnk, rk)) TO '{}' \
-             STORED AS PARQUET",
-            dir.path().join("r.parquet").display()
-        ))
-        .await
-        .expect("copy")
-        .collect()
-        .await
-        .expect("write");
-        ctx.sql(&format!(
-            "CREATE EXTERNAL TABLE r STORED AS PARQUET LOCATION '{}'",
-            dir.path().join("r.parquet").display()
-        ))
-        .await
-        .expect("create")
-        .collect()
-        .await
-        .expect("register");
+        let (ctx, with_rule) = sessions(dir.path()).await;
         // TPC-H Q5's shape: the region filter reaches the supplier through the nation.
         let sql = "SELECT name, sum(q) AS qty FROM o, l, s, n, r
             WHERE ok = lok AND sk = lsk AND snk = nk AND nk = rnk AND rk = 1
             GROUP BY name ORDER BY name";
-        let expected = ctx
-            .sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
-            .with_optimizer_rule(Arc::new(JoinFilteredDimensionsEarly))
-            .build();
-        let with_rule = SessionContext::new_with_state(state);
-        let df = with_rule.sql(sql).await.expect("plan");
-        let text = format!(
-            "{}",
-            df.clone()
-                .into_optimized_plan()
-                .expect("optimize")
-                .display_indent()
-        );
+        let text = optimized(&with_rule, sql).await;
         let nation = text.find("Inner Join: s.snk = n.nk").expect("nation join");
         let lineitem = text
             .find("Inner Join: l.lsk = s.sk")
@@ -494,51 +481,26 @@ mod tests {
             lineitem < nation,
             "nation ⋈ region joins the supplier: {text}"
         );
-        let got = df.collect().await.expect("run");
-        let show = |b: &[datafusion::arrow::array::RecordBatch]| {
-            datafusion::arrow::util::pretty::pretty_format_batches(b)
-                .expect("format")
-                .to_string()
-        };
-        assert_eq!(show(&got), show(&expected));
-        assert!(show(&got).contains("FRANCE"), "{}", show(&got));
+        let got = results(&with_rule, sql).await;
+        assert_eq!(got, results(&ctx, sql).await);
+        assert!(got.contains("FRANCE"), "{got}");
     }
 
     #[tokio::test]
     async fn range_filters_and_adjacent_joins_are_left_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = SessionContext::new();
-        tables(&ctx, dir.path()).await;
-        let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
-            .with_optimizer_rule(Arc::new(JoinFilteredDimensionsEarly))
-            .build();
-        let with_rule = SessionContext::new_with_state(state);
+        let (ctx, with_rule) = sessions(dir.path()).await;
         for sql in [
             // A range filter is not a point filter.
             "SELECT sum(q) FROM s, l, o WHERE sk = lsk AND ok = lok AND sk > 1",
             // The filtered table already joins the table holding its key.
             "SELECT sum(q) FROM l, s WHERE sk = lsk AND snk = 10",
         ] {
-            let plain = format!(
-                "{}",
-                ctx.sql(sql)
-                    .await
-                    .expect("plan")
-                    .into_optimized_plan()
-                    .expect("optimize")
-                    .display_indent()
+            assert_eq!(
+                optimized(&ctx, sql).await,
+                optimized(&with_rule, sql).await,
+                "{sql}"
             );
-            let ruled = format!(
-                "{}",
-                with_rule
-                    .sql(sql)
-                    .await
-                    .expect("plan")
-                    .into_optimized_plan()
-                    .expect("optimize")
-                    .display_indent()
-            );
-            assert_eq!(plain, ruled, "{sql}");
         }
     }
 
