@@ -24,6 +24,7 @@ pub mod security;
 pub mod semi_join;
 pub mod server_config;
 pub mod session;
+pub mod shared_subplans;
 pub mod spillable_joins;
 pub mod staging;
 pub mod state;

@@ -92,7 +92,10 @@ impl Engine {
                 .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins))
                 .with_optimizer_rule(Arc::new(
                     crate::dimension_joins::JoinFilteredDimensionsEarly,
-                ));
+                ))
+                // A CTE used twice (TPC-H Q15) is executed once. The cluster's planner
+                // replaces this one: Ballista plans as DataFusion does.
+                .with_query_planner(Arc::new(crate::shared_subplans::SharingQueryPlanner));
         }
         let mut physical_rules = crate::spillable_joins::SpillableJoins::new(
             config.spillable_joins.unwrap_or_default(),
