@@ -93,6 +93,8 @@ impl Engine {
                 .with_optimizer_rule(Arc::new(
                     crate::dimension_joins::JoinFilteredDimensionsEarly,
                 ))
+                // Last, once filters sit where they will be evaluated.
+                .with_optimizer_rule(Arc::new(crate::filter_order::OrderFilterConjuncts))
                 // A CTE used twice (TPC-H Q15) is executed once. The cluster's planner
                 // replaces this one: Ballista plans as DataFusion does.
                 .with_query_planner(Arc::new(crate::shared_subplans::SharingQueryPlanner));
