@@ -302,19 +302,19 @@ mod tests {
                 .unwrap_or_else(|| panic!("{needle} not in {predicate}"))
         };
         assert!(
-            at(&written, "MAIL") < at(&written, "t.d < t.e"),
+            at(&written, "MAIL") < at(&written, "t.e > t.d"),
             "{written}"
         );
         assert!(
-            at(&ordered, "t.e >=") < at(&ordered, "t.d < t.e"),
+            at(&ordered, "t.e >=") < at(&ordered, "t.e > t.d"),
             "{ordered}"
         );
         assert!(
-            at(&ordered, "t.e <") < at(&ordered, "t.d < t.e"),
+            at(&ordered, "t.e <") < at(&ordered, "t.e > t.d"),
             "{ordered}"
         );
         assert!(
-            at(&ordered, "t.d < t.e") < at(&ordered, "MAIL"),
+            at(&ordered, "t.e > t.d") < at(&ordered, "MAIL"),
             "{ordered}"
         );
     }
@@ -326,8 +326,8 @@ mod tests {
         let sql = "SELECT i FROM t WHERE s = 'MAIL' AND big <> 0 AND 10 / big > 1";
         let (written, ordered) = filters(sql).await;
         assert_eq!(written, ordered);
-        // Nor is one with a cast that can fail (BIGINT to TINYINT overflows).
-        let sql = "SELECT i FROM t WHERE s = 'MAIL' AND CAST(big AS TINYINT) > 1";
+        // Nor is one with a function call.
+        let sql = "SELECT i FROM t WHERE s = 'MAIL' AND abs(big) > 1";
         let (written, ordered) = filters(sql).await;
         assert_eq!(written, ordered);
         // The same filter without the cast is reordered: the string comparison goes last.

@@ -94,10 +94,7 @@ impl Engine {
                     crate::dimension_joins::JoinFilteredDimensionsEarly,
                 ))
                 // Last, once filters sit where they will be evaluated.
-                .with_optimizer_rule(Arc::new(crate::filter_order::OrderFilterConjuncts))
-                // A CTE used twice (TPC-H Q15) is executed once. The cluster's planner
-                // replaces this one: Ballista plans as DataFusion does.
-                .with_query_planner(Arc::new(crate::shared_subplans::SharingQueryPlanner));
+                .with_optimizer_rule(Arc::new(crate::filter_order::OrderFilterConjuncts));
         }
         let mut physical_rules = crate::spillable_joins::SpillableJoins::new(
             config.spillable_joins.unwrap_or_default(),
@@ -111,6 +108,17 @@ impl Engine {
         let mut state = builder
             .with_physical_optimizer_rules(physical_rules)
             .build();
+        if config.extra_optimizer_rules.unwrap_or(true) {
+            // A CTE used twice (TPC-H Q15) is executed once. It wraps the planner the connectors
+            // installed (federation); the cluster's planner later replaces both, as Ballista
+            // plans the way DataFusion does.
+            let inner = Arc::clone(state.query_planner());
+            state = SessionStateBuilder::new_from_existing(state)
+                .with_query_planner(Arc::new(
+                    crate::shared_subplans::SharingQueryPlanner::wrapping(inner),
+                ))
+                .build();
+        }
         if let Some(keys) = parquet_keys {
             // Every Parquet file read or written goes through the factory: writes are
             // encrypted with the write key, reads find the key a file names.

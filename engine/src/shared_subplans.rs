@@ -53,9 +53,27 @@ use datafusion::physical_plan::{
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::{StreamExt, TryStreamExt};
 
-/// The session's query planner: plans with DataFusion's, after marking shared subplans.
-#[derive(Debug, Default)]
-pub struct SharingQueryPlanner;
+/// The session's query planner: marks shared subplans, then plans with DataFusion's planner.
+///
+/// Plans with nothing to share, and plans holding another crate's extension nodes (the
+/// database connectors' federated scans), go to the planner this one wraps, unchanged.
+#[derive(Default)]
+pub struct SharingQueryPlanner {
+    inner: Option<Arc<dyn QueryPlanner + Send + Sync>>,
+}
+
+impl SharingQueryPlanner {
+    /// Shares subplans in front of `inner`, the session's planner until now.
+    pub fn wrapping(inner: Arc<dyn QueryPlanner + Send + Sync>) -> Self {
+        Self { inner: Some(inner) }
+    }
+}
+
+impl fmt::Debug for SharingQueryPlanner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharingQueryPlanner").finish()
+    }
+}
 
 #[async_trait]
 impl QueryPlanner for SharingQueryPlanner {
@@ -65,10 +83,15 @@ impl QueryPlanner for SharingQueryPlanner {
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let marked = mark_shared_subplans(logical_plan)?;
-        if !marked.transformed {
-            return DefaultPhysicalPlanner::default()
-                .create_physical_plan(logical_plan, session)
-                .await;
+        if !marked.transformed || has_foreign_extensions(logical_plan)? {
+            return match &self.inner {
+                Some(inner) => inner.create_physical_plan(logical_plan, session).await,
+                None => {
+                    DefaultPhysicalPlanner::default()
+                        .create_physical_plan(logical_plan, session)
+                        .await
+                }
+            };
         }
         DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(
             SharedSubplanPlanner::default(),
@@ -76,6 +99,19 @@ impl QueryPlanner for SharingQueryPlanner {
         .create_physical_plan(&marked.data, session)
         .await
     }
+}
+
+/// Whether `plan` holds extension nodes that only the wrapped planner knows how to plan.
+fn has_foreign_extensions(plan: &LogicalPlan) -> Result<bool> {
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        if matches!(node, LogicalPlan::Extension(_)) {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(found)
 }
 
 /// Wraps every repeated, shareable subtree of `plan` in a [`SharedSubplan`] node.
@@ -426,7 +462,10 @@ impl ExecutionPlan for SharedSubplanExec {
                         ));
                     Ok(replay)
                 }
-                _ => input.execute(partition, context),
+                // The first use ran its input already, and plans such as a repartition run
+                // each partition once: execute a copy with fresh state.
+                _ => datafusion::physical_plan::execution_plan::reset_plan_states(input)?
+                    .execute(partition, context),
             }
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -454,7 +493,7 @@ mod tests {
             .with_config(SessionConfig::new().with_target_partitions(4))
             .with_default_features();
         if sharing {
-            builder = builder.with_query_planner(Arc::new(SharingQueryPlanner));
+            builder = builder.with_query_planner(Arc::new(SharingQueryPlanner::default()));
         }
         let ctx = SessionContext::new_with_state(builder.build());
         // Parquet, so that scans and aggregates carry row estimates.
@@ -540,7 +579,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sharing = context(dir.path(), true).await;
         // random() must be drawn for each use.
-        let volatile = "WITH agg AS (SELECT k, sum(v) + random() AS total FROM t GROUP BY k) \
+        let volatile = "WITH agg AS (SELECT k, sum(v * random()) AS total FROM t GROUP BY k) \
             SELECT count(*) FROM agg WHERE total >= (SELECT min(total) FROM agg)";
         let (_, shared, scanned) = run(&sharing, volatile).await;
         assert_eq!((shared, scanned), (0, 2000));
