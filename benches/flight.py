@@ -5,7 +5,8 @@
 
 1. Generates TPC-H data with tpchgen-cli (shared with benches/run.py) if missing.
 2. Starts `flowengine serve` with `lineitem` as a Parquet table and as an in-memory table.
-3. Alternating, `--runs` times, medians reported:
+3. Alternating, `--runs` times, each measurement after one unmeasured pass of the same path
+   (steady state for every path), medians reported:
    - local: pyarrow.parquet reads lineitem.parquet (all columns) in this process;
    - Flight from Parquet: `SELECT * FROM lineitem` streamed to a pyarrow.flight client;
    - Flight from memory: `SELECT * FROM lineitem_mem` streamed the same way.
@@ -20,6 +21,7 @@ import argparse
 import importlib.util
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -82,6 +84,24 @@ class Server:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(30)
+
+
+def process_cpu(pid):
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def with_cpu(measure, server_pid):
+    """`measure()`'s (seconds, rows, bytes) plus the CPU seconds it took here and on the server."""
+    c0, s0 = own_cpu(), process_cpu(server_pid)
+    secs, rows, nbytes = measure()
+    return secs, rows, nbytes, own_cpu() - c0, process_cpu(server_pid) - s0
 
 
 def stream(client, sql):
@@ -186,11 +206,20 @@ def main():
             client = flight.connect(server.uri)
             stream(client, "SELECT * FROM lineitem LIMIT 10")  # warm up the connection
             res = {"local pyarrow (Parquet)": [], "Flight from Parquet": [], "Flight from memory": []}
+            paths = {
+                "local pyarrow (Parquet)": lambda: local_read(lineitem),
+                "Flight from Parquet": lambda: stream(client, "SELECT * FROM lineitem"),
+                "Flight from memory": lambda: stream(client, "SELECT * FROM lineitem_mem"),
+            }
             for r in range(args.runs):
                 log(f"run {r + 1}/{args.runs}")
-                res["local pyarrow (Parquet)"].append(local_read(lineitem))
-                res["Flight from Parquet"].append(stream(client, "SELECT * FROM lineitem"))
-                res["Flight from memory"].append(stream(client, "SELECT * FROM lineitem_mem"))
+                for name, measure in paths.items():
+                    # One unmeasured pass first: the first read after a different path pays for
+                    # this process's allocator returning and re-faulting ~1.3 GB (a local read
+                    # right after a Flight stream took 1.3 s instead of 0.7 s), which would
+                    # flatter whichever path came second.
+                    measure()
+                    res[name].append(with_cpu(measure, server.proc.pid))
             log(f"point queries: {args.clients} clients x {args.seconds:g}s ...")
             qps_flight = point_queries_flight(server.uri, args.clients, args.seconds)
             qps_adbc = point_queries_adbc(server.uri, args.clients, args.seconds)
@@ -198,17 +227,21 @@ def main():
             server.stop()
 
     rows_local = None
-    table = ["| path | median s | rows/s | MB/s (Arrow) | rows/s vs local pyarrow |", "|---|---:|---:|---:|---:|"]
+    table = ["| path | median s | rows/s | MB/s (Arrow) | rows/s vs local pyarrow | CPU s: client + server |",
+             "|---|---:|---:|---:|---:|---:|"]
     summary = {}
     for name, samples in res.items():
-        secs = statistics.median(s for s, _, _ in samples)
+        secs = statistics.median(x[0] for x in samples)
         rows = samples[0][1]
-        mb = statistics.median(b for _, _, b in samples) / 1e6
+        mb = statistics.median(x[2] for x in samples) / 1e6
+        client_cpu = statistics.median(x[3] for x in samples)
+        server_cpu = statistics.median(x[4] for x in samples)
         rps = rows / secs
         if rows_local is None:
             rows_local = rps
         summary[name] = (secs, rps, mb / secs)
-        table.append(f"| {name} | {secs:.2f} | {rps:,.0f} | {mb / secs:,.0f} | {rps / rows_local:.2f}x |")
+        table.append(f"| {name} | {secs:.2f} | {rps:,.0f} | {mb / secs:,.0f} | {rps / rows_local:.2f}x | "
+                     f"{client_cpu:.2f} + {server_cpu:.2f} |")
     mem = bench_run.machine()
     text = "\n".join([
         "# Flight SQL throughput",
@@ -220,6 +253,10 @@ def main():
         f"same machine (loopback). lineitem SF{args.sf:g}: {samples[0][1]:,} rows, all 16 columns.",
         "",
         *table,
+        "",
+        "CPU s: median CPU time of the client process (user + system, all threads) and of the server "
+        "process during one measurement; the machine has 2 cores, so a path cannot finish faster "
+        "than (client + server) / 2 seconds.",
         "",
         f"Point query (`SELECT * FROM nation WHERE n_nationkey = k`, {args.clients} concurrent clients, "
         f"{args.seconds:g} s): **{qps_flight:,.0f} queries/s** with pyarrow.flight "

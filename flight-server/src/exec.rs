@@ -196,6 +196,7 @@ async fn run(
     counts.admitted = true;
     state.metrics.active.inc();
     let engine = state.engine_for(tenant);
+    let message_bytes = state.config.flight_data_size.as_u64() as usize;
     for prepared in plans {
         let started = AssertUnwindSafe(engine.start(prepared, None))
             .catch_unwind()
@@ -222,67 +223,22 @@ async fn run(
                     return Err(panic_status(panic));
                 }
             };
-            let batch = compact_views(batch);
-            counts.rows += batch.num_rows() as u64;
-            let bytes = batch.get_array_memory_size() as u64;
-            counts.bytes += bytes;
-            state.metrics.rows_streamed.inc_by(batch.num_rows() as u64);
-            state.metrics.bytes_streamed.inc_by(bytes);
-            progress.ready.store(true, Ordering::Release);
-            if tx.send(Ok(batch)).await.is_err() {
-                exec.abort().await;
-                return Err(Status::cancelled("client went away"));
+            for (batch, bytes) in crate::split::for_messages(batch, message_bytes) {
+                counts.rows += batch.num_rows() as u64;
+                let bytes = bytes as u64;
+                counts.bytes += bytes;
+                state.metrics.rows_streamed.inc_by(batch.num_rows() as u64);
+                state.metrics.bytes_streamed.inc_by(bytes);
+                progress.ready.store(true, Ordering::Release);
+                if tx.send(Ok(batch)).await.is_err() {
+                    exec.abort().await;
+                    return Err(Status::cancelled("client went away"));
+                }
             }
         }
         exec.finish().await.map_err(engine_status)?;
     }
     Ok(())
-}
-
-/// String/binary view columns often point into large shared buffers (whole decoded Parquet
-/// pages); IPC would send those buffers in full with every batch. Compact them when more than
-/// half of the referenced bytes are unused.
-fn compact_views(batch: RecordBatch) -> RecordBatch {
-    use arrow::array::{Array, ArrayRef, AsArray};
-    use arrow::datatypes::DataType;
-    let wasteful = |a: &ArrayRef| -> bool {
-        let (used, held) = match a.data_type() {
-            DataType::Utf8View => {
-                let v = a.as_string_view();
-                (
-                    v.total_buffer_bytes_used(),
-                    v.data_buffers().iter().map(|b| b.len()).sum::<usize>(),
-                )
-            }
-            DataType::BinaryView => {
-                let v = a.as_binary_view();
-                (
-                    v.total_buffer_bytes_used(),
-                    v.data_buffers().iter().map(|b| b.len()).sum::<usize>(),
-                )
-            }
-            _ => return false,
-        };
-        held > 2 * used + 4096
-    };
-    if !batch.columns().iter().any(wasteful) {
-        return batch;
-    }
-    let columns: Vec<ArrayRef> = batch
-        .columns()
-        .iter()
-        .map(|c| {
-            if !wasteful(c) {
-                return Arc::clone(c);
-            }
-            match c.data_type() {
-                DataType::Utf8View => Arc::new(c.as_string_view().gc()) as ArrayRef,
-                DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as ArrayRef,
-                _ => Arc::clone(c),
-            }
-        })
-        .collect();
-    RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
 }
 
 async fn sleep_opt(d: Option<std::time::Duration>) {

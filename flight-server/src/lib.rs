@@ -23,6 +23,7 @@ mod metrics;
 mod params;
 mod reload;
 mod service;
+mod split;
 mod sql_info;
 mod state;
 mod statements;

@@ -199,7 +199,7 @@ impl Metrics {
         let bytes_streamed = Counter::default();
         registry.register(
             "bytes_streamed",
-            "Arrow bytes (in memory) of the batches sent to clients",
+            "Arrow buffer bytes of the batches sent to clients (the rows they hold, before IPC framing)",
             bytes_streamed.clone(),
         );
         let rows_ingested = Counter::default();

@@ -287,9 +287,11 @@ impl FlowSqlService {
                 .await
                 .map(|item| (item.map_err(FlightError::from), rx))
         });
+        // Batches arrive split to `flight_data_size` by what they send (`split.rs`); the
+        // encoder's own split counts the shared buffers of slices, so it only guards the limit.
         let encoded = FlightDataEncoderBuilder::new()
             .with_schema(schema)
-            .with_max_flight_data_size(self.state.config.flight_data_size.as_u64() as usize)
+            .with_max_flight_data_size(self.state.config.max_message_size.as_u64() as usize / 2)
             .build(batches)
             .map_err(Status::from);
         Box::pin(encoded)
