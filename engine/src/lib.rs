@@ -13,6 +13,7 @@ pub mod connector;
 pub mod dimension_joins;
 pub mod encryption;
 pub mod error;
+pub mod exact_decimal;
 pub mod filter_order;
 pub mod join_keys;
 pub mod lineage;
