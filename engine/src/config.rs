@@ -67,9 +67,11 @@ pub struct EngineConfig {
     pub batch_size: Option<usize>,
     /// FlowEngine's own logical optimizer rules, which DataFusion lacks: an aggregate joined on
     /// its grouping key to a filtered table aggregates only the keys that join keeps, and an
-    /// `IN (subquery)` filters the join input holding its key; and one physical rule: a hash
-    /// join builds on the input estimated smaller by rows times row width. Default: on. Turn off to compare
-    /// plans or to rule them out. Env: `FLOWENGINE_EXTRA_OPTIMIZER_RULES`.
+    /// `IN (subquery)` filters the join input holding its key, and others; and physical rules: a
+    /// hash join builds on the input estimated smaller by rows times row width, small build sides
+    /// probed by large inputs are collected, decimal arithmetic skips per-value overflow checks
+    /// where no batch value can overflow. Default: on. Turn off to compare plans or to rule them
+    /// out. Env: `FLOWENGINE_EXTRA_OPTIMIZER_RULES`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_optimizer_rules: Option<bool>,
     /// When a join is planned as a sort-merge join, which spills, instead of a hash join, whose
@@ -78,6 +80,12 @@ pub struct EngineConfig {
     /// `FLOWENGINE_SPILLABLE_JOINS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spillable_joins: Option<SpillableJoinsMode>,
+    /// The largest estimated build side, in rows, that a hash join probed by at least four
+    /// times as many rows collects into one hash table instead of repartitioning both inputs
+    /// (see [`crate::collect_builds`]); `0` turns this off. Default: 500000. Part of the extra
+    /// optimizer rules. Env: `FLOWENGINE_COLLECT_BUILD_ROWS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect_build_rows: Option<usize>,
     /// Raw DataFusion settings (`datafusion.*` keys), applied after FlowEngine's own defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub datafusion: BTreeMap<String, String>,
@@ -374,6 +382,13 @@ impl EngineConfig {
                             .map_err(|_| bad(format!("`{value}` is not a positive integer")))?,
                     )
                 }
+                "COLLECT_BUILD_ROWS" => {
+                    self.collect_build_rows = Some(value.parse().map_err(|_| {
+                        bad(format!(
+                            "`{value}` is not a number of rows (0 turns it off)"
+                        ))
+                    })?)
+                }
                 "BATCH_SIZE" => {
                     self.batch_size = Some(
                         value
@@ -503,6 +518,13 @@ impl EngineConfig {
         self.batch_size.unwrap_or(8192)
     }
 
+    /// The largest build side, in estimated rows, that a hash join collects when probed by a
+    /// much larger input (`collect_build_rows`; 0 = never).
+    pub fn effective_collect_build_rows(&self) -> usize {
+        self.collect_build_rows
+            .unwrap_or(crate::collect_builds::DEFAULT_MAX_BUILD_ROWS)
+    }
+
     /// The configuration as given (file and environment), secrets redacted, as TOML
     /// (`flowengine config print`).
     pub fn redacted_toml(&self) -> String {
@@ -518,6 +540,7 @@ impl EngineConfig {
         effective.batch_size = Some(self.effective_batch_size());
         effective.extra_optimizer_rules = Some(self.extra_optimizer_rules.unwrap_or(true));
         effective.spillable_joins = Some(self.spillable_joins.unwrap_or_default());
+        effective.collect_build_rows = Some(self.effective_collect_build_rows());
         effective.state_dir = Some(self.effective_state_dir());
         if effective.spill_dir.is_none() {
             effective.spill_dir = Some(std::env::temp_dir());

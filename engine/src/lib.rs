@@ -8,6 +8,7 @@
 pub mod acks;
 pub mod bad_records;
 pub mod build_side;
+pub mod collect_builds;
 pub mod config;
 pub mod connector;
 pub mod dimension_joins;

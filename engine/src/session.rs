@@ -104,6 +104,10 @@ impl Engine {
         if config.extra_optimizer_rules.unwrap_or(true) {
             // Right after join selection, before the spillable-joins rule sees the build sides.
             physical_rules = crate::build_side::BuildSmallerSide.insert_into(physical_rules);
+            physical_rules = crate::collect_builds::CollectSmallBuildSides::new(
+                config.effective_collect_build_rows(),
+            )
+            .insert_into(physical_rules);
             // Last: it only swaps expressions for equivalent ones that skip per-value checks.
             physical_rules.push(Arc::new(crate::exact_decimal::ExactDecimalArithmetic));
         }
