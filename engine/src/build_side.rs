@@ -41,7 +41,7 @@ impl BuildSmallerSide {
 }
 
 /// Estimated rows and rows times row width of a plan's output.
-fn estimate(plan: &Arc<dyn ExecutionPlan>) -> Option<(usize, usize)> {
+pub(crate) fn estimate(plan: &Arc<dyn ExecutionPlan>) -> Option<(usize, usize)> {
     let stats = StatisticsContext::new()
         .compute(plan.as_ref(), &StatisticsArgs::new())
         .ok()?;

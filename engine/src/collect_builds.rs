@@ -22,16 +22,16 @@
 use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode, SortMergeJoinExec,
 };
-use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 
-use crate::spillable_joins::{PhysicalRules, row_width};
+use crate::build_side::estimate;
+use crate::spillable_joins::PhysicalRules;
 
 /// Build sides estimated at more rows than this stay partitioned, unless configured.
 pub const DEFAULT_MAX_BUILD_ROWS: usize = 500_000;
@@ -69,27 +69,18 @@ impl CollectSmallBuildSides {
     }
 }
 
-/// Estimated rows of a plan's output.
-fn rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
-    let stats = StatisticsContext::new()
-        .compute(plan.as_ref(), &StatisticsArgs::new())
-        .ok()?;
-    match stats.num_rows {
-        Precision::Exact(rows) | Precision::Inexact(rows) => Some(rows),
-        Precision::Absent => None,
-    }
-}
-
 /// Whether `join` should collect its build side.
 fn collectable(join: &HashJoinExec, max_build_rows: usize) -> bool {
     if *join.partition_mode() != PartitionMode::Partitioned || max_build_rows == 0 {
         return false;
     }
-    let (Some(build), Some(probe)) = (rows(join.left()), rows(join.right())) else {
+    let (Some((build, build_bytes)), Some((probe, _))) =
+        (estimate(join.left()), estimate(join.right()))
+    else {
         return false;
     };
     build <= max_build_rows
-        && build.saturating_mul(row_width(&join.left().schema())) <= MAX_BUILD_BYTES
+        && build_bytes <= MAX_BUILD_BYTES
         && probe >= build.saturating_mul(MIN_PROBE_RATIO)
         && contains_join(join.left())
 }
@@ -144,6 +135,7 @@ impl PhysicalOptimizerRule for CollectSmallBuildSides {
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::common::stats::Precision;
     use datafusion::common::{ColumnStatistics, JoinType, NullEquality, Statistics};
     use datafusion::physical_expr::expressions::Column;
     use datafusion::physical_plan::test::exec::StatisticsExec;
