@@ -329,12 +329,31 @@ impl SegmentWriter {
         let file = match &mut self.file {
             Some(f) => f,
             None => {
-                let f = tokio::fs::OpenOptions::new()
+                let f = match tokio::fs::OpenOptions::new()
                     .create_new(true)
                     .write(true)
                     .open(&self.path)
                     .await
-                    .map_err(io(&self.path))?;
+                {
+                    Ok(f) => f,
+                    // A process killed between creating this segment and writing its first
+                    // record whole left it behind. A segment starts at the sequence after the
+                    // last readable record, so this one holds no readable record: nothing in it
+                    // was acknowledged, and the broker delivers it again. Start it afresh.
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        tracing::warn!(
+                            segment = %self.path.display(),
+                            "replacing a spool segment left without a complete record by a crash"
+                        );
+                        tokio::fs::OpenOptions::new()
+                            .write(true)
+                            .truncate(true)
+                            .open(&self.path)
+                            .await
+                            .map_err(io(&self.path))?
+                    }
+                    Err(e) => return Err(io(&self.path)(e)),
+                };
                 if fsync {
                     // The new file's directory entry must survive too.
                     let dir = self.dir.clone();
@@ -397,6 +416,28 @@ mod tests {
         let mut damaged = bytes.clone();
         damaged[whole + 20] ^= 0x40;
         assert_eq!(Record::decode_all(&damaged).0.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_segment_left_without_a_complete_record_by_a_crash_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).await.unwrap();
+        let mut w = spool.writer(1);
+        w.append(record(0, b"kept"));
+        w.flush(true).await.unwrap();
+        // Killed after creating segment 2 and writing part of its first record.
+        let mut partial = Vec::new();
+        record(2, b"cut short").encode_into(&mut partial);
+        partial.truncate(partial.len() - 3);
+        std::fs::write(dir.path().join(format!("{:020}.seg", 2)), &partial).unwrap();
+        let p = spool.pending(0).await.unwrap();
+        assert_eq!((p.messages, p.last_seq), (1, 1));
+        // The restarted scan starts the next segment at the same place.
+        let mut w = spool.writer(p.last_seq + 1);
+        w.append(record(0, b"again"));
+        w.flush(true).await.unwrap();
+        let p = spool.pending(0).await.unwrap();
+        assert_eq!((p.messages, p.last_seq), (2, 2));
     }
 
     #[tokio::test]
