@@ -11,6 +11,7 @@ mod cluster;
 mod cluster_tables;
 mod commands;
 mod exec;
+mod huge_pages;
 mod lineage_sink;
 mod output;
 mod progress;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         }
     };
     let telemetry = init_tracing(&cli);
+    huge_pages::configure();
     install_panic_hook();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -48,6 +48,7 @@ impl ServerProcess {
             .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
             .env_remove("FLOWENGINE_CONFIG")
             .env_remove("FLOWENGINE_AUTH")
+            .env_remove("MIMALLOC_ALLOW_THP")
             .env("FLOWENGINE_LOG", "info")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdout(Stdio::null())
