@@ -4,8 +4,8 @@
 //! megabytes, and the allocator hands freed memory back to the kernel within milliseconds.
 //! With transparent huge pages every first touch of returned memory faulted in and zeroed a
 //! whole 2 MiB page: on TPC-H SF1 the kernel's page zeroing was 16% of all CPU time, and Q09
-//! took 0.39-0.44 s against 0.27 s with them off, run after run (benches/README.md). Many
-//! databases ask for the same setting (Redis, MongoDB, PostgreSQL's documentation).
+//! took 0.39-0.44 s against 0.27 s with them off, run after run (benches/README.md). Redis and
+//! MongoDB document the same advice for their servers.
 //!
 //! `prctl(PR_SET_THP_DISABLE)` changes only this process. It is the call mimalloc itself
 //! makes for `MIMALLOC_ALLOW_THP=0`; setting `MIMALLOC_ALLOW_THP` to anything else keeps the
