@@ -265,9 +265,10 @@ fn session_config(config: &EngineConfig) -> datafusion::error::Result<SessionCon
     for (key, value) in FLOWENGINE_DEFAULTS {
         opts.set(key, value)?;
     }
+    // The partition count was set above; only the memory limit is read again.
     opts.execution.perfect_hash_join_small_build_threshold = perfect_hash_join_range(
         config.memory_limit_bytes(),
-        config.effective_target_partitions(),
+        opts.execution.target_partitions,
     );
     for (key, value) in &config.datafusion {
         opts.set(key, value)?;
