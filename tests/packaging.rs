@@ -490,14 +490,12 @@ async fn the_deployed_configuration_serves_probes_and_its_api_key() {
         .unwrap();
     assert_eq!(common::flight::rows(&batches), 1);
     // The audit writer flushes on its own thread after each burst: wait for the query's record.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let audit = loop {
-        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default();
-        if audit.contains("\"operator\"") || std::time::Instant::now() > deadline {
-            break audit;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let read_audit = || std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default();
+    common::queues::wait_for(10, "the query's audit record", || {
+        read_audit().contains("\"operator\"")
+    })
+    .await;
+    let audit = read_audit();
     assert!(audit.contains("\"operator\""), "{audit}");
     assert!(!audit.contains(DEMO_KEY));
 }
