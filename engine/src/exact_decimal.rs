@@ -6,11 +6,11 @@
 //! l_tax))` took twice as long as the three plain sums, and most of Q01's time went there.
 //!
 //! This physical optimizer rule replaces those operations, in projections and in the
-//! arguments of aggregates, with [`ExactDecimalBinary`]. For each batch it bounds every result
-//! by the operands' largest absolute values (one pass over each operand). When that bound fits
-//! in an `i128`, no value can overflow and the operation runs unchecked; otherwise the batch
-//! goes through the same arrow kernel as before, with the same results and the same overflow
-//! errors. Result types (precision and scale) follow arrow's rules exactly, and the
+//! arguments of aggregates, with [`ExactDecimalBinary`]. For each batch it computes the
+//! results with wrapping operations and, in the same pass, the operands' largest absolute
+//! values. When those bound every result within an `i128`, nothing wrapped and the results
+//! stand; otherwise they are dropped and the batch goes through the same arrow kernel as
+//! before, with the same results and the same overflow errors. Result types (precision and scale) follow arrow's rules exactly, and the
 //! expression displays as the `BinaryExpr` it replaces, so `EXPLAIN` output does not change.
 
 use std::fmt;
@@ -309,20 +309,6 @@ enum Operand<'a> {
     Scalar(i128),
 }
 
-impl Operand<'_> {
-    /// The largest absolute value, over every slot (null slots too: they are computed, then
-    /// masked).
-    fn bound(&self) -> u128 {
-        match self {
-            Operand::Array(array) => array
-                .values()
-                .iter()
-                .fold(0u128, |max, v| max.max(v.unsigned_abs())),
-            Operand::Scalar(v) => v.unsigned_abs(),
-        }
-    }
-}
-
 /// Precision and scale of an operand, and the operand, when it is a `Decimal128` array or a
 /// non-null `Decimal128` literal.
 fn operand(value: &ColumnarValue) -> Option<(u8, i8, Operand<'_>)> {
@@ -370,8 +356,8 @@ fn unchecked(op: Operator, lhs: &ColumnarValue, rhs: &ColumnarValue) -> Result<O
         }
         _ => return Ok(None),
     };
-    let (bl, br) = (l.bound(), r.bound());
-    let fits = match op {
+    // Whether operands no larger than these absolute values give results that fit.
+    let fits = |bl: u128, br: u128| match op {
         Operator::Multiply => bl.checked_mul(br).is_some_and(|b| b <= limit),
         _ => bl
             .checked_mul(l_mul as u128)
@@ -379,40 +365,41 @@ fn unchecked(op: Operator, lhs: &ColumnarValue, rhs: &ColumnarValue) -> Result<O
             .and_then(|(a, b)| a.checked_add(b))
             .is_some_and(|b| b <= limit),
     };
-    if !fits {
-        return Ok(None);
-    }
-    // No result exceeds i128::MAX in absolute value, so none of these operations wraps.
-    let f = move |a: i128, b: i128| -> i128 {
-        match op {
-            Operator::Plus => a.wrapping_mul(l_mul).wrapping_add(b.wrapping_mul(r_mul)),
-            Operator::Minus => a.wrapping_mul(l_mul).wrapping_sub(b.wrapping_mul(r_mul)),
-            _ => a.wrapping_mul(b),
-        }
-    };
+    // The results are computed with wrapping operations in the same pass that finds the
+    // operands' largest absolute values (over every slot: null slots are computed, then
+    // masked), and kept only when those values show that nothing wrapped.
     let (values, nulls): (Vec<i128>, Option<NullBuffer>) = match (&l, &r) {
         (Operand::Array(a), Operand::Array(b)) => {
             if a.len() != b.len() {
                 return Ok(None);
             }
-            (
-                kernel(op, a.values(), b.values(), l_mul, r_mul),
-                NullBuffer::union(a.nulls(), b.nulls()),
-            )
+            let (values, bl, br) = kernel(op, a.values(), b.values(), l_mul, r_mul);
+            if !fits(bl, br) {
+                return Ok(None);
+            }
+            (values, NullBuffer::union(a.nulls(), b.nulls()))
         }
         (Operand::Array(a), Operand::Scalar(b)) => {
-            let b = *b;
-            (
-                a.values().iter().map(|&x| f(x, b)).collect(),
-                a.nulls().cloned(),
-            )
+            let br = b.unsigned_abs();
+            if !fits(0, br) {
+                return Ok(None);
+            }
+            let (values, bl) = scalar_kernel(op, a.values(), *b, true, l_mul, r_mul);
+            if !fits(bl, br) {
+                return Ok(None);
+            }
+            (values, a.nulls().cloned())
         }
         (Operand::Scalar(a), Operand::Array(b)) => {
-            let a = *a;
-            (
-                b.values().iter().map(|&y| f(a, y)).collect(),
-                b.nulls().cloned(),
-            )
+            let bl = a.unsigned_abs();
+            if !fits(bl, 0) {
+                return Ok(None);
+            }
+            let (values, br) = scalar_kernel(op, b.values(), *a, false, l_mul, r_mul);
+            if !fits(bl, br) {
+                return Ok(None);
+            }
+            (values, b.nulls().cloned())
         }
         (Operand::Scalar(_), Operand::Scalar(_)) => return Ok(None),
     };
@@ -421,21 +408,79 @@ fn unchecked(op: Operator, lhs: &ColumnarValue, rhs: &ColumnarValue) -> Result<O
     Ok(Some(Arc::new(array)))
 }
 
-/// Element-wise `a op b` over two equally long slices, with one loop per operator so each
-/// compiles to straight-line code.
-fn kernel(op: Operator, a: &[i128], b: &[i128], l_mul: i128, r_mul: i128) -> Vec<i128> {
-    let pairs = a.iter().zip(b);
+/// Element-wise `a op b` (wrapping) over two equally long slices, and the largest absolute
+/// value of each, in one pass; one loop per operator so each compiles to straight-line code.
+fn kernel(
+    op: Operator,
+    a: &[i128],
+    b: &[i128],
+    l_mul: i128,
+    r_mul: i128,
+) -> (Vec<i128>, u128, u128) {
     match (op, l_mul, r_mul) {
-        (Operator::Plus, 1, 1) => pairs.map(|(x, y)| x.wrapping_add(*y)).collect(),
-        (Operator::Minus, 1, 1) => pairs.map(|(x, y)| x.wrapping_sub(*y)).collect(),
-        (Operator::Plus, _, _) => pairs
-            .map(|(x, y)| x.wrapping_mul(l_mul).wrapping_add(y.wrapping_mul(r_mul)))
-            .collect(),
-        (Operator::Minus, _, _) => pairs
-            .map(|(x, y)| x.wrapping_mul(l_mul).wrapping_sub(y.wrapping_mul(r_mul)))
-            .collect(),
-        _ => pairs.map(|(x, y)| x.wrapping_mul(*y)).collect(),
+        (Operator::Plus, 1, 1) => zip_map(a, b, |x, y| x.wrapping_add(y)),
+        (Operator::Minus, 1, 1) => zip_map(a, b, |x, y| x.wrapping_sub(y)),
+        (Operator::Plus, _, _) => zip_map(a, b, |x, y| {
+            x.wrapping_mul(l_mul).wrapping_add(y.wrapping_mul(r_mul))
+        }),
+        (Operator::Minus, _, _) => zip_map(a, b, |x, y| {
+            x.wrapping_mul(l_mul).wrapping_sub(y.wrapping_mul(r_mul))
+        }),
+        _ => zip_map(a, b, |x, y| x.wrapping_mul(y)),
     }
+}
+
+fn zip_map(a: &[i128], b: &[i128], f: impl Fn(i128, i128) -> i128) -> (Vec<i128>, u128, u128) {
+    let (mut max_a, mut max_b) = (0u128, 0u128);
+    let values = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            max_a = max_a.max(x.unsigned_abs());
+            max_b = max_b.max(y.unsigned_abs());
+            f(x, y)
+        })
+        .collect();
+    (values, max_a, max_b)
+}
+
+/// Element-wise `array op scalar` (`scalar op array` when `array_left` is false), wrapping,
+/// and the array's largest absolute value, in one pass.
+fn scalar_kernel(
+    op: Operator,
+    array: &[i128],
+    scalar: i128,
+    array_left: bool,
+    l_mul: i128,
+    r_mul: i128,
+) -> (Vec<i128>, u128) {
+    // The scalar side's factor is applied once; the array side's in the loop.
+    let (array_mul, scalar) = if array_left {
+        (l_mul, scalar.wrapping_mul(r_mul))
+    } else {
+        (r_mul, scalar.wrapping_mul(l_mul))
+    };
+    match (op, array_left, array_mul) {
+        (Operator::Plus, _, 1) => map_one(array, |x| x.wrapping_add(scalar)),
+        (Operator::Plus, _, m) => map_one(array, |x| x.wrapping_mul(m).wrapping_add(scalar)),
+        (Operator::Minus, true, 1) => map_one(array, |x| x.wrapping_sub(scalar)),
+        (Operator::Minus, true, m) => map_one(array, |x| x.wrapping_mul(m).wrapping_sub(scalar)),
+        (Operator::Minus, false, 1) => map_one(array, |y| scalar.wrapping_sub(y)),
+        (Operator::Minus, false, m) => map_one(array, |y| scalar.wrapping_sub(y.wrapping_mul(m))),
+        _ => map_one(array, |x| x.wrapping_mul(scalar)),
+    }
+}
+
+fn map_one(array: &[i128], f: impl Fn(i128) -> i128) -> (Vec<i128>, u128) {
+    let mut max = 0u128;
+    let values = array
+        .iter()
+        .map(|&x| {
+            max = max.max(x.unsigned_abs());
+            f(x)
+        })
+        .collect();
+    (values, max)
 }
 
 /// 10^exp as an `i128`, when it is one.
@@ -527,6 +572,9 @@ mod tests {
             (col("c", 2), col("a", 0)),
             (lit(100, 3, 2), col("b", 1)),
             (col("c", 2), lit(-250, 5, 3)),
+            // Scalars of a smaller scale than the column, on either side.
+            (lit(7, 2, 0), col("c", 2)),
+            (col("a", 0), lit(-3, 2, 0)),
             (lit(7, 2, 0), lit(3, 2, 1)),
         ];
         for op in ops {
@@ -600,9 +648,20 @@ mod tests {
             assert!(plain.is_err(), "{op} should overflow");
             assert_eq!(plain.err(), exact.err());
         }
+        // The same with a literal on either side.
+        let near_max_lit = || lit(near_max, 38, 0);
+        for op in [Operator::Plus, Operator::Multiply] {
+            for (left, right) in [(col("x", 0), near_max_lit()), (near_max_lit(), col("y", 1))] {
+                let (plain, exact) = both(&batch, left, op, right);
+                assert!(plain.is_err(), "{op} should overflow");
+                assert_eq!(plain.err(), exact.err());
+            }
+        }
         // A bound that does not fit, but values that do not overflow: the checked kernel runs
         // and succeeds.
         let (plain, exact) = both(&batch, col("x", 0), Operator::Minus, col("y", 1));
+        assert_eq!(valid(plain), valid(exact));
+        let (plain, exact) = both(&batch, near_max_lit(), Operator::Minus, col("y", 1));
         assert_eq!(valid(plain), valid(exact));
     }
 
