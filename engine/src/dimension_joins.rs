@@ -217,6 +217,9 @@ impl Target<'_> {
     }
 }
 
+/// Key pairs of a join: (rest-of-the-plan side, dimension side).
+type KeyPairs = Vec<(Expr, Expr)>;
+
 /// The key pairs of a dimension join that move down with the dimension, and those that stay
 /// for the join where their two columns meet again. All of them move when their columns on the
 /// other side lie in one input further down. Otherwise (TPC-H Q5: `l_suppkey = s_suppkey AND
@@ -225,8 +228,6 @@ impl Target<'_> {
 /// the dimension's column of that pair is not one it joins its own filtered part on: such a
 /// column (`s_nationkey`, which links the suppliers to their region) repeats across the
 /// dimension's rows, and joining on it alone would multiply rows instead of filtering them.
-type KeyPairs = Vec<(Expr, Expr)>;
-
 fn split_keys(
     rest: &LogicalPlan,
     dim: &LogicalPlan,
@@ -246,7 +247,7 @@ fn split_keys(
     }
     let links = inner_join_columns(dim);
     let index = on.iter().position(|(r, d)| {
-        let keys = rest_columns(std::slice::from_ref(&(r.clone(), d.clone())));
+        let keys: HashSet<Column> = r.column_refs().into_iter().cloned().collect();
         !keys.is_empty()
             && d.column_refs().iter().all(|c| !links.contains(*c))
             && descends(rest, &keys, tables)
@@ -649,8 +650,8 @@ mod tests {
               AND rk = 1
             GROUP BY name ORDER BY name";
         let text = optimized(&with_rule, sql).await;
-        let supplier = text.find("Inner Join: l.lsk = s.sk").expect("{text}");
-        let order = text.find("Inner Join: o.ok = l.lok").expect("{text}");
+        let supplier = text.find("Inner Join: l.lsk = s.sk").expect(&text);
+        let order = text.find("Inner Join: o.ok = l.lok").expect(&text);
         assert!(
             order < supplier,
             "the suppliers join lineitem below its join with the orders: {text}"
