@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod placeholders;
 pub mod profile;
 pub mod progress;
+pub mod progressive_filter;
 pub mod secrets;
 pub mod security;
 pub mod semi_join;

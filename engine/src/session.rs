@@ -110,6 +110,8 @@ impl Engine {
             .insert_into(physical_rules);
             // Last: it only swaps expressions for equivalent ones that skip per-value checks.
             physical_rules.push(Arc::new(crate::exact_decimal::ExactDecimalArithmetic));
+            // Last too: filters keep their place, only their predicates are evaluated in steps.
+            physical_rules.push(Arc::new(crate::progressive_filter::ProgressiveFilters));
         }
         let mut state = builder
             .with_physical_optimizer_rules(physical_rules)
