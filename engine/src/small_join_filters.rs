@@ -530,8 +530,8 @@ mod tests {
         }
     }
 
-    /// The query's sorted rows, and the rows each added filter let through.
-    async fn run(ctx: &SessionContext, sql: &str) -> (String, Vec<usize>) {
+    /// Plans and runs the query: the executed plan (with its metrics) and the sorted rows.
+    async fn execute(ctx: &SessionContext, sql: &str) -> (Arc<dyn ExecutionPlan>, String) {
         let plan = ctx
             .sql(sql)
             .await
@@ -543,6 +543,12 @@ mod tests {
         let text = pretty_format_batches(&batches).unwrap().to_string();
         let mut lines: Vec<_> = text.lines().map(str::to_string).collect();
         lines.sort();
+        (plan, lines.join("\n"))
+    }
+
+    /// The query's sorted rows, and the rows each added filter let through.
+    async fn run(ctx: &SessionContext, sql: &str) -> (String, Vec<usize>) {
+        let (plan, rows) = execute(ctx, sql).await;
         let mut filters = vec![];
         join_filters(&plan, &mut filters);
         let passed = filters
@@ -553,7 +559,7 @@ mod tests {
                     .unwrap_or(usize::MAX)
             })
             .collect();
-        (lines.join("\n"), passed)
+        (rows, passed)
     }
 
     #[tokio::test]
@@ -633,14 +639,7 @@ mod tests {
         let ctx = session(dir.path(), true, false).await;
         // All seven `k2` values are build keys: every probe row passes.
         let sql = "SELECT count(*) FROM probe p JOIN dim d ON p.k2 = d.k2 WHERE d.k < 7 AND p.id % 3 <> 5";
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
+        let (plan, _) = execute(&ctx, sql).await;
         let mut filters = vec![];
         join_filters(&plan, &mut filters);
         assert_eq!(filters.len(), 1);
