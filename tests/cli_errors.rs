@@ -170,7 +170,10 @@ fn bad_input_corpus_gives_clear_errors() {
         ),
         (
             "invalid_utf8.sql",
-            vec!["invalid_utf8.sql:2:1", "not valid UTF-8"],
+            vec![
+                "invalid_utf8.sql:2:9",
+                "SQL text is not valid UTF-8 (byte 0xFF)",
+            ],
         ),
     ];
     for (file, expected) in pipeline_cases {
@@ -181,6 +184,14 @@ fn bad_input_corpus_gives_clear_errors() {
         }
         assert!(!stderr.contains("panicked"), "{file}\n{stderr}");
     }
+    // The same file through `flowengine sql`'s stdin is located the same way.
+    let text = std::fs::read(bad("invalid_utf8.sql")).unwrap();
+    let assert = flowengine().arg("sql").write_stdin(text).assert().code(1);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("<stdin>:2:9: SQL text is not valid UTF-8 (byte 0xFF)"),
+        "{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------- atomic sinks

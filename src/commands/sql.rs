@@ -31,10 +31,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: SqlArgs) -> Result<ExitCode> 
     if std::io::stdin().is_terminal() {
         return shell(&engine, &args.display, &lookup, &dialect).await;
     }
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::io::stdin()
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .context("reading SQL from stdin")?;
+    let text = engine::pipeline::decode(bytes, "<stdin>")?;
     let pipeline = Pipeline::parse(&text, "<stdin>", &lookup, &dialect)?;
     super::run_pipeline(&engine, &pipeline, &args.display, Rows::Print, false).await?;
     Ok(ExitCode::SUCCESS)

@@ -58,18 +58,7 @@ impl Pipeline {
             source,
         })?;
         let file = path.display().to_string();
-        let text = String::from_utf8(bytes).map_err(|e| {
-            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-            let line = valid.iter().filter(|b| **b == b'\n').count() as u64 + 1;
-            EngineError::Syntax {
-                location: SourceLocation {
-                    file: file.clone(),
-                    line,
-                    column: 1,
-                },
-                message: "pipeline file is not valid UTF-8".into(),
-            }
-        })?;
+        let text = decode(bytes, &file)?;
         let dir = path
             .parent()
             .map(|p| {
@@ -87,5 +76,51 @@ impl Pipeline {
                 .or_else(|| (name == PIPELINE_DIR).then(|| dir.clone()))
         };
         Self::parse(&text, &file, &with_dir, dialect)
+    }
+}
+
+/// Pipeline text from raw bytes (a file, stdin); invalid UTF-8 is a syntax error located at the
+/// first invalid byte.
+pub fn decode(bytes: Vec<u8>, file: &str) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        let (location, byte) = invalid_utf8_at(e.as_bytes(), e.utf8_error(), file);
+        EngineError::Syntax {
+            location,
+            message: format!("SQL text is not valid UTF-8 (byte 0x{byte:02X})"),
+        }
+    })
+}
+
+/// Where the first invalid byte of SQL text is (line and column in characters, both from
+/// 1), and that byte.
+fn invalid_utf8_at(bytes: &[u8], error: std::str::Utf8Error, file: &str) -> (SourceLocation, u8) {
+    let at = error.valid_up_to();
+    let valid = &bytes[..at.min(bytes.len())];
+    let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let line = valid.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+    // Everything before `at` is UTF-8, and a line starts after a `\n`, so this never fails.
+    let column =
+        std::str::from_utf8(&valid[line_start..]).map_or(0, |s| s.chars().count()) as u64 + 1;
+    let location = SourceLocation {
+        file: file.to_string(),
+        line,
+        column,
+    };
+    (location, bytes.get(at).copied().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_byte_is_located_by_line_and_character_column() {
+        let bytes = b"SELECT 1;\nSELECT '\xc3\xa9\xff';\n";
+        let error = std::str::from_utf8(bytes).unwrap_err();
+        let (location, byte) = invalid_utf8_at(bytes, error, "p.sql");
+        assert_eq!((location.line, location.column, byte), (2, 10, 0xFF));
+        let error = std::str::from_utf8(b"\x80").unwrap_err();
+        let (location, byte) = invalid_utf8_at(b"\x80", error, "p.sql");
+        assert_eq!((location.line, location.column, byte), (1, 1, 0x80));
     }
 }
