@@ -115,12 +115,17 @@ mod tests {
 
     #[test]
     fn an_invalid_byte_is_located_by_line_and_character_column() {
-        let bytes = b"SELECT 1;\nSELECT '\xc3\xa9\xff';\n";
-        let error = std::str::from_utf8(bytes).unwrap_err();
-        let (location, byte) = invalid_utf8_at(bytes, error, "p.sql");
-        assert_eq!((location.line, location.column, byte), (2, 10, 0xFF));
-        let error = std::str::from_utf8(b"\x80").unwrap_err();
-        let (location, byte) = invalid_utf8_at(b"\x80", error, "p.sql");
-        assert_eq!((location.line, location.column, byte), (1, 1, 0x80));
+        let located = |bytes: &[u8]| match decode(bytes.to_vec(), "p.sql") {
+            Err(EngineError::Syntax { location, message }) => {
+                (location.line, location.column, message)
+            }
+            other => panic!("expected a syntax error, got {other:?}"),
+        };
+        let (line, column, message) = located(b"SELECT 1;\nSELECT '\xc3\xa9\xff';\n");
+        assert_eq!((line, column), (2, 10));
+        assert_eq!(message, "SQL text is not valid UTF-8 (byte 0xFF)");
+        let (line, column, _) = located(b"\x80");
+        assert_eq!((line, column), (1, 1));
+        assert_eq!(decode(b"SELECT 1;".to_vec(), "p.sql").unwrap(), "SELECT 1;");
     }
 }
