@@ -29,7 +29,8 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{CreateExternalTable, Expr};
 use datafusion::physical_plan::ExecutionPlan;
-use engine::{Connector, ParamSpec, SecretStore};
+use engine::security::gate::CallerGate;
+use engine::{Connector, ParamKind, ParamSpec, SecretStore};
 use serde_json::Value;
 use url::Url;
 
@@ -43,32 +44,32 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "records_path",
         description: "dot path to the array of records in each response (default: the body itself)",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "pagination",
         description: "none (default), next_link, cursor or page",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "next_link_path / cursor_path / cursor_param / page_param / page_start / max_pages",
         description: "where the next link or cursor is, which query parameter carries the cursor or page number, the first page number (1), a page limit (1000)",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "header.<name>",
         description: "request header, e.g. 'header.authorization' 'Bearer ${secret:TOKEN}'",
-        secret: true,
+        kind: ParamKind::Secret,
     },
     ParamSpec {
         name: "timeout_secs / retries / retry_backoff_ms / circuit_failures / circuit_cooldown_secs",
         description: "request timeout (30) and retry/breaker settings as for databases",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "WEBHOOK: batch_size / body / records_key / method",
         description: "rows per request (1000); `array` (default) or `ndjson` bodies; wrap the array in an object under this key; POST (default) or PUT",
-        secret: false,
+        kind: ParamKind::Plain,
     },
 ];
 
@@ -124,7 +125,13 @@ struct Source {
     timeout: Duration,
     policy: RetryPolicy,
     resilience: Arc<Resilience>,
+    /// The gate of the caller who created the table: every redirect and next-page link is
+    /// checked against it, since the table's headers (credentials) go with every request.
+    gate: Option<Arc<CallerGate>>,
 }
+
+/// Redirects followed per request, each one checked by the gate.
+const MAX_REDIRECTS: usize = 10;
 
 impl std::fmt::Debug for Source {
     // Headers may hold credentials: only their names are shown.
@@ -211,6 +218,7 @@ impl TableProviderFactory for HttpJsonFactory {
             timeout,
             policy,
             resilience: Arc::clone(&self.resilience),
+            gate: state.config().get_extension::<CallerGate>(),
         };
         let schema: SchemaRef = if cmd.schema.fields().is_empty() {
             let first = source.fetch(Some(1)).await?;
@@ -341,8 +349,10 @@ pub(crate) fn endpoint_of(url: &Url) -> String {
 impl Source {
     /// The records of every page (or the first `limit_pages`).
     async fn fetch(&self, limit_pages: Option<u64>) -> Result<Vec<Value>> {
+        // Redirects are followed by `get`, one checked hop at a time.
         let client = reqwest::Client::builder()
             .timeout(self.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let endpoint = endpoint_of(&self.url);
@@ -394,9 +404,13 @@ impl Source {
                         None => link_next,
                     };
                     match link {
-                        Some(l) => Some(url.join(&l).map_err(|e| {
-                            DataFusionError::Execution(format!("{url}: next link `{l}`: {e}"))
-                        })?),
+                        Some(l) => {
+                            let next = url.join(&l).map_err(|e| {
+                                DataFusionError::Execution(format!("{url}: next link `{l}`: {e}"))
+                            })?;
+                            self.check_hop(&next).await?;
+                            Some(next)
+                        }
                         None => None,
                     }
                 }
@@ -417,15 +431,46 @@ impl Source {
         Ok(records)
     }
 
-    async fn get(&self, client: &reqwest::Client, url: Url) -> Result<(Value, Option<String>)> {
-        let mut req = client.get(url.clone()).header("accept", "application/json");
-        for (k, v) in &self.headers {
-            req = req.header(k.as_str(), v.as_str());
+    /// Refuse a hop the caller's gate does not allow.
+    async fn check_hop(&self, url: &Url) -> Result<()> {
+        match &self.gate {
+            Some(gate) => gate
+                .check_hop(url)
+                .await
+                .map_err(|e| DataFusionError::Execution(format!("HTTP_JSON table: {e}"))),
+            None => Ok(()),
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| http_error(&url, None, &e.to_string()))?;
+    }
+
+    async fn get(&self, client: &reqwest::Client, url: Url) -> Result<(Value, Option<String>)> {
+        let mut url = url;
+        let mut redirects = 0;
+        let resp = loop {
+            let mut req = client.get(url.clone()).header("accept", "application/json");
+            for (k, v) in &self.headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| http_error(&url, None, &e.to_string()))?;
+            if !resp.status().is_redirection() {
+                break resp;
+            }
+            let Some(location) = resp.headers().get("location").and_then(|l| l.to_str().ok())
+            else {
+                break resp;
+            };
+            redirects += 1;
+            if redirects > MAX_REDIRECTS {
+                return Err(http_error(&url, None, "too many redirects"));
+            }
+            let next = url.join(location).map_err(|e| {
+                DataFusionError::Execution(format!("{url}: redirect to `{location}`: {e}"))
+            })?;
+            self.check_hop(&next).await?;
+            url = next;
+        };
         let status = resp.status();
         if !status.is_success() {
             return Err(http_error(

@@ -117,8 +117,11 @@ impl TableProviderFactory for WebhookFactory {
         };
         let request = RequestOptions::take(&mut opts, &secrets, &plan)?;
         reject_unknown(&opts, &plan)?;
+        // Deliveries carry the rows and the table's credentials: a redirect is an error, never
+        // a new destination nobody checked.
         let client = reqwest::Client::builder()
             .timeout(request.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| plan(format!("HTTP client: {e}")))?;
         Ok(Arc::new(WebhookTable {

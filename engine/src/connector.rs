@@ -13,13 +13,89 @@ use datafusion::execution::session_state::SessionStateBuilder;
 
 use crate::error::{EngineError, Result};
 
-/// A documented parameter a connector understands (an `OPTIONS` key or a config key).
+/// A documented parameter a connector understands (an `OPTIONS` key or a config key). `name`
+/// may list several keys of the same kind, separated by ` / `.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParamSpec {
     pub name: &'static str,
     pub description: &'static str,
+    pub kind: ParamKind,
+}
+
+impl ParamSpec {
     /// Secret parameters are never printed (logs, errors, `EXPLAIN`).
-    pub secret: bool,
+    pub fn secret(&self) -> bool {
+        self.kind == ParamKind::Secret
+    }
+
+    /// The option keys this spec documents (`a / b (NATS)` -> `a`, `b`).
+    pub fn keys(&self) -> impl Iterator<Item = &'static str> {
+        self.name
+            .split(" / ")
+            .map(|k| k.split(' ').next().unwrap_or(k).trim())
+            .filter(|k| !k.is_empty() && !k.contains('<'))
+    }
+}
+
+/// What a parameter's value is, for the boundary gate ([`crate::security::gate`]): paths are
+/// checked against the allowed locations, URLs and hosts against the egress allow-list, and
+/// secrets are never printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A number, a name, a flag, a JSON path inside a response: nothing the gate checks.
+    Plain,
+    /// A credential: never printed.
+    Secret,
+    /// A local file or directory the connector reads or writes.
+    Path,
+    /// A URL or connection string the connector connects to.
+    Url,
+    /// A host name or address (with a `port` option).
+    Host,
+}
+
+/// The kinds every registered connector declared for its option keys, by key (a session config
+/// extension): the gate reads a key's declared kind before guessing from its name.
+#[derive(Debug, Default)]
+pub struct DeclaredParams {
+    kinds: std::collections::HashMap<String, ParamKind>,
+    named_locations: std::collections::HashSet<String>,
+}
+
+impl DeclaredParams {
+    /// Collect the declarations of `registry`'s connectors.
+    pub fn of(registry: &ConnectorRegistry) -> Self {
+        let mut kinds = std::collections::HashMap::new();
+        let mut named_locations = std::collections::HashSet::new();
+        for c in registry.connectors() {
+            for spec in c.params() {
+                for key in spec.keys() {
+                    kinds.insert(key.to_ascii_lowercase(), spec.kind);
+                }
+            }
+            named_locations.extend(c.named_locations().iter().map(|t| t.to_ascii_uppercase()));
+        }
+        Self {
+            kinds,
+            named_locations,
+        }
+    }
+
+    /// Whether `LOCATION` of `STORED AS stored_as` names an object inside the source.
+    pub fn location_is_a_name(&self, stored_as: &str) -> bool {
+        self.named_locations
+            .contains(&stored_as.to_ascii_uppercase())
+    }
+
+    /// The declared kind of option `key` (with or without a `format.` prefix).
+    pub fn kind(&self, key: &str) -> Option<ParamKind> {
+        let key = key.to_ascii_lowercase();
+        self.kinds
+            .get(&key)
+            .or_else(|| self.kinds.get(key.strip_prefix("format.").unwrap_or(&key)))
+            .or_else(|| self.kinds.get(&format!("format.{key}")))
+            .copied()
+    }
 }
 
 /// A family of sources and sinks (`files`, `postgres`, `s3`, `nats`, ...).
@@ -28,6 +104,12 @@ pub trait Connector: Debug + Send + Sync {
     fn name(&self) -> &'static str;
     /// The parameters it understands.
     fn params(&self) -> &'static [ParamSpec] {
+        &[]
+    }
+    /// The `STORED AS` types whose `LOCATION` names an object inside the source (a database
+    /// table), not a path or URL: the gate checks their connection options instead. Every
+    /// other type's `LOCATION` is a path or URL the gate checks.
+    fn named_locations(&self) -> &'static [&'static str] {
         &[]
     }
     /// Register this family's factories, formats, stores and functions.

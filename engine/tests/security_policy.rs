@@ -240,3 +240,107 @@ async fn read_only_mode_refuses_every_write_even_for_admins() {
         assert!(matches!(err, AccessError::ReadOnly { .. }), "{sql}: {err}");
     }
 }
+
+/// A database family as the connectors crate declares it: LOCATION names a table.
+#[derive(Debug)]
+struct Databases;
+
+impl flowengine_engine::Connector for Databases {
+    fn name(&self) -> &'static str {
+        "databases"
+    }
+    fn named_locations(&self) -> &'static [&'static str] {
+        &["POSTGRES"]
+    }
+    fn register(
+        &self,
+        builder: datafusion::execution::SessionStateBuilder,
+    ) -> datafusion::error::Result<datafusion::execution::SessionStateBuilder> {
+        Ok(builder)
+    }
+}
+
+/// Only the authorization (never executed: the tables would connect).
+async fn authorize(policy: &Policy, who: &Principal, sql: &str) -> Result<(), AccessError> {
+    let registry = flowengine_engine::ConnectorRegistry::new().with(std::sync::Arc::new(Databases));
+    let declared = flowengine_engine::DeclaredParams::of(&registry);
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new().with_extension(std::sync::Arc::new(declared)),
+    );
+    let state = ctx.state();
+    let plan = state.create_logical_plan(sql).await.unwrap();
+    policy.authorize(who, plan, &state, sql).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn options_hosts_and_secrets_pass_the_gate() {
+    let config: SecurityConfig = toml::from_str(
+        r#"
+allowed_locations = ["/tmp/flowengine-allowed/"]
+egress = ["db.internal:5432", "127.0.0.1:9000", "*.example.com:443"]
+
+[[secrets]]
+name = "TOKEN"
+allowed_roles = ["analyst"]
+allowed_hosts = ["127.0.0.1:9000"]
+
+[[roles]]
+name = "analyst"
+grants = [{ privileges = ["CREATE", "SELECT"], on = "scratch_*" }]
+"#,
+    )
+    .unwrap();
+    let policy = Policy::new(&config, Vec::new());
+    let ana = user(&["analyst"], "eu");
+    let admin = user(&["admin"], "eu");
+    let denied = [
+        // Path options outside the allowed locations.
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS CSV LOCATION '/tmp/flowengine-allowed/a.csv' OPTIONS ('dead_letter_path' '/tmp/elsewhere/x.jsonl')",
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS CSV LOCATION '/tmp/flowengine-allowed/a.csv' OPTIONS ('format.dead_letter_path' 'file:///tmp/flowengine-allowed/%2e%2e/x.jsonl')",
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS CSV LOCATION '/tmp/flowengine-allowed/a.csv' OPTIONS ('spool_dir' '/var/tmp')",
+        // Hosts off the egress list, however written.
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS POSTGRES LOCATION 'public.a' OPTIONS ('connection' 'postgresql://u@127.0.0.1:5432/db')",
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS POSTGRES LOCATION 'public.a' OPTIONS ('host' '2130706433', 'port' '5432')",
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS POSTGRES LOCATION 'public.a' OPTIONS ('connection' 'host=::1 port=9000 user=u')",
+        "CREATE EXTERNAL TABLE scratch_a STORED AS PARQUET LOCATION 's3://b/x/' OPTIONS ('aws.endpoint' 'http://169.254.169.254')",
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS HTTP_JSON LOCATION 'http://10.1.2.3/x'",
+        // Secrets: unscoped for a non-admin; scoped but toward another host.
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS POSTGRES LOCATION 'public.a' OPTIONS ('connection' 'postgresql://u:${secret:DB}@db.internal:5432/db')",
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS HTTP_JSON LOCATION 'http://db.internal:5432/x' OPTIONS ('header.authorization' 'Bearer ${secret:TOKEN}')",
+        // A host hidden in a secret.
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS POSTGRES LOCATION 'public.a' OPTIONS ('connection' '${secret:TOKEN}')",
+    ];
+    for sql in denied {
+        let err = authorize(&policy, &ana, sql).await.expect_err(sql);
+        assert!(
+            matches!(err, AccessError::Location(_) | AccessError::Secret(_)),
+            "{sql}: {err}"
+        );
+    }
+    for sql in [
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS CSV LOCATION '/tmp/flowengine-allowed/a.csv' OPTIONS ('dead_letter_path' '/tmp/flowengine-allowed/bad.jsonl')",
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS POSTGRES LOCATION 'public.a' OPTIONS ('host' 'DB.Internal.', 'port' '5432')",
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS HTTP_JSON LOCATION 'http://127.0.0.1:9000/x' OPTIONS ('header.authorization' 'Bearer ${secret:TOKEN}')",
+        "CREATE EXTERNAL TABLE scratch_a (id INT) STORED AS HTTP_JSON LOCATION 'http://2130706433:9000/x' OPTIONS ('header.authorization' 'Bearer ${secret:TOKEN}')",
+    ] {
+        authorize(&policy, &ana, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    // Admins: any host and unscoped secrets, but a scoped secret only toward its hosts.
+    authorize(
+        &policy,
+        &admin,
+        "CREATE EXTERNAL TABLE a (id INT) STORED AS POSTGRES LOCATION 'public.a' OPTIONS ('connection' 'postgresql://u:${secret:DB}@10.9.9.9:5432/db')",
+    )
+    .await
+    .unwrap();
+    let err = authorize(
+        &policy,
+        &admin,
+        "CREATE EXTERNAL TABLE a (id INT) STORED AS HTTP_JSON LOCATION 'http://10.9.9.9/x' OPTIONS ('header.authorization' 'Bearer ${secret:TOKEN}')",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, AccessError::Secret(_)), "{err}");
+}

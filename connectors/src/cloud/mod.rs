@@ -24,7 +24,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::CreateExternalTable;
-use engine::{Connector, ParamSpec, SecretStore};
+use engine::{Connector, ParamKind, ParamSpec, SecretStore};
 use futures::{TryStreamExt, future};
 use object_store::ObjectStore;
 use object_store::{BackoffConfig, RetryConfig};
@@ -45,27 +45,27 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "aws.<key>",
         description: "S3: any object_store AmazonS3 key: access_key_id, secret_access_key, session_token, region, endpoint (S3-compatible servers), allow_http, virtual_hosted_style_request, ...; default from AWS_* variables",
-        secret: true,
+        kind: ParamKind::Secret,
     },
     ParamSpec {
         name: "azure.<key>",
         description: "Azure Blob / ADLS: account_name, access_key, sas_key, client_id, client_secret, tenant_id, endpoint, use_emulator, ...; default from AZURE_* variables",
-        secret: true,
+        kind: ParamKind::Secret,
     },
     ParamSpec {
         name: "gcp.<key>",
         description: "GCS: service_account_path, service_account_key, application_credentials, ...; default from GOOGLE_* variables",
-        secret: true,
+        kind: ParamKind::Secret,
     },
     ParamSpec {
         name: "http.<key>",
         description: "HTTP(S) and every store's client: timeout, connect_timeout, allow_http, allow_invalid_certificates, proxy_url, user_agent",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "retry.max_retries / retry.timeout / retry.init_backoff / retry.max_backoff",
         description: "requests failing with 5xx, 429 or connection errors are retried with exponential backoff and jitter (defaults 10, 3min, 100ms, 15s)",
-        secret: false,
+        kind: ParamKind::Plain,
     },
 ];
 
@@ -243,7 +243,8 @@ pub fn build_store(url: &Url, options: &BTreeMap<String, String>) -> Result<Arc<
                 b = b.with_config(key, *v);
             }
             Arc::new(
-                b.build()
+                b.with_http_connector(NoRedirects)
+                    .build()
                     .map_err(|e| DataFusionError::Plan(format!("HTTP store for {base}: {e}")))?,
             )
         }
@@ -254,6 +255,55 @@ pub fn build_store(url: &Url, options: &BTreeMap<String, String>) -> Result<Arc<
         }
     };
     Ok(store)
+}
+
+/// HTTP(S) stores follow no redirects: the gate checked the location a table names, not
+/// wherever its server sends the reader, so a redirect is an error (HTTP 3xx) instead of a
+/// request to a host nobody checked.
+#[derive(Debug)]
+struct NoRedirects;
+
+impl object_store::client::HttpConnector for NoRedirects {
+    fn connect(
+        &self,
+        options: &object_store::ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
+        use object_store::ClientConfigKey as Key;
+        let duration = |key: Key, default: std::time::Duration| {
+            options
+                .get_config_value(&key)
+                .and_then(|v| humantime::parse_duration(&v).ok())
+                .unwrap_or(default)
+        };
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(duration(Key::Timeout, std::time::Duration::from_secs(30)))
+            .connect_timeout(duration(
+                Key::ConnectTimeout,
+                std::time::Duration::from_secs(5),
+            ));
+        if let Some(agent) = options.get_config_value(&Key::UserAgent) {
+            builder = builder.user_agent(agent);
+        }
+        if options
+            .get_config_value(&Key::AllowInvalidCertificates)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        if let Some(proxy) = options.get_config_value(&Key::ProxyUrl) {
+            let proxy = reqwest::Proxy::all(&proxy).map_err(|e| object_store::Error::Generic {
+                store: "HTTP",
+                source: Box::new(e),
+            })?;
+            builder = builder.proxy(proxy);
+        }
+        let client = builder.build().map_err(|e| object_store::Error::Generic {
+            store: "HTTP",
+            source: Box::new(e),
+        })?;
+        Ok(object_store::client::HttpClient::new(client))
+    }
 }
 
 /// The part of `url` a store is registered for: scheme and authority (bucket, container, host).

@@ -40,7 +40,7 @@ use datafusion::common::TableReference;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::CreateExternalTable;
-use engine::{Connector, ParamSpec};
+use engine::{Connector, ParamKind, ParamSpec};
 
 use crate::resilience::Resilience;
 
@@ -54,57 +54,62 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "connection",
         description: "PostgreSQL/MySQL: URL `postgresql://user:pass@host:port/db` or `mysql://...`; may hold ${secret:NAME}",
-        secret: true,
+        kind: ParamKind::Url,
     },
     ParamSpec {
-        name: "host / port / user / database",
-        description: "PostgreSQL/MySQL: connection parts, instead of `connection`",
-        secret: false,
+        name: "host",
+        description: "PostgreSQL/MySQL: the server's host, instead of `connection`",
+        kind: ParamKind::Host,
+    },
+    ParamSpec {
+        name: "port / user / database",
+        description: "PostgreSQL/MySQL: the other connection parts, instead of `connection`",
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "password",
         description: "PostgreSQL/MySQL: password; write it as ${secret:NAME}",
-        secret: true,
+        kind: ParamKind::Secret,
     },
     ParamSpec {
         name: "sslmode",
         description: "PostgreSQL: disable, prefer (default), require; MySQL: disabled, preferred (default), required",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "pool_size",
         description: "maximum connections to this database (default 10), shared by its tables",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "connect_timeout",
         description: "seconds to wait for a connection (default 10)",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "retries / retry_backoff_ms",
         description: "connecting: transient failures (refused, reset, timeout, too many connections) are retried this often, backoff doubling from this with jitter (defaults 3, 200)",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "circuit_failures / circuit_cooldown_secs",
         description: "after this many consecutive failures to one server, calls fail fast for the cooldown, then one probe is let through (defaults 5, 30)",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "statement_timeout",
         description: "milliseconds a query may run (default: none); PostgreSQL enforces it in the database, MySQL reads are abandoned by FlowEngine",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "on_conflict",
         description: "sinks: `upsert:col` or `upsert:(a,b)` to update rows with an existing key, `do_nothing:col` to keep them",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "path",
         description: "SQLite: the database file",
-        secret: false,
+        kind: ParamKind::Path,
     },
 ];
 
@@ -115,6 +120,11 @@ impl Connector for DatabaseConnector {
 
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
+    }
+
+    fn named_locations(&self) -> &'static [&'static str] {
+        // LOCATION is the table's name in the database.
+        &["POSTGRES", "MYSQL", "SQLITE"]
     }
 
     fn register(&self, builder: SessionStateBuilder) -> Result<SessionStateBuilder> {

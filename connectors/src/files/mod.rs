@@ -11,7 +11,7 @@ use std::sync::Arc;
 use datafusion::datasource::listing_table_factory::ListingTableFactory;
 use datafusion::error::Result;
 use datafusion::execution::SessionStateBuilder;
-use engine::{Connector, ParamSpec};
+use engine::{Connector, ParamKind, ParamSpec};
 
 /// Local and object-store files in every format.
 #[derive(Debug, Default)]
@@ -21,37 +21,37 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "format.has_header",
         description: "CSV/TSV: first line holds column names (default true)",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "format.delimiter",
         description: "CSV: field delimiter (TSV: tab)",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "format.on_error",
         description: "CSV/TSV/JSON: fail (default), skip or dead_letter for records that cannot be decoded",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "format.dead_letter_path",
         description: "with on_error dead_letter: JSON-lines file receiving each bad record (file, line, offset, raw, reason)",
-        secret: false,
+        kind: ParamKind::Path,
     },
     ParamSpec {
         name: "format.dead_letter_table",
         description: "with on_error dead_letter: session table receiving each bad record",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "format.max_bad_records",
         description: "with skip/dead_letter: fail once more bad records than this were met",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "format.compression",
         description: "CSV/TSV/JSON: gzip, bzip2, xz, zstd or uncompressed",
-        secret: false,
+        kind: ParamKind::Plain,
     },
 ];
 

@@ -33,7 +33,7 @@ pub mod redis_stream;
 
 use datafusion::error::Result;
 use datafusion::execution::session_state::SessionStateBuilder;
-use engine::{Connector, ParamSpec};
+use engine::{Connector, ParamKind, ParamSpec};
 
 /// `STORED AS` names of the table types whose scans consume (acknowledge after the run).
 pub const CONSUMING_TYPES: &[&str] = &["RABBITMQ", "REDIS_STREAM", "MQTT"];
@@ -82,47 +82,57 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "LOCATION",
         description: "nats://host:port/subject, amqp://host:port/queue, redis://host:port/stream or mqtt://host:port/topic/filter",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "format",
         description: "json (default; one object per message), csv (one record) or raw (one text/binary column)",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "max_messages / idle_timeout_ms / batch_size",
         description: "bounded reads: at most this many messages per scan; stop when none arrives for this long (5000); rows per batch (8192)",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "user / password / token",
         description: "credentials (use ${secret:NAME})",
-        secret: true,
+        kind: ParamKind::Secret,
     },
     ParamSpec {
-        name: "on_error / dead_letter_path / dead_letter_table / max_bad_records",
+        name: "on_error / dead_letter_table / max_bad_records",
         description: "what to do with undecodable messages, as for CSV and JSON files",
-        secret: false,
+        kind: ParamKind::Plain,
+    },
+    ParamSpec {
+        name: "dead_letter_path",
+        description: "the JSON-lines file undecodable messages go to (`${batch}` is replaced by the micro-batch number)",
+        kind: ParamKind::Path,
     },
     ParamSpec {
         name: "stream / message_id (NATS)",
         description: "the JetStream stream; the column whose value becomes the Nats-Msg-Id header (duplicates dropped)",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "vhost / exchange / routing_key / prefetch (RabbitMQ)",
         description: "virtual host (/); where INSERT publishes (default exchange, to the queue); unacknowledged messages a scan may hold",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
         name: "group / consumer / field / maxlen (Redis streams)",
         description: "consumer group (flowengine) and consumer name; the entry field holding the payload (data); XADD MAXLEN ~ trimming",
-        secret: false,
+        kind: ParamKind::Plain,
     },
     ParamSpec {
-        name: "client_id / qos / spool_dir / spool_fsync / retain / keep_alive_secs / max_packet_size (MQTT)",
-        description: "persistent session id (derived from server and topic); subscribe and publish QoS (1); the local spool (<state_dir>/spool/mqtt/<client_id>); fsync it before acknowledging (true); publish retained; keep-alive (30); largest message (16 MiB)",
-        secret: false,
+        name: "client_id / qos / spool_fsync / retain / keep_alive_secs / max_packet_size (MQTT)",
+        description: "persistent session id (derived from server and topic); subscribe and publish QoS (1); fsync the spool before acknowledging (true); publish retained; keep-alive (30); largest message (16 MiB)",
+        kind: ParamKind::Plain,
+    },
+    ParamSpec {
+        name: "spool_dir (MQTT)",
+        description: "the local spool (<state_dir>/spool/mqtt/<client_id>)",
+        kind: ParamKind::Path,
     },
 ];
 

@@ -165,9 +165,13 @@ pub fn redact(sql: &str, literals: bool) -> String {
             Token::Number(_, _) if literals => Some("?"),
             _ => None,
         };
-        match redacted {
-            Some(r) => out.push_str(r),
-            None => out.push_str(&token.to_string()),
+        match (redacted, token) {
+            (Some(r), _) => out.push_str(r),
+            // A URL's password inside any string (a connection string, an endpoint).
+            (None, Token::SingleQuotedString(s)) if s.contains("://") => {
+                out.push_str(&Token::SingleQuotedString(crate::secrets::redact_url(s)).to_string())
+            }
+            (None, _) => out.push_str(&token.to_string()),
         }
         if !matches!(token, Token::Whitespace(_)) {
             // A string right after a secret-looking key is its value, not a key.
@@ -193,6 +197,11 @@ mod tests {
         let r = redact(sql, false);
         assert!(!r.contains("hunter2"), "{r}");
         assert!(r.contains("'db'"), "{r}");
+        let r = redact(
+            "CREATE EXTERNAL TABLE t STORED AS POSTGRES LOCATION 'x' OPTIONS ('connection' 'postgresql://app:hunter3@db/x')",
+            false,
+        );
+        assert!(!r.contains("hunter3") && r.contains("app:***@db"), "{r}");
         let r = redact("SELECT * FROM t WHERE id = 42 AND name = 'bob'", true);
         assert!(!r.contains("42") && !r.contains("bob"), "{r}");
         assert!(r.contains("SELECT * FROM t WHERE id = ?"), "{r}");

@@ -55,6 +55,15 @@ pub struct SecurityConfig {
     /// Path and URL prefixes non-admin users may name in `CREATE EXTERNAL TABLE ... LOCATION`
     /// and `COPY ... TO`. Empty: none.
     pub allowed_locations: Vec<String>,
+    /// `host:port` patterns non-admin users' tables may connect to (connection strings,
+    /// endpoints, `host` options, redirects and next-page links): `db.internal:5432`,
+    /// `*.example.com:443`, `10.0.0.7:*`. Empty: none. Hosts are compared in canonical form
+    /// (`2130706433` is `127.0.0.1`); a wildcard never admits a name resolving to an internal
+    /// address.
+    pub egress: Vec<String>,
+    /// Where each `${secret:NAME}` may be used. Secrets not listed here can be referenced by
+    /// admins only; a listed one only by its roles (and admins), and only toward its hosts.
+    pub secrets: Vec<SecretScopeConfig>,
     /// Reject every write (DML, DDL, `COPY`) from every user, admins included.
     pub read_only: bool,
     /// Append one JSON line per decision here (logins, statements allowed and denied).
@@ -174,6 +183,8 @@ impl Default for SecurityConfig {
             max_failed_logins: 5,
             lockout_secs: 60,
             allowed_locations: Vec::new(),
+            egress: Vec::new(),
+            secrets: Vec::new(),
             read_only: false,
             audit_file: None,
             audit_redact_literals: false,
@@ -281,6 +292,28 @@ pub struct MaskConfig {
     pub column: String,
     #[serde(rename = "with")]
     pub mask: String,
+}
+
+/// `[[security.secrets]]`: who may reference a secret and which hosts it may be sent to.
+///
+/// ```toml
+/// [[security.secrets]]
+/// name = "HOOK_TOKEN"
+/// allowed_roles = ["etl"]
+/// allowed_hosts = ["hooks.example.com:443"]
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretScopeConfig {
+    pub name: String,
+    /// Roles whose members may reference the secret (admins always may).
+    #[serde(default)]
+    pub allowed_roles: Vec<String>,
+    /// `host:port` patterns (as in `security.egress`) of every host a table or `COPY` using
+    /// the secret may name; for everyone, admins included. Empty: the secret may not be sent
+    /// anywhere a statement names a host.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The role that may do everything (grants are not checked).
@@ -414,6 +447,18 @@ impl SecurityConfig {
         self.validate_tenants()?;
         if let Some(jwt) = &self.jwt {
             jwt.validate()?;
+        }
+        for e in &self.egress {
+            super::gate::HostPattern::parse(e)?;
+        }
+        for scope in &self.secrets {
+            if scope.name.is_empty() {
+                return Err("security.secrets: a secret scope needs a name".into());
+            }
+            for h in &scope.allowed_hosts {
+                super::gate::HostPattern::parse(h)
+                    .map_err(|e| format!("security.secrets `{}`: {e}", scope.name))?;
+            }
         }
         for p in &self.allowed_locations {
             if p.is_empty() {

@@ -11,7 +11,7 @@ use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement, WriteOp};
 
 use super::config::{ADMIN_ROLE, SecurityConfig};
-use super::locations::Locations;
+use super::gate::{self, Gate, HostPattern, OptionKind};
 use super::pattern::{TablePattern, resolve};
 use super::privilege::Privilege;
 
@@ -72,6 +72,8 @@ pub enum AccessError {
     ReadOnly { what: String },
     #[error("permission denied: {0}")]
     Location(String),
+    #[error("permission denied: {0}")]
+    Secret(String),
     #[error("security policy cannot be applied {0}")]
     Policy(String),
 }
@@ -92,18 +94,42 @@ pub(crate) struct CompiledRole {
     pub(crate) masks: Vec<(TablePattern, String, String)>,
 }
 
-/// The configured roles and location rules.
+/// Where one secret may be used.
+#[derive(Debug, Default)]
+struct SecretScope {
+    roles: Vec<String>,
+    hosts: Vec<HostPattern>,
+}
+
+/// The configured roles, the boundary gate and the secrets' scopes.
 #[derive(Debug, Default)]
 pub struct Policy {
     pub(crate) roles: HashMap<String, CompiledRole>,
-    locations: Locations,
+    gate: Gate,
+    secrets: HashMap<String, SecretScope>,
     read_only: bool,
 }
 
 /// One access a plan makes.
 enum Access {
     Table(Privilege, TableReference),
+    /// A location the statement reads or writes (`LOCATION`, `COPY ... TO`).
     Location(String),
+    /// A path-valued option (`dead_letter_path`, SQLite's `path`): written to.
+    PathOption {
+        key: String,
+        value: String,
+    },
+    /// A host a table connects to, from an option or a location URL.
+    Host {
+        origin: String,
+        value: String,
+    },
+    /// `${secret:NAME}` used by a statement naming these hosts.
+    Secret {
+        name: String,
+        hosts: Vec<(String, u16)>,
+    },
     AdminOnly(&'static str),
 }
 
@@ -135,11 +161,77 @@ impl Policy {
                 (r.name.clone(), role)
             })
             .collect();
+        let parse_all = |patterns: &[String]| {
+            patterns
+                .iter()
+                .filter_map(|p| HostPattern::parse(p).ok())
+                .collect::<Vec<_>>()
+        };
+        let secrets = config
+            .secrets
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    SecretScope {
+                        roles: s.allowed_roles.clone(),
+                        hosts: parse_all(&s.allowed_hosts),
+                    },
+                )
+            })
+            .collect();
         Self {
             roles,
-            locations: Locations::new(config.allowed_locations.clone(), protected),
+            gate: Gate::new(
+                config.allowed_locations.clone(),
+                protected,
+                parse_all(&config.egress),
+            ),
+            secrets,
             read_only: config.read_only,
         }
+    }
+
+    /// The boundary gate: allowed locations, protected files and the egress allow-list.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Whether `who` may use secret `name` toward `hosts`; why not otherwise.
+    fn check_secret(
+        &self,
+        who: &Principal,
+        name: &str,
+        hosts: &[(String, u16)],
+    ) -> Result<(), AccessError> {
+        let Some(scope) = self.secrets.get(name) else {
+            return if who.is_admin() {
+                Ok(())
+            } else {
+                Err(AccessError::Secret(format!(
+                    "secret `{name}` has no [[security.secrets]] scope; only admins may use it"
+                )))
+            };
+        };
+        if !who.is_admin() && !who.roles.iter().any(|r| scope.roles.contains(r)) {
+            return Err(AccessError::Secret(format!(
+                "user `{}` may not use secret `{name}` (allowed roles: {})",
+                who.name,
+                if scope.roles.is_empty() {
+                    "none".to_string()
+                } else {
+                    scope.roles.join(", ")
+                }
+            )));
+        }
+        for (host, port) in hosts {
+            if !scope.hosts.iter().any(|p| p.matches(host, *port)) {
+                return Err(AccessError::Secret(format!(
+                    "secret `{name}` may not be sent to {host}:{port}, which is outside its allowed hosts"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Whether every write is refused.
@@ -244,13 +336,37 @@ impl Policy {
                             what: format!("writing to {location}"),
                         });
                     }
-                    if !who.is_admin() {
-                        self.locations
-                            .check(&location)
+                    self.gate
+                        .check_location(&location, who.is_admin())
+                        .await
+                        .map_err(AccessError::Location)?;
+                }
+                Access::PathOption { key, value } => {
+                    writes.insert(value.clone());
+                    if self.read_only {
+                        return Err(AccessError::ReadOnly {
+                            what: format!("writing to {value}"),
+                        });
+                    }
+                    self.gate
+                        .check_location(&value, who.is_admin())
+                        .await
+                        .map_err(|e| AccessError::Location(format!("option `{key}`: {e}")))?;
+                }
+                Access::Host { origin, value } => {
+                    if who.is_admin() {
+                        continue;
+                    }
+                    let endpoint = gate::endpoint_of(&value)
+                        .map_err(|e| AccessError::Location(format!("{origin}: {e}")))?;
+                    if let Some((host, port)) = endpoint {
+                        self.gate
+                            .check_host(&host, port, false)
                             .await
-                            .map_err(AccessError::Location)?;
+                            .map_err(|e| AccessError::Location(format!("{origin}: {e}")))?;
                     }
                 }
+                Access::Secret { name, hosts } => self.check_secret(who, &name, &hosts)?,
                 Access::AdminOnly(what) => {
                     if self.read_only {
                         return Err(AccessError::ReadOnly { what: what.into() });
@@ -293,6 +409,7 @@ impl Policy {
 /// Everything `plan` reads, writes or creates.
 fn accesses(plan: &LogicalPlan, state: &SessionState, sql: &str) -> Vec<Access> {
     let mut out = Vec::new();
+    let declared = state.config().get_extension::<crate::DeclaredParams>();
     let _ = plan.apply_with_subqueries(|node| {
         match node {
             LogicalPlan::TableScan(scan) if !is_cte_work_table(scan) => {
@@ -323,11 +440,40 @@ fn accesses(plan: &LogicalPlan, state: &SessionState, sql: &str) -> Vec<Access> 
                 });
                 out.extend(exported);
                 out.push(Access::Location(copy.output_url.clone()));
+                external_accesses(
+                    std::slice::from_ref(&copy.output_url),
+                    &copy.options,
+                    declared.as_deref(),
+                    &mut out,
+                );
             }
             LogicalPlan::Ddl(ddl) => match ddl {
                 DdlStatement::CreateExternalTable(c) => {
                     out.push(Access::Table(Privilege::Create, c.name.clone()));
-                    out.extend(c.locations.iter().cloned().map(Access::Location));
+                    // A database table's LOCATION is its name there: its connection options
+                    // are what the gate checks.
+                    if !declared
+                        .as_deref()
+                        .is_some_and(|d| d.location_is_a_name(&c.file_type))
+                    {
+                        out.extend(c.locations.iter().cloned().map(Access::Location));
+                    }
+                    let before = out.len();
+                    external_accesses(&c.locations, &c.options, declared.as_deref(), &mut out);
+                    // A database table naming no host connects to the connector's default
+                    // one (this machine): that must be allowed like any other host.
+                    if declared
+                        .as_deref()
+                        .is_some_and(|d| d.location_is_a_name(&c.file_type))
+                        && !out[before..]
+                            .iter()
+                            .any(|a| matches!(a, Access::Host { .. } | Access::PathOption { .. }))
+                    {
+                        out.push(Access::Host {
+                            origin: format!("{} table without `connection` or `host`", c.file_type),
+                            value: "localhost".into(),
+                        });
+                    }
                 }
                 DdlStatement::CreateMemoryTable(c) => {
                     out.push(Access::Table(Privilege::Create, c.name.clone()))
@@ -375,6 +521,71 @@ fn accesses(plan: &LogicalPlan, state: &SessionState, sql: &str) -> Vec<Access> 
         Ok(TreeNodeRecursion::Continue)
     });
     out
+}
+
+/// The path options, hosts and secrets of a table's or a `COPY`'s locations and options.
+fn external_accesses(
+    locations: &[String],
+    options: &std::collections::HashMap<String, String>,
+    declared: Option<&crate::DeclaredParams>,
+    out: &mut Vec<Access>,
+) {
+    // What the connector declared the option to be; undeclared options by their names.
+    let kind_of = |key: &str| match declared.and_then(|d| d.kind(key)) {
+        Some(crate::ParamKind::Path) => OptionKind::Path,
+        Some(crate::ParamKind::Url) => OptionKind::Url,
+        Some(crate::ParamKind::Host) => OptionKind::Host,
+        Some(crate::ParamKind::Plain | crate::ParamKind::Secret) => OptionKind::Plain,
+        None => gate::option_kind(key),
+    };
+    let mut hosts = Vec::new();
+    let mut secrets = Vec::new();
+    for location in locations {
+        secrets.extend(gate::secret_references(location));
+        if gate::is_network_url(location.trim())
+            && let Ok(Some(endpoint)) = gate::endpoint_of(location)
+        {
+            hosts.push(endpoint);
+        }
+    }
+    // DataFusion files options it does not know under `format.`.
+    let plain = |k: &str| k.strip_prefix("format.").unwrap_or(k).to_string();
+    let port = options
+        .iter()
+        .find(|(k, _)| plain(k) == "port")
+        .map(|(_, v)| v.as_str());
+    for (key, value) in options {
+        secrets.extend(gate::secret_references(value));
+        let kind = kind_of(key);
+        match kind {
+            OptionKind::Path => out.push(Access::PathOption {
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            OptionKind::Url | OptionKind::Host => {
+                let value = match (kind, port) {
+                    (OptionKind::Host, Some(port)) if !value.contains(':') => {
+                        format!("{value}:{port}")
+                    }
+                    _ => value.clone(),
+                };
+                if let Ok(Some(endpoint)) = gate::endpoint_of(&value) {
+                    hosts.push(endpoint);
+                }
+                out.push(Access::Host {
+                    origin: format!("option `{key}`"),
+                    value,
+                });
+            }
+            OptionKind::Plain => {}
+        }
+    }
+    secrets.sort();
+    secrets.dedup();
+    out.extend(secrets.into_iter().map(|name| Access::Secret {
+        name,
+        hosts: hosts.clone(),
+    }));
 }
 
 fn described_tables(state: &SessionState, sql: &str) -> Option<Vec<TableReference>> {
