@@ -7,8 +7,10 @@
 
 pub mod acks;
 pub mod bad_records;
+pub mod bounded_values;
 pub mod build_side;
 pub mod collect_builds;
+pub mod complexity;
 pub mod config;
 pub mod connector;
 pub mod dimension_joins;
@@ -40,11 +42,13 @@ pub mod tenant;
 
 pub use acks::{AckLedger, PendingAck};
 pub use config::EngineConfig;
-pub use connector::{Connector, ConnectorRegistry, ParamSpec, RemoteCallStats};
+pub use connector::{
+    Connector, ConnectorRegistry, DeclaredParams, ParamKind, ParamSpec, RemoteCallStats,
+};
 pub use error::{EngineError, Result};
 pub use secrets::SecretStore;
 pub use server_config::ServerConfig;
-pub use session::Engine;
+pub use session::{Engine, SessionScope};
 
 /// Re-export so downstream crates use exactly the engine's DataFusion.
 pub use datafusion;

@@ -18,6 +18,17 @@ use crate::error::{EngineError, Result};
 use crate::secrets::SecretStore;
 use crate::staging::{StagingRegistry, WriteTxn};
 
+/// What one client session of a server adds to the shared engine (see [`Engine::for_session`]).
+#[derive(Default, Clone)]
+pub struct SessionScope {
+    /// The session's `SET`s, in order.
+    pub settings: Vec<(String, String)>,
+    /// The caller's gate: connectors check redirects and next-page links against it.
+    pub gate: Option<Arc<crate::security::gate::CallerGate>>,
+    /// What catalog listings may show the caller (none: everything).
+    pub visible: Option<crate::security::visible::Visibility>,
+}
+
 /// A configured DataFusion session: the catalog and runtime every statement of a run shares.
 #[derive(Clone)]
 pub struct Engine {
@@ -74,6 +85,8 @@ impl Engine {
             .map_err(build_err)?
             .with_extension(Arc::clone(&bad_records))
             .with_extension(Arc::new(secrets))
+            // What each connector's options are (paths, URLs, hosts), for the boundary gate.
+            .with_extension(Arc::new(crate::connector::DeclaredParams::of(connectors)))
             .with_extension(Arc::new(crate::RemoteCallStats::default()))
             .with_extension(Arc::new(crate::AckLedger::default()))
             // Connectors that keep local state (the MQTT spool) find the state directory here.
@@ -141,6 +154,11 @@ impl Engine {
         let state = distribute(state).map_err(build_err)?;
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(crate::security::rewrite::CurrentUserAttribute::udf());
+        // Functions that build large values are held to a per-value limit.
+        crate::bounded_values::register(
+            &ctx,
+            crate::bounded_values::max_value_bytes(config.memory_limit_bytes()),
+        );
         crate::system::register_system_table(
             &ctx,
             "settings",
@@ -161,6 +179,35 @@ impl Engine {
             config: self.config.clone(),
             bad_records: Arc::clone(&self.bad_records),
         }
+    }
+
+    /// A view of this engine for one client session: the same catalog, functions and memory
+    /// pool, with the session's own `SET`s applied to a private copy of the configuration (so
+    /// they cannot change any other session's settings), the caller's gate for what
+    /// connectors do after planning, and catalog listings limited to what the caller may see.
+    pub fn for_session(&self, scope: &SessionScope) -> datafusion::error::Result<Engine> {
+        let mut state = self.ctx.state();
+        if let Some(visible) = &scope.visible {
+            let list = Arc::new(crate::security::visible::VisibleCatalogs::new(
+                Arc::clone(state.catalog_list()),
+                Arc::clone(visible),
+            ));
+            state = SessionStateBuilder::new_from_existing(state)
+                .with_catalog_list(list)
+                .build();
+        }
+        if let Some(gate) = &scope.gate {
+            state.config_mut().set_extension(Arc::clone(gate));
+        }
+        for (key, value) in &scope.settings {
+            if key.to_ascii_lowercase().starts_with("datafusion.runtime.") {
+                return Err(datafusion::error::DataFusionError::Plan(format!(
+                    "`{key}` changes the server's runtime, which a session cannot"
+                )));
+            }
+            state.config_mut().options_mut().set(key, value)?;
+        }
+        Ok(self.with_context(SessionContext::new_with_state(state)))
     }
 
     /// The shared session context (catalog, functions, runtime).

@@ -231,6 +231,12 @@ impl Engine {
             kind: kind.to_string(),
             source: Box::new(e),
         };
+        // Before parsing: trees deep enough to exhaust a stack are refused, not built.
+        crate::complexity::check(
+            &statement.sql,
+            crate::complexity::ComplexityLimits::default(),
+        )
+        .map_err(|e| fail("parse", DataFusionError::Plan(e.to_string())))?;
         let parsed = state
             .sql_to_statement(&statement.positioned_sql(), &dialect)
             .map_err(|e| fail("parse", e))?;
