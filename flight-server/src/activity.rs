@@ -156,7 +156,8 @@ impl Activity {
             id: id.to_string(),
             origin,
             kind,
-            sql: sql.to_string(),
+            // Secret-looking option values and URL passwords never reach `system.queries`.
+            sql: engine::security::audit::redact(sql, false),
             status: "running".into(),
             started: SystemTime::now(),
             duration_ms: None,
@@ -200,7 +201,8 @@ impl Activity {
             id: uuid::Uuid::new_v4().simple().to_string(),
             origin,
             kind,
-            sql: sql.to_string(),
+            // Secret-looking option values and URL passwords never reach `system.queries`.
+            sql: engine::security::audit::redact(sql, false),
             status: status.to_string(),
             started,
             duration_ms: Some(elapsed.as_millis() as u64),

@@ -7,9 +7,13 @@
 //! * Later calls send `authorization: Bearer <token>` or a service account's API key
 //!   (`fek_...`) the same way. Clients that can only send Basic credentials (JDBC, Tableau) may
 //!   pass a token or API key as the password; the user name is then ignored.
-//! * Failed logins are counted per user and per client address; past
-//!   `security.max_failed_logins` within `security.lockout_secs`, further attempts are refused
-//!   without checking the password.
+//! * Failed logins are counted per user and client address together; past
+//!   `security.max_failed_logins` within `security.lockout_secs`, further attempts of that user
+//!   from that address are refused without checking the password (other users behind the same
+//!   address, and the same user elsewhere, are not locked out). At most one password check per
+//!   core runs at once, and the lockout is checked again when a check gets its turn, so
+//!   concurrent guesses cannot run many checks past the limit; a remembered login is refused
+//!   while locked out.
 //!
 //! Only SHA-256 digests of tokens and keys are kept; comparisons are constant-time.
 
@@ -38,6 +42,12 @@ pub(crate) const TOKEN_PREFIX: &str = "fet_";
 /// not pay an argon2 verification each time.
 const BASIC_CACHE: Duration = Duration::from_secs(300);
 
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    since: Instant,
+}
+
 struct Issued {
     principal: Principal,
     expires: Instant,
@@ -51,7 +61,10 @@ pub(crate) struct Authenticator {
     ttl: Duration,
     tokens: Mutex<HashMap<String, Issued>>,
     basic_cache: Mutex<HashMap<String, Issued>>,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// (user, address) -> failures in the window and its start.
+    failures: Mutex<HashMap<String, Failures>>,
+    /// Password checks (argon2, ~50 MB and tens of ms each) running at once.
+    checks: tokio::sync::Semaphore,
     max_failed: u32,
     lockout: Duration,
     audit: AuditLog,
@@ -148,6 +161,9 @@ impl Authenticator {
             tokens: Mutex::new(HashMap::new()),
             basic_cache: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            checks: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             max_failed: config.max_failed_logins.max(1),
             lockout: Duration::from_secs(config.lockout_secs),
             audit,
@@ -344,19 +360,29 @@ impl Authenticator {
         client: &str,
     ) -> Result<Principal, Status> {
         let cache_key = sha256_hex(&format!("{user}\u{0}{password}"));
+        let key = format!("{user}\u{0}{}", client_ip(client));
+        let locked = || {
+            self.audit_login(user, client, "deny", "too many failed logins");
+            Err(Status::resource_exhausted(format!(
+                "too many failed logins for this user from this address; retry in {} s",
+                self.lockout.as_secs()
+            )))
+        };
+        // Locked out: refused before anything else, a remembered login included.
+        if self.locked_out(&key) {
+            return locked();
+        }
         if let Some(hit) = lock(&self.basic_cache).get(&cache_key)
             && hit.expires > Instant::now()
         {
             return Ok(hit.principal.clone());
         }
-        let user_key = format!("user:{user}");
-        let addr_key = format!("addr:{}", client_ip(client));
-        if self.locked_out(&user_key) || self.locked_out(&addr_key) {
-            self.audit_login(user, client, "deny", "too many failed logins");
-            return Err(Status::resource_exhausted(format!(
-                "too many failed logins for this user or address; retry in {} s",
-                self.lockout.as_secs()
-            )));
+        let Ok(_permit) = self.checks.acquire().await else {
+            return Err(Status::unavailable("server is shutting down"));
+        };
+        // Failures may have arrived while this check waited for its turn.
+        if self.locked_out(&key) {
+            return locked();
         }
         let entry = self.directory().users.get(user).cloned();
         let password = password.to_string();
@@ -372,9 +398,9 @@ impl Authenticator {
         })
         .await
         .map_err(|e| Status::internal(format!("password check failed: {e}")))?;
+        self.end_attempt(&key, verified.is_some());
         match verified {
             Some(principal) => {
-                lock(&self.failures).remove(&user_key);
                 lock(&self.basic_cache).insert(
                     cache_key,
                     Issued {
@@ -386,28 +412,34 @@ impl Authenticator {
                 Ok(principal)
             }
             None => {
-                self.fail(&user_key);
-                self.fail(&addr_key);
                 self.audit_login(user, client, "deny", "invalid user name or password");
                 Err(Status::unauthenticated("invalid user name or password"))
             }
         }
     }
 
+    /// Whether `key` has failed too often within the window.
     fn locked_out(&self, key: &str) -> bool {
-        let failures = lock(&self.failures);
-        matches!(failures.get(key), Some((n, since)) if *n >= self.max_failed && since.elapsed() < self.lockout)
+        let mut failures = lock(&self.failures);
+        let now = Instant::now();
+        failures.retain(|_, f| now.duration_since(f.since) < self.lockout);
+        failures
+            .get(key)
+            .is_some_and(|f| f.count >= self.max_failed)
     }
 
-    fn fail(&self, key: &str) {
+    /// An attempt of `key` ended: success clears its failures, failure adds one.
+    fn end_attempt(&self, key: &str, ok: bool) {
         let mut failures = lock(&self.failures);
-        let entry = failures
-            .entry(key.to_string())
-            .or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= self.lockout {
-            *entry = (0, Instant::now());
+        if ok {
+            failures.remove(key);
+        } else {
+            let entry = failures.entry(key.to_string()).or_insert(Failures {
+                count: 0,
+                since: Instant::now(),
+            });
+            entry.count += 1;
         }
-        entry.0 += 1;
     }
 
     fn audit_login(&self, user: &str, client: &str, decision: &'static str, reason: &str) {
@@ -470,6 +502,20 @@ fn credentials(metadata: &MetadataMap) -> Result<Option<Credentials>, Status> {
 pub(crate) struct Caller {
     pub(crate) principal: Principal,
     pub(crate) client: String,
+    /// The client session the call belongs to (a digest of its credential, or its connection
+    /// when it sent none): `SET`s apply to this session only.
+    pub(crate) session: String,
+}
+
+/// The session key of a call: its credential's digest, else its connection.
+pub(crate) fn session_of(metadata: &MetadataMap, client: &str) -> String {
+    match metadata.get("authorization") {
+        Some(v) => format!(
+            "cred:{}",
+            sha256_hex(&String::from_utf8_lossy(v.as_bytes()))
+        ),
+        None => format!("conn:{client}"),
+    }
 }
 
 /// The authenticated caller a handler runs for (set by the service wrapper on every call).

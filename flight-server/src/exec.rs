@@ -77,7 +77,7 @@ pub(crate) fn spawn_query(
     id: String,
     sql: String,
     kind: Kind,
-    plans: Vec<Prepared>,
+    (engine, plans): (Arc<engine::Engine>, Vec<Prepared>),
     mut audit: AuditRecord,
 ) -> QueryOutput {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
@@ -105,6 +105,7 @@ pub(crate) fn spawn_query(
             let tenant = audit.tenant.clone();
             let run = run(
                 &state,
+                &engine,
                 tenant.as_deref(),
                 &plans,
                 &tx,
@@ -144,7 +145,7 @@ pub(crate) fn spawn_query(
                 rows = counts.rows,
                 bytes = counts.bytes,
                 duration_ms = (seconds * 1000.0).round() as u64,
-                sql = %truncate(&sql, 500),
+                sql = %truncate(&engine::security::audit::redact(&sql, false), 500),
                 error = error.as_deref().unwrap_or(""),
                 trace_id = trace_id.as_deref().unwrap_or(""),
                 "statement finished"
@@ -182,6 +183,7 @@ struct Counts {
 
 async fn run(
     state: &Arc<ServerState>,
+    engine: &engine::Engine,
     tenant: Option<&str>,
     plans: &[Prepared],
     tx: &mpsc::Sender<Result<RecordBatch, Status>>,
@@ -195,7 +197,6 @@ async fn run(
     let _tenant_permit = state.admit_tenant(tenant, state.query_timeout()).await?;
     counts.admitted = true;
     state.metrics.active.inc();
-    let engine = state.engine_for(tenant);
     let message_bytes = state.config.flight_data_size.as_u64() as usize;
     for prepared in plans {
         let started = AssertUnwindSafe(engine.start(prepared, None))
@@ -280,7 +281,7 @@ pub(crate) fn record_failure(
         rows = 0u64,
         bytes = 0u64,
         duration_ms = elapsed.as_millis() as u64,
-        sql = %truncate(sql, 500),
+        sql = %truncate(&engine::security::audit::redact(sql, false), 500),
         error = status.message(),
         "statement failed before execution"
     );

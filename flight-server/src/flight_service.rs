@@ -58,9 +58,12 @@ impl FlowFlightService {
             principal.tenant.as_ref().map(|t| t.tenant.as_str()),
             &client,
         );
-        request
-            .extensions_mut()
-            .insert(Caller { principal, client });
+        let session = auth::session_of(request.metadata(), &client);
+        request.extensions_mut().insert(Caller {
+            principal,
+            client,
+            session,
+        });
         Ok(request)
     }
 
@@ -236,7 +239,7 @@ impl FlightService for FlowFlightService {
             id.clone(),
             planned.sql.clone(),
             Kind::Query,
-            planned.plans.clone(),
+            (Arc::clone(&planned.engine), planned.plans.clone()),
             planned.audit.clone(),
         );
         let (id, info) = self

@@ -125,6 +125,7 @@ impl FlowSqlService {
                         tenant: None,
                     },
                     client: who.client.clone(),
+                    session: who.session.clone(),
                 };
                 let result = async {
                     let planned = self.plan(&internal, &sql, &[], Kind::Ingest).await?;

@@ -1,7 +1,8 @@
 //! Reloading a running server's configuration (on SIGHUP): the settings that are safe to
 //! change under load take effect at once, for the next call; the rest are reported as needing
 //! a restart and keep their running values. Safe: query timeout, the `SET` allow-list, users,
-//! API keys, roles (grants, row filters, masks), `read_only` and `allowed_locations`.
+//! API keys, roles (grants, row filters, masks), `read_only`, `allowed_locations`, `egress` and
+//! the secrets' scopes.
 //! Certificates reload on their own (see [`crate::tls`]).
 
 use std::sync::Arc;
@@ -20,6 +21,8 @@ pub const RELOADABLE: &[&str] = &[
     "security.roles",
     "security.read_only",
     "security.allowed_locations",
+    "security.egress",
+    "security.secrets",
 ];
 
 /// What a reload did: keys only, never values.
@@ -78,6 +81,8 @@ impl Reloader {
         next.security.roles = new.security.roles.clone();
         next.security.read_only = new.security.read_only;
         next.security.allowed_locations = new.security.allowed_locations.clone();
+        next.security.egress = new.security.egress.clone();
+        next.security.secrets = new.security.secrets.clone();
         let policy = Policy::new(&next.security, state.protected.clone());
         state.auth.reload(&next.security);
         state.set_live(next, Some(policy));

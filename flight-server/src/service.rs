@@ -231,7 +231,7 @@ impl FlightSqlService for FlowSqlService {
             id,
             planned.sql,
             Kind::Query,
-            planned.plans,
+            (planned.engine, planned.plans),
             planned.audit,
         );
         Ok(Response::new(self.stream(schema, output)))
@@ -410,7 +410,7 @@ impl FlightSqlService for FlowSqlService {
         }
         let who = caller(&request)?;
         let started = std::time::Instant::now();
-        let (prepared, _) =
+        let (prepared, _, _) =
             self.prepare_checked(&who, &query.query)
                 .await
                 .inspect_err(|status| {

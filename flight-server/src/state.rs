@@ -46,6 +46,54 @@ pub(crate) struct ServerState {
     pub(crate) tenants: HashMap<String, TenantRuntime>,
     /// Recent statements and connections (`system.queries`, `system.sessions`).
     pub(crate) activity: crate::activity::Activity,
+    /// Each client session's own `SET`s.
+    pub(crate) sessions: Sessions,
+}
+
+/// The settings each client session changed with `SET`, applied to its statements only.
+/// Sessions idle longer than the token lifetime are forgotten.
+pub(crate) struct Sessions {
+    idle: Duration,
+    /// Session key -> its settings and when it was last used.
+    map: Mutex<HashMap<String, SessionSettings>>,
+}
+
+type SessionSettings = (Vec<(String, String)>, Instant);
+
+impl Sessions {
+    fn new(idle: Duration) -> Self {
+        Self {
+            idle,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The settings of session `key`, in the order they were set.
+    pub(crate) fn settings(&self, key: &str) -> Vec<(String, String)> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, (_, seen)| now.duration_since(*seen) < self.idle);
+        match map.get_mut(key) {
+            Some((settings, seen)) => {
+                *seen = now;
+                settings.clone()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Set (`Some`) or reset (`None`) `name` for session `key`.
+    pub(crate) fn apply(&self, key: &str, name: &str, value: Option<&str>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let (settings, seen) = map
+            .entry(key.to_string())
+            .or_insert_with(|| (Vec::new(), Instant::now()));
+        *seen = Instant::now();
+        settings.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        if let Some(value) = value {
+            settings.push((name.to_string(), value.to_string()));
+        }
+    }
 }
 
 /// A tenant's view of the engine and its concurrency quota.
@@ -117,6 +165,9 @@ impl ServerState {
             audit,
             tenants,
             activity: crate::activity::Activity::default(),
+            sessions: Sessions::new(Duration::from_secs(
+                engine.config().security.token_ttl_secs.max(60),
+            )),
             metrics,
             engine,
             config,
@@ -128,6 +179,50 @@ impl ServerState {
         tenant
             .and_then(|t| self.tenants.get(t))
             .map_or(&self.engine, |t| &t.engine)
+    }
+
+    /// The engine `who`'s statements plan and run in: their tenant's, seen through their
+    /// session's own settings.
+    pub(crate) fn session_engine(&self, who: &crate::auth::Caller) -> Result<Arc<Engine>, Status> {
+        let tenant = who.principal.tenant.as_ref().map(|t| t.tenant.as_str());
+        let policy = self.policy();
+        let gate = engine::security::gate::CallerGate::new(
+            policy.gate().clone(),
+            who.principal.is_admin(),
+        );
+        let engine = self.engine_for(tenant);
+        let visible: Option<engine::security::visible::Visibility> = (!who.principal.is_admin())
+            .then(|| {
+                let state = engine.context().state();
+                let options = state.config().options();
+                let (catalog, schema) = (
+                    options.catalog.default_catalog.clone(),
+                    options.catalog.default_schema.clone(),
+                );
+                let principal = who.principal.clone();
+                Arc::new(move |c: &str, s: &str, t: Option<&str>| match t {
+                    None => principal.home_catalog().is_none_or(|home| home == c),
+                    Some(t) => policy.may_see(
+                        &principal,
+                        &datafusion::common::ResolvedTableReference {
+                            catalog: c.into(),
+                            schema: s.into(),
+                            table: t.into(),
+                        },
+                        &catalog,
+                        &schema,
+                    ),
+                }) as engine::security::visible::Visibility
+            });
+        let scope = engine::SessionScope {
+            settings: self.sessions.settings(&who.session),
+            gate: Some(Arc::new(gate)),
+            visible,
+        };
+        engine
+            .for_session(&scope)
+            .map(Arc::new)
+            .map_err(|e| Status::invalid_argument(format!("session settings: {e}")))
     }
 
     /// A slot in `tenant`'s concurrency quota, waiting at most `wait`.
@@ -250,6 +345,8 @@ pub(crate) struct TicketEntry {
     pub(crate) results: Option<Vec<arrow::array::RecordBatch>>,
     /// Who planned it: only they may redeem the ticket.
     pub(crate) owner: String,
+    /// The session view it was planned in, and runs in.
+    pub(crate) engine: Arc<Engine>,
     /// The audit record completed when the statement ends.
     pub(crate) audit: AuditRecord,
 }

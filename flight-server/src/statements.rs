@@ -39,6 +39,8 @@ pub(crate) struct Planned {
     pub(crate) owner: String,
     /// The allow record, completed with rows and duration when the statement ends.
     pub(crate) audit: AuditRecord,
+    /// The caller's session view of the engine: it plans and runs there.
+    pub(crate) engine: Arc<engine::Engine>,
 }
 
 impl FlowSqlService {
@@ -66,16 +68,15 @@ impl FlowSqlService {
         &self,
         who: &Caller,
         sql: &str,
-    ) -> Result<(Prepared, AuditRecord), Status> {
+    ) -> Result<(Prepared, AuditRecord, Arc<engine::Engine>), Status> {
         let statement = self.statement(sql);
         let tenant = who.principal.tenant.as_ref().map(|t| t.tenant.clone());
-        let engine = self.state.engine_for(tenant.as_deref());
+        let engine = self.state.session_engine(who)?;
         let mut prepared = AssertUnwindSafe(engine.prepare(&statement))
             .catch_unwind()
             .await
             .map_err(panic_status)?
             .map_err(engine_status)?;
-        self.check_allowed(&prepared)?;
         let mut record = AuditRecord {
             event: "statement",
             user: who.principal.name.clone(),
@@ -85,6 +86,13 @@ impl FlowSqlService {
             tenant,
             ..Default::default()
         };
+        if let Err(status) = self.check_allowed(&prepared) {
+            record.decision = "deny";
+            record.reason = Some(status.message().to_string());
+            self.state.audit.record(record);
+            return Err(status);
+        }
+        self.set_in_session(who, &engine, &mut prepared)?;
         let state = engine.context().state();
         let authorized = self
             .state
@@ -96,7 +104,7 @@ impl FlowSqlService {
                 prepared.logical = a.plan;
                 record.reads = a.reads.into_iter().collect();
                 record.writes = a.writes.into_iter().collect();
-                Ok((prepared, record))
+                Ok((prepared, record, engine))
             }
             Err(e) => {
                 record.decision = "deny";
@@ -113,7 +121,7 @@ impl FlowSqlService {
         sql: &str,
         params: &[RecordBatch],
     ) -> Result<Planned, Status> {
-        let (prepared, audit) = self.prepare_checked(who, sql).await?;
+        let (prepared, audit, engine) = self.prepare_checked(who, sql).await?;
         let rows = param_rows(params)?;
         let plans = if rows.is_empty() {
             let declared = parameter_types(&prepared.logical)?;
@@ -146,7 +154,42 @@ impl FlowSqlService {
             schema,
             owner: who.principal.name.clone(),
             audit,
+            engine,
         })
+    }
+
+    /// A `SET`/`RESET` changes the caller's session only: the value is checked on a copy of
+    /// the session's settings, recorded for the session, and the statement itself becomes a
+    /// no-op (it never runs on the shared engine).
+    fn set_in_session(
+        &self,
+        who: &Caller,
+        engine: &engine::Engine,
+        prepared: &mut Prepared,
+    ) -> Result<(), Status> {
+        let (name, value) = match &prepared.logical {
+            LogicalPlan::Statement(PlanStatement::SetVariable(s)) => {
+                (s.variable.clone(), Some(s.value.clone()))
+            }
+            LogicalPlan::Statement(PlanStatement::ResetVariable(s)) => (s.variable.clone(), None),
+            _ => return Ok(()),
+        };
+        if let Some(value) = &value {
+            engine
+                .for_session(&engine::SessionScope {
+                    settings: vec![(name.clone(), value.clone())],
+                    ..Default::default()
+                })
+                .map_err(|e| Status::invalid_argument(format!("SET {name}: {e}")))?;
+        }
+        self.state
+            .sessions
+            .apply(&who.session, &name, value.as_deref());
+        prepared.logical = LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+            produce_one_row: false,
+            schema: Arc::new(datafusion::common::DFSchema::empty()),
+        });
+        Ok(())
     }
 
     /// A client statement for the engine, `?` placeholders numbered `$1`, `$2`, ...
@@ -224,7 +267,7 @@ impl FlowSqlService {
                     id.clone(),
                     planned.sql.clone(),
                     Kind::Update,
-                    planned.plans.clone(),
+                    (Arc::clone(&planned.engine), planned.plans.clone()),
                     planned.audit.clone(),
                 );
                 let batches = exec::collect(output).await?;
@@ -315,7 +358,7 @@ impl FlowSqlService {
             id,
             planned.sql,
             Kind::Update,
-            planned.plans,
+            (planned.engine, planned.plans),
             planned.audit,
         );
         let batches = exec::collect(output).await?;
@@ -360,7 +403,7 @@ impl FlowSqlService {
                 id.to_string(),
                 entry.sql,
                 Kind::Query,
-                entry.plans,
+                (entry.engine, entry.plans),
                 entry.audit,
             ),
         };
@@ -429,6 +472,7 @@ fn entry(
         results,
         owner: planned.owner,
         audit: planned.audit,
+        engine: planned.engine,
     }
 }
 
