@@ -11,7 +11,7 @@ secs="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-/var/tmp/flowengine-fuzz-target}"
-for target in pipeline_split csv_decoder json_decoder; do
+for target in pipeline_split csv_decoder json_decoder sql_plan; do
   echo "=== $target (${secs}s)"
   mkdir -p "$CARGO_TARGET_DIR/corpus/$target"
   cargo fuzz run --sanitizer none "$target" "$CARGO_TARGET_DIR/corpus/$target" "corpus/$target" \
