@@ -333,6 +333,20 @@ async fn secrets_and_connections_go_only_where_they_are_scoped() {
             "CREATE EXTERNAL TABLE scratch_pg3 STORED AS POSTGRES LOCATION 'public.x'".to_string(),
             "egress",
         ),
+        // What the driver reads besides the URL's host: libpq's ?host=, Unix sockets.
+        (
+            format!(
+                "CREATE EXTERNAL TABLE scratch_pg4 STORED AS POSTGRES LOCATION 'public.x' \
+                 OPTIONS ('connection' 'postgresql://app@127.0.0.1:{api}/db?host=127.0.0.1&port={t}')"
+            ),
+            "egress",
+        ),
+        (
+            "CREATE EXTERNAL TABLE scratch_pg5 STORED AS POSTGRES LOCATION 'public.x' \
+             OPTIONS ('connection' 'host=/var/run/postgresql user=postgres dbname=test')"
+                .to_string(),
+            "egress",
+        ),
     ] {
         let message = refused(&mut ana, &sql, Code::PermissionDenied).await;
         assert!(message.contains(why), "{sql}: {message}");
@@ -441,6 +455,32 @@ async fn redirects_and_next_links_stay_inside_the_allowed_hosts() {
             .expect_err("a redirect is not followed");
     }
     assert_eq!(trap.hits(), 0, "no hop may reach the trap");
+    // An admin's table may follow a redirect to another host, but its headers (credentials)
+    // stay with the table's own origin.
+    let mut root = client(&server).await;
+    root.handshake("root", ROOT_PASSWORD).await.unwrap();
+    query(
+        &mut root,
+        &format!(
+            "CREATE EXTERNAL TABLE redirected (id BIGINT) STORED AS HTTP_JSON LOCATION 'http://127.0.0.1:{}/x' \
+             OPTIONS ('header.x-token' 'AdminHeaderValue-19f')",
+            redirect.port
+        ),
+    )
+    .await
+    .unwrap();
+    let rows = query(&mut root, "SELECT id FROM redirected").await.unwrap();
+    assert_eq!(common::flight::rows(&rows), 1);
+    let at_redirect = redirect.requests.lock().unwrap().join("\n");
+    assert!(
+        at_redirect.contains("AdminHeaderValue-19f"),
+        "{at_redirect}"
+    );
+    let at_trap = trap.requests.lock().unwrap().join("\n");
+    assert!(
+        at_trap.contains("GET /stolen") && !at_trap.contains("AdminHeaderValue-19f"),
+        "{at_trap}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -447,8 +447,12 @@ impl Source {
         let mut redirects = 0;
         let resp = loop {
             let mut req = client.get(url.clone()).header("accept", "application/json");
-            for (k, v) in &self.headers {
-                req = req.header(k.as_str(), v.as_str());
+            // The table's headers (credentials) go to the table's own origin only, never to
+            // where a redirect or a next link points elsewhere.
+            if same_origin(&url, &self.url) {
+                for (k, v) in &self.headers {
+                    req = req.header(k.as_str(), v.as_str());
+                }
             }
             let resp = req
                 .send()
@@ -499,6 +503,13 @@ impl Source {
             .map_err(|e| DataFusionError::Execution(format!("{url}: response is not JSON: {e}")))?;
         Ok((body, link_next))
     }
+}
+
+/// Same scheme, host and port.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host() == b.host()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// An HTTP failure; the status (if any) is kept in the message for [`is_retryable`].

@@ -1,7 +1,9 @@
 //! Functions that build values larger than their inputs (`repeat`, `lpad`, `rpad`,
-//! `array_repeat`) are bounded: before one runs, the size of what it would build is computed
-//! from its arguments, and a value (or a batch of values) over the limit is refused with
-//! `ResourcesExhausted` instead of being allocated outside the memory pool's sight.
+//! `array_repeat`, `concat`, `concat_ws`, `replace`, `regexp_replace`, integer `range` and
+//! `generate_series`) are bounded: before one runs, the size of what it would build is
+//! computed from its arguments, and a value (or a batch of values) over the limit is refused
+//! with `ResourcesExhausted` instead of being allocated outside the memory pool's sight.
+//! (The `||` operator is not a function and is not bounded here.)
 //!
 //! `SELECT length(repeat('x', 1500000000))` would otherwise allocate 1.5 GB per row whatever
 //! `memory_limit` says (DataFusion's pool sees only operators' reservations, not the values
@@ -27,6 +29,18 @@ enum Growth {
     Pad,
     /// `array_repeat(x, n)`: `n` elements.
     ArrayRepeat,
+    /// `concat(a, b, ...)`: the arguments' lengths added up.
+    Sum,
+    /// `concat_ws(sep, a, b, ...)`: the arguments, and the separator between each two.
+    SumWithSeparator,
+    /// `replace(s, from, to)`: every occurrence of `from` (at most `len(s) / len(from)`)
+    /// becomes `to`.
+    Replace,
+    /// `regexp_replace(s, pattern, to [, flags])`: at most `len(s) + 1` matches become `to`.
+    RegexpReplace,
+    /// `range(stop)`, `range(start, stop [, step])`, `generate_series(...)` on integers:
+    /// `(stop - start) / step` elements.
+    Range,
 }
 
 const BOUNDED: &[(&str, Growth)] = &[
@@ -34,9 +48,18 @@ const BOUNDED: &[(&str, Growth)] = &[
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
     ("array_repeat", Growth::ArrayRepeat),
+    ("concat", Growth::Sum),
+    ("concat_ws", Growth::SumWithSeparator),
+    ("replace", Growth::Replace),
+    ("regexp_replace", Growth::RegexpReplace),
+    ("range", Growth::Range),
+    ("generate_series", Growth::Range),
 ];
 
-/// Bytes an `array_repeat` element is counted at (at least).
+/// Bytes a non-string argument of `concat` is counted at.
+const OTHER_BYTES: u64 = 32;
+
+/// Bytes an `array_repeat` or `range` element is counted at (at least).
 const ELEMENT_BYTES: u64 = 8;
 
 /// The largest value one call may build: a sixteenth of the memory limit, between 1 MiB and
@@ -70,46 +93,30 @@ impl Bounded {
     /// Refuse the call when a value, or the batch's values together, would exceed the limit.
     fn check(&self, args: &ScalarFunctionArgs) -> Result<()> {
         let rows = args.number_rows.max(1);
-        let Some(count) = args.args.get(1) else {
-            return Ok(());
-        };
-        let counts = as_i64(count)?;
-        let unit: Option<ArrayRef> = match self.growth {
-            Growth::Repeat => match args.args.first() {
-                Some(s) => Some(string_lengths(s)?),
-                None => None,
-            },
-            Growth::Pad | Growth::ArrayRepeat => None,
-        };
-        let unit = unit.as_ref().map(|u| as_i64_array(u)).transpose()?;
+        let lens = args.args.iter().map(lengths).collect::<Result<Vec<_>>>()?;
+        let ints = args.args.iter().map(integers).collect::<Result<Vec<_>>>()?;
+        let n_rows = lens
+            .iter()
+            .chain(ints.iter())
+            .flatten()
+            .map(|a| a.len())
+            .max()
+            .unwrap_or(1);
         let mut total: u64 = 0;
-        // A constant argument is one value standing for every row.
-        let at = |a: &Int64Array, row: usize| if a.len() == 1 { 0 } else { row };
-        let n_rows = counts.len().max(unit.as_ref().map_or(0, |u| u.len()));
         for row in 0..n_rows {
-            let c = at(&counts, row);
-            if c >= counts.len() || counts.is_null(c) {
-                continue;
-            }
-            let n = counts.value(c).max(0) as u64;
-            let bytes = match self.growth {
-                Growth::Repeat => unit.as_ref().map_or(0, |u| {
-                    let i = at(u, row);
-                    if i >= u.len() || u.is_null(i) {
-                        0
-                    } else {
-                        u.value(i).max(0) as u64
-                    }
-                }),
-                Growth::Pad => 1,
-                Growth::ArrayRepeat => ELEMENT_BYTES,
-            }
-            .saturating_mul(n);
+            let len = |i: usize| {
+                lens.get(i)
+                    .and_then(|a| at(a.as_ref()?, row))
+                    .map(|v| v.max(0) as u64)
+            };
+            let int = |i: usize| ints.get(i).and_then(|a| at(a.as_ref()?, row));
+            let bytes = self.estimate(args.args.len(), &len, &int);
             if bytes > self.max_value {
                 return Err(self.exhausted(format!("a value of {bytes} bytes")));
             }
             total = total.saturating_add(bytes);
         }
+        // Constant arguments are one value standing for every row.
         let total = if n_rows == 1 {
             total.saturating_mul(rows as u64)
         } else {
@@ -119,6 +126,62 @@ impl Bounded {
             return Err(self.exhausted(format!("{total} bytes in one batch")));
         }
         Ok(())
+    }
+
+    /// Bytes one row's value would take, from its arguments' lengths and integer values.
+    fn estimate(
+        &self,
+        args: usize,
+        len: &dyn Fn(usize) -> Option<u64>,
+        int: &dyn Fn(usize) -> Option<i64>,
+    ) -> u64 {
+        let count = |i: usize| int(i).map_or(0, |n| n.max(0) as u64);
+        match self.growth {
+            Growth::Repeat => len(0).unwrap_or(0).saturating_mul(count(1)),
+            Growth::Pad => count(1),
+            Growth::ArrayRepeat => count(1).saturating_mul(ELEMENT_BYTES),
+            Growth::Sum => (0..args).map(|i| len(i).unwrap_or(OTHER_BYTES)).sum(),
+            Growth::SumWithSeparator => {
+                let parts: u64 = (1..args).map(|i| len(i).unwrap_or(OTHER_BYTES)).sum();
+                let separators =
+                    (args.saturating_sub(2) as u64).saturating_mul(len(0).unwrap_or(0));
+                parts.saturating_add(separators)
+            }
+            Growth::Replace => {
+                let (s, from, to) = (
+                    len(0).unwrap_or(0),
+                    len(1).unwrap_or(0),
+                    len(2).unwrap_or(0),
+                );
+                if to <= from {
+                    s
+                } else {
+                    (s / from.max(1) + 1).saturating_mul(to).saturating_add(s)
+                }
+            }
+            Growth::RegexpReplace => {
+                let (s, to) = (len(0).unwrap_or(0), len(2).unwrap_or(0));
+                (s + 1).saturating_mul(to).saturating_add(s)
+            }
+            Growth::Range => {
+                let (start, stop, step) = match args {
+                    1 => (Some(0), int(0), Some(1)),
+                    2 => (int(0), int(1), Some(1)),
+                    _ => (int(0), int(1), int(2)),
+                };
+                match (start, stop, step) {
+                    (Some(a), Some(b), Some(step)) => {
+                        let span = (i128::from(b) - i128::from(a)).unsigned_abs();
+                        let step = i128::from(step).unsigned_abs().max(1);
+                        u64::try_from(span / step)
+                            .unwrap_or(u64::MAX)
+                            .saturating_mul(ELEMENT_BYTES)
+                    }
+                    // Dates and timestamps stepped by intervals are not estimated here.
+                    _ => 0,
+                }
+            }
+        }
     }
 
     fn exhausted(&self, what: String) -> DataFusionError {
@@ -131,32 +194,44 @@ impl Bounded {
     }
 }
 
-fn as_i64(value: &ColumnarValue) -> Result<Int64Array> {
-    let array = match value {
-        ColumnarValue::Array(a) => Arc::clone(a),
-        ColumnarValue::Scalar(s) => s.to_array_of_size(1)?,
-    };
-    let cast = cast(&array, &DataType::Int64)?;
-    Ok(as_i64_array(&cast)?.clone())
+/// Row `row` of `a` (a one-value array stands for every row), when not null.
+fn at(a: &Int64Array, row: usize) -> Option<i64> {
+    let i = if a.len() == 1 { 0 } else { row };
+    (i < a.len() && !a.is_null(i)).then(|| a.value(i))
 }
 
-fn as_i64_array(array: &ArrayRef) -> Result<&Int64Array> {
-    array.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
-        DataFusionError::Internal(format!("expected Int64 lengths, got {}", array.data_type()))
+fn to_array(value: &ColumnarValue) -> Result<ArrayRef> {
+    Ok(match value {
+        ColumnarValue::Array(a) => Arc::clone(a),
+        ColumnarValue::Scalar(s) => s.to_array_of_size(1)?,
     })
 }
 
-/// Byte lengths of a string argument, as Int64.
-fn string_lengths(value: &ColumnarValue) -> Result<ArrayRef> {
-    let array = match value {
-        ColumnarValue::Array(a) => Arc::clone(a),
-        ColumnarValue::Scalar(s) => s.to_array_of_size(1)?,
-    };
+/// Byte lengths of a string or binary argument; `None` for other types.
+fn lengths(value: &ColumnarValue) -> Result<Option<Int64Array>> {
+    let array = to_array(value)?;
     let array = match array.data_type() {
-        DataType::Utf8View | DataType::Dictionary(_, _) => cast(&array, &DataType::LargeUtf8)?,
-        _ => array,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Binary | DataType::LargeBinary => array,
+        DataType::Utf8View | DataType::BinaryView | DataType::Dictionary(_, _) => {
+            match cast(&array, &DataType::LargeUtf8) {
+                Ok(a) => a,
+                Err(_) => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
     };
-    Ok(cast(&length(&array)?, &DataType::Int64)?)
+    let lengths = cast(&length(&array)?, &DataType::Int64)?;
+    Ok(lengths.as_any().downcast_ref::<Int64Array>().cloned())
+}
+
+/// Values of an integer argument; `None` for other types.
+fn integers(value: &ColumnarValue) -> Result<Option<Int64Array>> {
+    let array = to_array(value)?;
+    if !array.data_type().is_integer() {
+        return Ok(None);
+    }
+    let values = cast(&array, &DataType::Int64)?;
+    Ok(values.as_any().downcast_ref::<Int64Array>().cloned())
 }
 
 impl ScalarUDFImpl for Bounded {
@@ -207,6 +282,12 @@ mod tests {
             "SELECT list_repeat(1, 100000000)",
             "SELECT length(repeat(s, 2000000)) FROM (VALUES ('a'), ('b')) t(s)",
             "SELECT length(repeat(arrow_cast('x', 'Utf8View'), 2000000))",
+            "SELECT length(concat(repeat('x', 600000), repeat('y', 600000)))",
+            "SELECT length(concat_ws(repeat(',', 300000), 'a', 'b', 'c', 'd', 'e'))",
+            "SELECT length(replace(repeat('a', 1000), 'a', repeat('b', 2000)))",
+            "SELECT length(regexp_replace(repeat('a', 1000), 'a', repeat('b', 2000), 'g'))",
+            "SELECT cardinality(range(1000000000))",
+            "SELECT cardinality(generate_series(1, 1000000000, 2))",
         ] {
             let err = run(&ctx, sql).await.expect_err(sql);
             assert!(
@@ -220,6 +301,10 @@ mod tests {
             "SELECT array_repeat(1, 10)",
             "SELECT repeat(NULL, 5), repeat('x', NULL), repeat('x', -1)",
             "SELECT repeat(s, n) FROM (VALUES ('ab', 3), (NULL, 2)) t(s, n)",
+            "SELECT concat('a', 1, NULL, 'b'), concat_ws('-', 'a', 'b')",
+            "SELECT replace('abc', 'b', 'xyz'), regexp_replace('abc', 'b', 'x')",
+            "SELECT cardinality(range(10)), cardinality(generate_series(1, 10))",
+            "SELECT cardinality(range(DATE '2024-01-01', DATE '2024-02-01', INTERVAL '1' DAY))",
         ] {
             run(&ctx, sql)
                 .await

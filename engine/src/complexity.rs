@@ -89,7 +89,6 @@ pub fn check(sql: &str, limits: ComplexityLimits) -> Result<(), TooComplex> {
                 false
             }
             Token::Word(w) => match w.keyword {
-                Keyword::AND | Keyword::OR | Keyword::LIKE | Keyword::ILIKE | Keyword::IS => true,
                 Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT => {
                     blocks += 1;
                     true
@@ -102,30 +101,58 @@ pub fn check(sql: &str, limits: ComplexityLimits) -> Result<(), TooComplex> {
                     after_as = true;
                     false
                 }
+                // Keywords that combine two operands into a tree node.
+                Keyword::AND
+                | Keyword::OR
+                | Keyword::XOR
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::SIMILAR
+                | Keyword::REGEXP
+                | Keyword::RLIKE
+                | Keyword::IS
+                | Keyword::IN
+                | Keyword::BETWEEN
+                | Keyword::COLLATE
+                | Keyword::AT
+                | Keyword::DIV
+                | Keyword::OVERLAPS => true,
                 _ => false,
             },
-            Token::Plus
-            | Token::Minus
-            | Token::Mul
-            | Token::Div
-            | Token::Mod
-            | Token::StringConcat
-            | Token::Eq
-            | Token::Neq
-            | Token::Lt
-            | Token::Gt
-            | Token::LtEq
-            | Token::GtEq
-            | Token::Spaceship
-            | Token::Ampersand
-            | Token::Pipe
-            | Token::Caret
-            | Token::ShiftLeft
-            | Token::ShiftRight
-            | Token::DoubleColon
-            | Token::Arrow
-            | Token::LongArrow => true,
-            _ => false,
+            // Names, literals and separators build no deeper trees.
+            Token::EOF
+            | Token::Number(..)
+            | Token::Char(_)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(..)
+            | Token::NationalQuoteDelimitedStringLiteral(..)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::Comma
+            | Token::Whitespace(_)
+            | Token::Period
+            | Token::Colon
+            | Token::LBracket
+            | Token::RBracket
+            | Token::LBrace
+            | Token::RBrace
+            | Token::Placeholder(_) => false,
+            // Every other symbol is an operator (unknown ones count too: fail closed).
+            _ => true,
         };
         if operator && let Some(level) = levels.last_mut() {
             *level += 1;

@@ -286,53 +286,96 @@ pub fn canonical_host(host: &str) -> Result<String, String> {
     }
 }
 
-/// The host and port a URL or connection string connects to. Connection strings in
-/// `key=value` form (`host=db port=5432 ...`) are read too.
-pub fn endpoint_of(value: &str) -> Result<Option<(String, u16)>, String> {
+/// The hosts and ports a URL or connection string connects to: the URL's host, and the
+/// `host`/`hostaddr`/`port` parameters drivers also read (libpq's `?host=`, comma-separated
+/// lists of hosts); `key=value` connection strings (`host=db port=5432 ...`) too. A Unix
+/// socket, or no host at all (a driver's default), is this machine: `localhost`.
+pub fn endpoint_of(value: &str) -> Result<Vec<(String, u16)>, String> {
+    const LOCAL: &str = "localhost";
     let value = value.trim();
     if value.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     if value.contains("${secret:") && !value.contains("://") {
         return Err("a host may not come from a secret: name it in the statement".into());
     }
-    if let Some((scheme, _)) = value.split_once("://") {
+    // Hosts and ports named by parameters, as lists.
+    let mut hosts: Vec<String> = Vec::new();
+    let mut ports: Vec<u16> = Vec::new();
+    let mut add = |key: &str, v: &str| -> Result<(), String> {
+        let v = v.trim().trim_matches('\'');
+        match key.to_ascii_lowercase().as_str() {
+            "host" | "hostaddr" | "server" => hosts.extend(
+                v.split(',')
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty()),
+            ),
+            "socket" | "unix_socket" | "socket_path" => hosts.push("/".into()),
+            "port" => {
+                for p in v.split(',').filter(|p| !p.trim().is_empty()) {
+                    ports.push(
+                        p.trim()
+                            .parse()
+                            .map_err(|_| format!("port `{p}` is not a number"))?,
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    };
+    let (default_host, default_port) = if let Some((scheme, _)) = value.split_once("://") {
         let url = Url::parse(value).map_err(|e| format!("`{value}` is not a valid URL: {e}"))?;
-        let Some(host) = url.host_str() else {
-            return Ok(None);
-        };
-        if host.contains("%7B") || host.contains('{') {
-            return Err("a host may not come from a secret or variable".into());
+        for (k, v) in url.query_pairs() {
+            add(&k, &v)?;
         }
         let port = url
             .port_or_known_default()
             .or_else(|| default_port(scheme))
             .unwrap_or(0);
-        return Ok(Some((canonical_host(host)?, port)));
-    }
-    if value.contains('=') {
-        let mut host = None;
-        let mut port = None;
+        match url.host_str() {
+            Some(h) if h.contains("%7B") || h.contains('{') => {
+                return Err("a host may not come from a secret or variable".into());
+            }
+            Some(h) => (h.to_string(), port),
+            None => (LOCAL.to_string(), port),
+        }
+    } else if value.contains('=') {
         for part in value.split_whitespace() {
-            match part.split_once('=') {
-                Some(("host" | "hostaddr", h)) => host = Some(h.trim_matches('\'').to_string()),
-                Some(("port", p)) => port = p.trim_matches('\'').parse().ok(),
-                _ => {}
+            if let Some((k, v)) = part.split_once('=') {
+                add(k, v)?;
             }
         }
-        return match host {
-            Some(h) if h.starts_with('/') => Ok(None), // a Unix socket directory
-            Some(h) => Ok(Some((canonical_host(&h)?, port.unwrap_or(5432)))),
-            None => Ok(None),
-        };
-    }
-    // A bare `host:port` or host.
-    match value.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => {
-            Ok(Some((canonical_host(h)?, p.parse().unwrap_or(0))))
+        (LOCAL.to_string(), 5432)
+    } else {
+        // A bare `host:port` or host.
+        match value.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => (
+                h.to_string(),
+                p.parse()
+                    .map_err(|_| format!("port `{p}` is not a number"))?,
+            ),
+            _ => (value.to_string(), 0),
         }
-        _ => Ok(Some((canonical_host(value)?, 0))),
+    };
+    if hosts.is_empty() {
+        hosts.push(default_host);
     }
+    let mut out = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let port = ports
+            .get(i)
+            .or(ports.last())
+            .copied()
+            .unwrap_or(default_port);
+        let host = if host.starts_with('/') || host.starts_with('@') {
+            LOCAL.to_string()
+        } else {
+            canonical_host(host)?
+        };
+        out.push((host, port));
+    }
+    Ok(out)
 }
 
 /// Whether `location` is a URL of a service reached over the network (HTTP, a database, a
@@ -440,17 +483,13 @@ impl Gate {
                 }
                 // A service (HTTP API, database, broker) may also be reached through the
                 // egress list; object-store buckets only through allowed locations.
-                if NETWORK_SCHEMES.contains(&url.scheme())
-                    && let Some(host) = url.host_str()
-                {
-                    let port = url
-                        .port_or_known_default()
-                        .or_else(|| default_port(url.scheme()))
-                        .unwrap_or(0);
-                    return self
-                        .check_host(host, port, false)
-                        .await
-                        .map_err(|e| format!("location `{}`: {e}", shown(url)));
+                if NETWORK_SCHEMES.contains(&url.scheme()) {
+                    for (host, port) in endpoint_of(url.as_str())? {
+                        self.check_host(&host, port, false)
+                            .await
+                            .map_err(|e| format!("location `{}`: {e}", shown(url)))?;
+                    }
+                    return Ok(());
                 }
                 Err(self.outside(location))
             }
@@ -716,21 +755,56 @@ mod tests {
 
     #[test]
     fn endpoints_of_urls_and_connection_strings() {
+        let one = |h: &str, p: u16| vec![(h.to_string(), p)];
         assert_eq!(
             endpoint_of("postgresql://u:p@127.0.0.1:47010/db").unwrap(),
-            Some(("127.0.0.1".into(), 47010))
+            one("127.0.0.1", 47010)
         );
         assert_eq!(
             endpoint_of("postgres://u@[::1]/db").unwrap(),
-            Some(("::1".into(), 5432))
+            one("::1", 5432)
         );
         assert_eq!(
             endpoint_of("http://2130706433/x").unwrap(),
-            Some(("127.0.0.1".into(), 80))
+            one("127.0.0.1", 80)
         );
         assert_eq!(
             endpoint_of("host=db.internal port=5433 user=x").unwrap(),
-            Some(("db.internal".into(), 5433))
+            one("db.internal", 5433)
+        );
+        assert_eq!(
+            endpoint_of("db.internal:6000").unwrap(),
+            one("db.internal", 6000)
+        );
+        // What drivers read besides the URL's host.
+        assert_eq!(
+            endpoint_of("postgresql://u@db.internal:5432/x?host=127.0.0.1&port=9999").unwrap(),
+            one("127.0.0.1", 9999)
+        );
+        assert_eq!(
+            endpoint_of("host=a,b port=1,2").unwrap(),
+            vec![("a".to_string(), 1), ("b".to_string(), 2)]
+        );
+        // Sockets and drivers' default hosts are this machine.
+        assert_eq!(
+            endpoint_of("host=/var/run/postgresql").unwrap(),
+            one("localhost", 5432)
+        );
+        assert_eq!(
+            endpoint_of("user=postgres").unwrap(),
+            one("localhost", 5432)
+        );
+        assert_eq!(
+            endpoint_of("postgresql:///test").unwrap(),
+            one("localhost", 5432)
+        );
+        assert_eq!(
+            endpoint_of("mysql://root@db.internal/test?socket=/run/mysqld/mysqld.sock").unwrap(),
+            one("localhost", 3306)
+        );
+        assert_eq!(
+            endpoint_of("unix:///tmp/redis.sock").unwrap(),
+            one("localhost", 0)
         );
         assert!(endpoint_of("${secret:DB_URL}").is_err());
     }

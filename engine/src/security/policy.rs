@@ -357,9 +357,9 @@ impl Policy {
                     if who.is_admin() {
                         continue;
                     }
-                    let endpoint = gate::endpoint_of(&value)
+                    let endpoints = gate::endpoint_of(&value)
                         .map_err(|e| AccessError::Location(format!("{origin}: {e}")))?;
-                    if let Some((host, port)) = endpoint {
+                    for (host, port) in endpoints {
                         self.gate
                             .check_host(&host, port, false)
                             .await
@@ -543,9 +543,9 @@ fn external_accesses(
     for location in locations {
         secrets.extend(gate::secret_references(location));
         if gate::is_network_url(location.trim())
-            && let Ok(Some(endpoint)) = gate::endpoint_of(location)
+            && let Ok(endpoints) = gate::endpoint_of(location)
         {
-            hosts.push(endpoint);
+            hosts.extend(endpoints);
         }
     }
     // DataFusion files options it does not know under `format.`.
@@ -569,8 +569,8 @@ fn external_accesses(
                     }
                     _ => value.clone(),
                 };
-                if let Ok(Some(endpoint)) = gate::endpoint_of(&value) {
-                    hosts.push(endpoint);
+                if let Ok(endpoints) = gate::endpoint_of(&value) {
+                    hosts.extend(endpoints);
                 }
                 out.push(Access::Host {
                     origin: format!("option `{key}`"),
