@@ -545,6 +545,11 @@ async fn functions_cannot_build_values_past_the_memory_limit() {
         "SELECT length(rpad('x', 2147483647, 'yz'))",
         "SELECT cardinality(array_repeat(1, 1000000000))",
         "SELECT length(repeat(CAST(v AS VARCHAR), 100000000)) FROM (VALUES (1), (2)) t(v)",
+        "SELECT length(concat(repeat('x', 30000000), repeat('y', 30000000)))",
+        "SELECT length(replace(repeat('a', 1000000), 'a', repeat('b', 1000)))",
+        "SELECT cardinality(range(10000000000))",
+        // A constant folded while planning is copied into every row of a batch.
+        "SELECT max(c) FROM (SELECT lpad('x', 100000) AS c FROM range(100000))",
     ] {
         let err = query(&mut c, sql).await.expect_err(sql);
         assert_eq!(err.code(), Code::ResourceExhausted, "{sql}: {err}");

@@ -116,12 +116,21 @@ impl Bounded {
             }
             total = total.saturating_add(bytes);
         }
-        // Constant arguments are one value standing for every row.
-        let total = if n_rows == 1 {
-            total.saturating_mul(rows as u64)
+        // Constant arguments are one value standing for every row. A call on constants only is
+        // folded into a literal while planning, and a literal is copied into every row of every
+        // batch it is projected into: count it a whole batch of times.
+        let copies = if args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+        {
+            rows.max(usize::from(args.config_options.execution.batch_size))
+        } else if n_rows == 1 {
+            rows
         } else {
-            total
+            1
         };
+        let total = total.saturating_mul(copies as u64);
         if total > self.max_value.saturating_mul(4) {
             return Err(self.exhausted(format!("{total} bytes in one batch")));
         }
@@ -282,6 +291,8 @@ mod tests {
             "SELECT list_repeat(1, 100000000)",
             "SELECT length(repeat(s, 2000000)) FROM (VALUES ('a'), ('b')) t(s)",
             "SELECT length(repeat(arrow_cast('x', 'Utf8View'), 2000000))",
+            // A constant a whole batch of rows would copy.
+            "SELECT length(repeat('x', 1000)) FROM range(10)",
             "SELECT length(concat(repeat('x', 600000), repeat('y', 600000)))",
             "SELECT length(concat_ws(repeat(',', 300000), 'a', 'b', 'c', 'd', 'e'))",
             "SELECT length(replace(repeat('a', 1000), 'a', repeat('b', 2000)))",
@@ -296,7 +307,7 @@ mod tests {
             );
         }
         for sql in [
-            "SELECT length(repeat('x', 1000))",
+            "SELECT length(repeat('x', 100))",
             "SELECT lpad('x', 10), rpad('x', 10, '-')",
             "SELECT array_repeat(1, 10)",
             "SELECT repeat(NULL, 5), repeat('x', NULL), repeat('x', -1)",
