@@ -197,6 +197,26 @@ impl Policy {
         &self.gate
     }
 
+    /// A location or path option the statement writes to: refused on a read-only server, and
+    /// checked by the gate.
+    async fn check_written(
+        &self,
+        who: &Principal,
+        location: &str,
+        writes: &mut BTreeSet<String>,
+    ) -> Result<(), AccessError> {
+        writes.insert(location.to_string());
+        if self.read_only {
+            return Err(AccessError::ReadOnly {
+                what: format!("writing to {location}"),
+            });
+        }
+        self.gate
+            .check_location(location, who.is_admin())
+            .await
+            .map_err(AccessError::Location)
+    }
+
     /// Whether `who` may use secret `name` toward `hosts`; why not otherwise.
     fn check_secret(
         &self,
@@ -330,28 +350,17 @@ impl Policy {
                     }
                 }
                 Access::Location(location) => {
-                    writes.insert(location.clone());
-                    if self.read_only {
-                        return Err(AccessError::ReadOnly {
-                            what: format!("writing to {location}"),
-                        });
-                    }
-                    self.gate
-                        .check_location(&location, who.is_admin())
-                        .await
-                        .map_err(AccessError::Location)?;
+                    self.check_written(who, &location, &mut writes).await?;
                 }
                 Access::PathOption { key, value } => {
-                    writes.insert(value.clone());
-                    if self.read_only {
-                        return Err(AccessError::ReadOnly {
-                            what: format!("writing to {value}"),
-                        });
-                    }
-                    self.gate
-                        .check_location(&value, who.is_admin())
+                    self.check_written(who, &value, &mut writes)
                         .await
-                        .map_err(|e| AccessError::Location(format!("option `{key}`: {e}")))?;
+                        .map_err(|e| match e {
+                            AccessError::Location(m) => {
+                                AccessError::Location(format!("option `{key}`: {m}"))
+                            }
+                            other => other,
+                        })?;
                 }
                 Access::Host { origin, value } => {
                     if who.is_admin() {
