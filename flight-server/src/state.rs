@@ -72,19 +72,21 @@ impl Sessions {
     pub(crate) fn settings(&self, key: &str) -> Vec<(String, String)> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        map.retain(|_, (_, seen)| now.duration_since(*seen) < self.idle);
         match map.get_mut(key) {
-            Some((settings, seen)) => {
+            Some((settings, seen)) if now.duration_since(*seen) < self.idle => {
                 *seen = now;
                 settings.clone()
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         }
     }
 
     /// Set (`Some`) or reset (`None`) `name` for session `key`.
     pub(crate) fn apply(&self, key: &str, name: &str, value: Option<&str>) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Idle sessions are dropped when a session sets something, not on every statement.
+        let now = Instant::now();
+        map.retain(|_, (_, seen)| now.duration_since(*seen) < self.idle);
         let (settings, seen) = map
             .entry(key.to_string())
             .or_insert_with(|| (Vec::new(), Instant::now()));
