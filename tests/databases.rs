@@ -305,7 +305,7 @@ fn postgres_join_and_aggregate_are_pushed_down() {
     let sql = format!(
         "CREATE EXTERNAL TABLE orders STORED AS POSTGRES LOCATION '{orders}' OPTIONS ('connection' '{PG_URL}');
 CREATE EXTERNAL TABLE customers STORED AS POSTGRES LOCATION '{customers}' OPTIONS ('connection' '{PG_URL}');
-EXPLAIN SELECT c.name, sum(o.amount) AS total FROM orders o JOIN customers c ON o.customer_id = c.id WHERE o.amount > 5 GROUP BY c.name;
+EXPLAIN SELECT c.name || '!' AS name, sum(o.amount) AS total FROM orders o JOIN customers c ON o.customer_id = c.id WHERE o.amount > 5 GROUP BY c.name;
 "
     );
     let out = run_ok(&write_pipeline(dir.path(), "explain.sql", &sql));
@@ -321,6 +321,8 @@ EXPLAIN SELECT c.name, sum(o.amount) AS total FROM orders o JOIN customers c ON 
     );
     assert!(physical.to_uppercase().contains("JOIN"), "{out}");
     assert!(physical.to_uppercase().contains("GROUP BY"), "{out}");
+    // `||` (planned as the bounded string_concat) goes to the database as `||`.
+    assert!(physical.contains("|| '!'"), "{out}");
     assert!(
         !physical.contains("HashJoinExec"),
         "join ran in DataFusion:\n{out}"
@@ -330,9 +332,9 @@ EXPLAIN SELECT c.name, sum(o.amount) AS total FROM orders o JOIN customers c ON 
         dir.path(),
         "result.sql",
         &sql.replace("EXPLAIN SELECT", "SELECT")
-            .replace("GROUP BY c.name;", "GROUP BY c.name ORDER BY c.name;"),
+            .replace("GROUP BY c.name;", "GROUP BY c.name ORDER BY 1;"),
     );
-    assert_eq!(run_ok(&result).trim(), "name,total\nann,10.50\nbob,7.00");
+    assert_eq!(run_ok(&result).trim(), "name,total\nann!,10.50\nbob!,7.00");
 }
 
 /// Passwords come from `${secret:NAME}`; they are never in output, errors or `--explain`.

@@ -550,6 +550,12 @@ async fn functions_cannot_build_values_past_the_memory_limit() {
         "SELECT cardinality(range(10000000000))",
         // A constant folded while planning is copied into every row of a batch.
         "SELECT max(c) FROM (SELECT lpad('x', 100000) AS c FROM range(100000))",
+        // The `||` operator, string_agg (grouped or not) and date/timestamp ranges.
+        "SELECT length(s || s || s || s) FROM (SELECT lpad(CAST(value AS VARCHAR), 20000000, 'x') AS s FROM range(1))",
+        "SELECT length(string_agg(lpad(CAST(value AS VARCHAR), 1000000, 'x'), ',')) FROM range(100)",
+        "SELECT length(string_agg(lpad(CAST(value AS VARCHAR), 1000000, 'x'), ',')) FROM range(100) GROUP BY value % 2",
+        "SELECT cardinality(range(TIMESTAMP '1970-01-01', TIMESTAMP '2200-01-01', INTERVAL '1' SECOND))",
+        "SELECT cardinality(range(DATE '0001-01-01', DATE '9999-12-31', INTERVAL '1' DAY))",
     ] {
         let err = query(&mut c, sql).await.expect_err(sql);
         assert_eq!(err.code(), Code::ResourceExhausted, "{sql}: {err}");
@@ -570,6 +576,14 @@ async fn functions_cannot_build_values_past_the_memory_limit() {
     assert_eq!(
         scalar(&mut c, "SELECT length(repeat('ab', 1000))").await,
         "2000"
+    );
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT length(string_agg('ab' || CAST(value AS VARCHAR), ',')) FROM range(10)"
+        )
+        .await,
+        "39"
     );
 }
 

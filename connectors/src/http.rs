@@ -337,6 +337,37 @@ impl RequestOptions {
     }
 }
 
+/// Name resolution through the caller's gate: the addresses a name resolves to when a
+/// connection is made are checked again ([`CallerGate::admits_address`]), so a name that
+/// pointed outside when the statement was checked cannot be re-pointed inside the machine or
+/// its network before the request (DNS rebinding).
+struct GatedResolver(Arc<CallerGate>);
+
+impl reqwest::dns::Resolve for GatedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let gate = Arc::clone(&self.0);
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let admitted: Vec<_> = addrs
+                .iter()
+                .copied()
+                .filter(|a| gate.admits_address(&host, a.ip()))
+                .collect();
+            if admitted.is_empty() && !addrs.is_empty() {
+                return Err(format!(
+                    "host {host} now resolves to the internal address {}, which \
+                     security.egress does not name",
+                    addrs[0].ip()
+                )
+                .into());
+            }
+            Ok(Box::new(admitted.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// `scheme://host:port` of `url`: the circuit breaker's key.
 pub(crate) fn endpoint_of(url: &Url) -> String {
     format!(
@@ -349,10 +380,15 @@ pub(crate) fn endpoint_of(url: &Url) -> String {
 impl Source {
     /// The records of every page (or the first `limit_pages`).
     async fn fetch(&self, limit_pages: Option<u64>) -> Result<Vec<Value>> {
-        // Redirects are followed by `get`, one checked hop at a time.
-        let client = reqwest::Client::builder()
+        // Redirects are followed by `get`, one checked hop at a time; for a caller with a
+        // gate, names are resolved through it as each connection is made.
+        let mut builder = reqwest::Client::builder()
             .timeout(self.timeout)
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(gate) = self.gate.as_ref().filter(|g| !g.is_admin()) {
+            builder = builder.dns_resolver(Arc::new(GatedResolver(Arc::clone(gate))));
+        }
+        let client = builder
             .build()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let endpoint = endpoint_of(&self.url);

@@ -48,7 +48,11 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Build the session: runtime (memory pool, spill directory), settings, connectors.
     pub fn try_new(config: &EngineConfig, connectors: &ConnectorRegistry) -> Result<Self> {
-        Self::try_new_distributed(config, connectors, &|state| Ok(state))
+        let engine = Self::try_new_distributed(config, connectors, &|state| Ok(state))?;
+        // `||` is built by the bounded `concat` (a cluster's executors would not know the
+        // function it becomes, so only local sessions).
+        crate::bounded_values::bound_string_concat(&engine.ctx);
+        Ok(engine)
     }
 
     /// [`Engine::try_new`], with the built session state passed through `distribute` before

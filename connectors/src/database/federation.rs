@@ -9,7 +9,8 @@
 //! The upstream rule also sends any function to the database; a query using one of
 //! DataFusion's own (`arrow_typeof`, `date_bin`, ...) would fail there. A federated plan is
 //! kept only when its federated parts use [`PORTABLE_FUNCTIONS`]; otherwise the query runs in
-//! DataFusion with projections, filters and limits still pushed into each table scan.
+//! DataFusion with projections, filters and limits still pushed into each table scan. The
+//! engine's bounded `string_concat` (how it plans `||`) goes to the database as `||` again.
 
 use std::sync::Arc;
 
@@ -83,6 +84,11 @@ impl FederateBelowWrites {
             plan
         };
         let rewritten = self.rule.rewrite(plan, config)?;
+        let rewritten = if rewritten.transformed {
+            Transformed::yes(with_operators(rewritten.data)?)
+        } else {
+            rewritten
+        };
         if rewritten.transformed && !portable(&rewritten.data)? {
             // Some federated subquery uses a function the database may not have (or has with
             // other semantics): keep DataFusion's plan, whose scans still push projections,
@@ -113,6 +119,32 @@ pub(crate) fn optimizer_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
         stage: Stage::Writes,
     }));
     rules
+}
+
+/// `plan` with the engine's `string_concat` turned back into `||` inside federated nodes:
+/// databases know the operator, not the function.
+fn with_operators(plan: LogicalPlan) -> Result<LogicalPlan> {
+    plan.transform_up(|node| {
+        let LogicalPlan::Extension(ext) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(fed) = ext.node.as_any().downcast_ref::<FederatedPlanNode>() else {
+            return Ok(Transformed::no(node));
+        };
+        let inner = fed.plan().clone().transform_up_with_subqueries(|n| {
+            n.map_expressions(engine::bounded_values::as_operator)
+        })?;
+        if !inner.transformed {
+            return Ok(Transformed::no(node));
+        }
+        let fed = FederatedPlanNode::new(inner.data, Arc::clone(&fed.planner));
+        Ok(Transformed::yes(LogicalPlan::Extension(
+            datafusion::logical_expr::Extension {
+                node: Arc::new(fed),
+            },
+        )))
+    })
+    .map(|t| t.data)
 }
 
 /// Whether `plan` scans a table the federation rule can send to a database.

@@ -47,14 +47,18 @@ impl HostPattern {
     }
 
     pub(crate) fn matches(&self, host: &str, port: u16) -> bool {
-        let host_ok = match &self.host {
+        self.matches_any_port(host) && self.port.is_none_or(|p| p == port)
+    }
+
+    /// Whether the host part matches `host`, whatever the port.
+    pub(crate) fn matches_any_port(&self, host: &str) -> bool {
+        match &self.host {
             HostMatch::Any => true,
             HostMatch::Exact(h) => h == host,
             HostMatch::Suffix(s) => host
                 .strip_suffix(s.as_str())
                 .is_some_and(|rest| rest.ends_with('.')),
-        };
-        host_ok && self.port.is_none_or(|p| p == port)
+        }
     }
 
     pub(super) fn exact(&self) -> bool {

@@ -318,6 +318,31 @@ impl Gate {
         Ok(())
     }
 
+    /// Whether a connection to `ip`, which `host` resolved to just now, keeps to what
+    /// [`Gate::check_host`] allowed when the statement was checked. Connectors ask this at
+    /// connect time, so a name that resolved outside when checked cannot lead inside later
+    /// (DNS rebinding): an internal address is reached only when the egress list or an allowed
+    /// location names the host or the address itself.
+    pub fn admits_address(&self, host: &str, ip: IpAddr, admin: bool) -> bool {
+        if admin || !internal(ip) {
+            return true;
+        }
+        let Ok(host) = canonical_host(host) else {
+            return false;
+        };
+        let ip = ip.to_string();
+        let named = |h: &str| h == host || h == ip;
+        self.egress
+            .iter()
+            .any(|p| p.exact() && (p.matches_any_port(&host) || p.matches_any_port(&ip)))
+            || self.allowed.iter().any(|prefix| {
+                Url::parse(prefix)
+                    .ok()
+                    .and_then(|u| u.host_str().and_then(|h| canonical_host(h).ok()))
+                    .is_some_and(|h| named(&h))
+            })
+    }
+
     fn outside(&self, location: &str) -> String {
         if self.allowed.is_empty() {
             format!(
@@ -345,6 +370,16 @@ pub struct CallerGate {
 impl CallerGate {
     pub fn new(gate: Gate, admin: bool) -> Self {
         Self { gate, admin }
+    }
+
+    /// See [`Gate::admits_address`].
+    pub fn admits_address(&self, host: &str, ip: IpAddr) -> bool {
+        self.gate.admits_address(host, ip, self.admin)
+    }
+
+    /// Whether this caller is an admin (who goes anywhere).
+    pub fn is_admin(&self) -> bool {
+        self.admin
     }
 
     /// Check one hop (see [`Gate::check_hop`]).
@@ -456,5 +491,28 @@ mod tests {
         assert!(g.check_host("10.0.0.1", 80, false).await.is_err());
         assert!(g.check_host("192.0.2.10", 80, false).await.is_ok());
         assert!(Gate::default().check_host("x", 1, false).await.is_err());
+    }
+
+    #[test]
+    fn addresses_are_checked_again_at_connect_time() {
+        let g = Gate::new(
+            vec!["http://api.internal:8080/data/".into()],
+            vec![],
+            ["db.internal:5432", "10.1.2.3:9000", "*.example.com:443"]
+                .iter()
+                .map(|p| HostPattern::parse(p).unwrap())
+                .collect(),
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A wildcard-matched name that now resolves inside (DNS rebinding) is refused.
+        assert!(!g.admits_address("evil.example.com", ip("127.0.0.1"), false));
+        assert!(!g.admits_address("evil.example.com", ip("::ffff:10.0.0.1"), false));
+        assert!(g.admits_address("evil.example.com", ip("192.0.2.10"), false));
+        // Names and addresses the configuration names exactly lead where they lead.
+        assert!(g.admits_address("db.internal", ip("10.9.9.9"), false));
+        assert!(g.admits_address("other.example.com", ip("10.1.2.3"), false));
+        assert!(g.admits_address("API.internal.", ip("127.0.0.1"), false));
+        // Admins go anywhere.
+        assert!(g.admits_address("evil.example.com", ip("127.0.0.1"), true));
     }
 }

@@ -1,20 +1,29 @@
 //! Functions that build values larger than their inputs (`repeat`, `lpad`, `rpad`,
-//! `array_repeat`, `concat`, `concat_ws`, `replace`, `regexp_replace`, integer `range` and
-//! `generate_series`) are bounded: before one runs, the size of what it would build is
-//! computed from its arguments, and a value (or a batch of values) over the limit is refused
-//! with `ResourcesExhausted` instead of being allocated outside the memory pool's sight.
-//! (The `||` operator is not a function and is not bounded here.)
+//! `array_repeat`, `concat`, `concat_ws`, `replace`, `regexp_replace`, `range` and
+//! `generate_series` over integers, dates and timestamps) are bounded: before one runs, the
+//! size of what it would build is computed from its arguments, and a value (or a batch of
+//! values) over the per-value limit is refused with `ResourcesExhausted` instead of being
+//! allocated outside the memory pool's sight. What passes is then reserved from the session's
+//! memory pool while it is built, so a batch the query's pool cannot hold is refused too.
+//! The `||` operator ([`concat_op`]) and `string_agg` ([`aggregate`]) are held to the same
+//! per-value limit.
 //!
 //! `SELECT length(repeat('x', 1500000000))` would otherwise allocate 1.5 GB per row whatever
 //! `memory_limit` says (DataFusion's pool sees only operators' reservations, not the values
 //! functions build). The same check runs when the planner folds constant calls.
 
+mod aggregate;
+mod concat_op;
+
+pub use concat_op::{STRING_CONCAT, as_operator};
+
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array};
 use datafusion::arrow::compute::{cast, kernels::length::length};
-use datafusion::arrow::datatypes::{DataType, FieldRef};
+use datafusion::arrow::datatypes::{DataType, FieldRef, IntervalMonthDayNanoType, TimeUnit};
 use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
 };
@@ -38,8 +47,9 @@ enum Growth {
     Replace,
     /// `regexp_replace(s, pattern, to [, flags])`: at most `len(s) + 1` matches become `to`.
     RegexpReplace,
-    /// `range(stop)`, `range(start, stop [, step])`, `generate_series(...)` on integers:
-    /// `(stop - start) / step` elements.
+    /// `range(stop)`, `range(start, stop [, step])`, `generate_series(...)`: `(stop - start)
+    /// / step` elements; on dates and timestamps, the span over the step's shortest length
+    /// (a month counted as 28 days).
     Range,
 }
 
@@ -68,17 +78,36 @@ pub fn max_value_bytes(memory_limit: u64) -> u64 {
     (memory_limit / 16).clamp(1 << 20, 256 << 20)
 }
 
-/// Replace the session's growing functions by bounded ones.
+/// Replace the session's growing functions and aggregates by bounded ones, and register
+/// `string_concat` (what [`bound_string_concat`] turns `||` into).
 pub fn register(ctx: &SessionContext, max_value: u64) {
     let state = ctx.state();
+    let pool = Arc::clone(&ctx.runtime_env().memory_pool);
     for (name, growth) in BOUNDED {
         if let Some(inner) = state.scalar_functions().get(*name) {
             ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
                 inner: inner.as_ref().clone(),
                 growth: *growth,
                 max_value,
+                pool: Pool(Arc::clone(&pool)),
             }));
         }
+    }
+    aggregate::register(ctx, max_value);
+    if let Some(concat) = ctx.state().scalar_functions().get("concat") {
+        ctx.register_udf(ScalarUDF::new_from_impl(concat_op::StringConcat::new(
+            concat.as_ref().clone(),
+        )));
+    }
+}
+
+/// Plan `||` on strings as the bounded `string_concat` (after [`register`]). Not for sessions
+/// whose plans run on a cluster's executors, which know only DataFusion's own functions.
+pub fn bound_string_concat(ctx: &SessionContext) {
+    if let Some(udf) = ctx.state().scalar_functions().get(STRING_CONCAT) {
+        ctx.add_analyzer_rule(Arc::new(concat_op::BoundedStringConcat {
+            udf: Arc::clone(udf),
+        }));
     }
 }
 
@@ -87,14 +116,36 @@ struct Bounded {
     inner: ScalarUDF,
     growth: Growth,
     max_value: u64,
+    pool: Pool,
+}
+
+/// The session's memory pool, which values are reserved from while they are built (one
+/// pool per process: functions compare equal whatever pool they hold).
+#[derive(Debug, Clone)]
+struct Pool(Arc<dyn MemoryPool>);
+
+impl PartialEq for Pool {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Pool {}
+impl std::hash::Hash for Pool {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 impl Bounded {
-    /// Refuse the call when a value, or the batch's values together, would exceed the limit.
-    fn check(&self, args: &ScalarFunctionArgs) -> Result<()> {
+    /// Refuse the call when a value, or the batch's values together, would exceed the limit;
+    /// otherwise reserve what the batch will take from the memory pool.
+    fn check(&self, args: &ScalarFunctionArgs) -> Result<MemoryReservation> {
         let rows = args.number_rows.max(1);
         let lens = args.args.iter().map(lengths).collect::<Result<Vec<_>>>()?;
         let ints = args.args.iter().map(integers).collect::<Result<Vec<_>>>()?;
+        // Dates and timestamps are read in milliseconds, interval steps in nanoseconds.
+        let temporal = args
+            .args
+            .first()
+            .is_some_and(|a| a.data_type().is_temporal());
         let n_rows = lens
             .iter()
             .chain(ints.iter())
@@ -110,7 +161,7 @@ impl Bounded {
                     .map(|v| v.max(0) as u64)
             };
             let int = |i: usize| ints.get(i).and_then(|a| at(a.as_ref()?, row));
-            let bytes = self.estimate(args.args.len(), &len, &int);
+            let bytes = self.estimate(args.args.len(), temporal, &len, &int);
             if bytes > self.max_value {
                 return Err(self.exhausted(format!("a value of {bytes} bytes")));
             }
@@ -134,13 +185,25 @@ impl Bounded {
         if total > self.max_value.saturating_mul(4) {
             return Err(self.exhausted(format!("{total} bytes in one batch")));
         }
-        Ok(())
+        let reservation =
+            MemoryConsumer::new(format!("{}()", self.inner.name())).register(&self.pool.0);
+        reservation
+            .try_grow(usize::try_from(total).unwrap_or(usize::MAX))
+            .map_err(|e| {
+                DataFusionError::ResourcesExhausted(format!(
+                    "{}() would build {total} bytes, more than the query's memory pool has left: {}",
+                    self.inner.name(),
+                    e.find_root()
+                ))
+            })?;
+        Ok(reservation)
     }
 
     /// Bytes one row's value would take, from its arguments' lengths and integer values.
     fn estimate(
         &self,
         args: usize,
+        temporal: bool,
         len: &dyn Fn(usize) -> Option<u64>,
         int: &dyn Fn(usize) -> Option<i64>,
     ) -> u64 {
@@ -180,13 +243,16 @@ impl Bounded {
                 };
                 match (start, stop, step) {
                     (Some(a), Some(b), Some(step)) => {
-                        let span = (i128::from(b) - i128::from(a)).unsigned_abs();
+                        let mut span = (i128::from(b) - i128::from(a)).unsigned_abs();
+                        if temporal {
+                            // Milliseconds over a step in nanoseconds.
+                            span = span.saturating_mul(1_000_000);
+                        }
                         let step = i128::from(step).unsigned_abs().max(1);
                         u64::try_from(span / step)
                             .unwrap_or(u64::MAX)
                             .saturating_mul(ELEMENT_BYTES)
                     }
-                    // Dates and timestamps stepped by intervals are not estimated here.
                     _ => 0,
                 }
             }
@@ -233,14 +299,50 @@ fn lengths(value: &ColumnarValue) -> Result<Option<Int64Array>> {
     Ok(lengths.as_any().downcast_ref::<Int64Array>().cloned())
 }
 
-/// Values of an integer argument; `None` for other types.
+/// Values of an integer argument; a date or timestamp in milliseconds since the epoch; an
+/// interval as its shortest length in nanoseconds (a month counted as 28 days); `None` for
+/// other types.
 fn integers(value: &ColumnarValue) -> Result<Option<Int64Array>> {
     let array = to_array(value)?;
-    if !array.data_type().is_integer() {
-        return Ok(None);
+    let data_type = array.data_type();
+    if data_type.is_integer() {
+        let values = cast(&array, &DataType::Int64)?;
+        return Ok(values.as_any().downcast_ref::<Int64Array>().cloned());
     }
-    let values = cast(&array, &DataType::Int64)?;
-    Ok(values.as_any().downcast_ref::<Int64Array>().cloned())
+    if matches!(
+        data_type,
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _)
+    ) {
+        // A value outside what milliseconds hold is left unestimated.
+        let Ok(ms) = cast(&array, &DataType::Timestamp(TimeUnit::Millisecond, None)) else {
+            return Ok(None);
+        };
+        let values = cast(&ms, &DataType::Int64)?;
+        return Ok(values.as_any().downcast_ref::<Int64Array>().cloned());
+    }
+    if let DataType::Interval(_) = data_type {
+        let Ok(mdn) = cast(
+            &array,
+            &DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::MonthDayNano),
+        ) else {
+            return Ok(None);
+        };
+        const DAY: i128 = 86_400_000_000_000;
+        let values = mdn.as_primitive::<IntervalMonthDayNanoType>();
+        let nanos: Int64Array = values
+            .iter()
+            .map(|v| {
+                v.map(|v| {
+                    let n = i128::from(v.months) * 28 * DAY
+                        + i128::from(v.days) * DAY
+                        + i128::from(v.nanoseconds);
+                    i64::try_from(n).unwrap_or(if n < 0 { i64::MIN } else { i64::MAX })
+                })
+            })
+            .collect();
+        return Ok(Some(nanos));
+    }
+    Ok(None)
 }
 
 impl ScalarUDFImpl for Bounded {
@@ -266,7 +368,8 @@ impl ScalarUDFImpl for Bounded {
         self.inner.documentation()
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        self.check(&args)?;
+        // The reservation is held while the value is built, and released once it is handed on.
+        let _reservation = self.check(&args)?;
         self.inner.invoke_with_args(args)
     }
 }
@@ -283,6 +386,7 @@ mod tests {
     async fn large_values_are_refused_small_ones_built() {
         let ctx = SessionContext::new();
         register(&ctx, 1 << 20);
+        bound_string_concat(&ctx);
         for sql in [
             "SELECT length(repeat('x', 1500000000))",
             "SELECT lpad('x', 2147483647)",
@@ -299,6 +403,17 @@ mod tests {
             "SELECT length(regexp_replace(repeat('a', 1000), 'a', repeat('b', 2000), 'g'))",
             "SELECT cardinality(range(1000000000))",
             "SELECT cardinality(generate_series(1, 1000000000, 2))",
+            // Dates and timestamps stepped by intervals.
+            "SELECT cardinality(range(TIMESTAMP '1970-01-01', TIMESTAMP '2200-01-01', INTERVAL '1' SECOND))",
+            "SELECT cardinality(range(DATE '0001-01-01', DATE '9999-12-31', INTERVAL '1' DAY))",
+            "SELECT cardinality(generate_series(TIMESTAMP '2000-01-01', TIMESTAMP '2000-01-02', INTERVAL '1 millisecond'))",
+            // `||` builds no more than concat may.
+            "SELECT length(lpad(CAST(value AS VARCHAR), 600000, 'x') || lpad(CAST(value AS VARCHAR), 600000, 'y')) FROM range(1)",
+            "SELECT length(s || s || s) FROM (SELECT lpad(CAST(value AS VARCHAR), 400000, 'x') AS s FROM range(1))",
+            // string_agg, without and with groups, and ordered.
+            "SELECT length(string_agg(lpad(CAST(value AS VARCHAR), 1000, 'x'), ',')) FROM range(2000)",
+            "SELECT length(string_agg(lpad(CAST(value AS VARCHAR), 1000, 'x'), ',')) FROM range(4000) GROUP BY value % 2",
+            "SELECT length(string_agg(lpad(CAST(value AS VARCHAR), 1000, 'x'), ',' ORDER BY value)) FROM range(2000)",
         ] {
             let err = run(&ctx, sql).await.expect_err(sql);
             assert!(
@@ -316,10 +431,67 @@ mod tests {
             "SELECT replace('abc', 'b', 'xyz'), regexp_replace('abc', 'b', 'x')",
             "SELECT cardinality(range(10)), cardinality(generate_series(1, 10))",
             "SELECT cardinality(range(DATE '2024-01-01', DATE '2024-02-01', INTERVAL '1' DAY))",
+            "SELECT cardinality(range(TIMESTAMP '2024-01-01 00:00:00', TIMESTAMP '2024-01-01 01:00:00', INTERVAL '1' MINUTE))",
+            "SELECT string_agg(CAST(value AS VARCHAR), ',') FROM range(100) GROUP BY value % 3",
         ] {
             run(&ctx, sql)
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
+    }
+
+    #[tokio::test]
+    async fn string_concat_keeps_the_operators_meaning_and_names() {
+        let ctx = SessionContext::new();
+        register(&ctx, 1 << 20);
+        bound_string_concat(&ctx);
+        let batches = ctx
+            .sql(
+                "SELECT s || t, s || 'x' || t AS three, 'a' || 'b' AS lit \
+                 FROM (VALUES ('a', 'b'), (NULL, 'c'), ('d', NULL)) v(s, t)",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        let expected = [
+            "+------------+-------+-----+",
+            "| v.s || v.t | three | lit |",
+            "+------------+-------+-----+",
+            "| ab         | axb   | ab  |",
+            "|            |       | ab  |",
+            "|            |       | ab  |",
+            "+------------+-------+-----+",
+        ]
+        .join("\n");
+        assert_eq!(shown, expected);
+        // Views and other string types take the same path.
+        let batches = ctx
+            .sql("SELECT arrow_cast('a', 'Utf8View') || arrow_cast('b', 'Utf8View') AS v")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(batches[0].column(0).data_type(), &DataType::Utf8View);
+    }
+
+    #[tokio::test]
+    async fn a_value_the_pool_cannot_hold_is_refused() {
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(2 << 20, 1.0)
+            .build_arc()
+            .unwrap();
+        let ctx = SessionContext::new_with_config_rt(Default::default(), runtime);
+        // A per-value limit above what the pool holds: the pool refuses first.
+        register(&ctx, 64 << 20);
+        let sql = "SELECT length(lpad(CAST(value AS VARCHAR), 3000000, 'x')) FROM range(1)";
+        let err = run(&ctx, sql).await.expect_err(sql);
+        assert!(err.to_string().contains("memory pool"), "{err}");
     }
 }
