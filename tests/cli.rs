@@ -480,6 +480,15 @@ fn profile_reports_every_column_of_a_file_table_or_query() {
         "{status}"
     );
     assert!(status.contains("paid (556), shipped (332)"), "{status}");
+    // The distinct estimate never exceeds the values counted; means are rounded.
+    let id = text
+        .lines()
+        .find(|l| l.starts_with("order_id,"))
+        .expect(&text);
+    assert!(
+        id.starts_with("order_id,Int64,1000,0,0.0,1000,1,1000,500.5,288.819436,"),
+        "{id}"
+    );
     let quantity = text
         .lines()
         .find(|l| l.starts_with("quantity,"))

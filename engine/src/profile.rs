@@ -17,6 +17,16 @@ fn q(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `v` to `places` decimal places (statistics, not exact values: `46.81578`, not
+/// `46.81577999999999`); values too large for that to matter are left as they are.
+fn rounded(v: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    if !v.is_finite() || v.abs() >= 1e15 / scale {
+        return v;
+    }
+    (v * scale).round() / scale
+}
+
 fn is_numeric(t: &DataType) -> bool {
     t.is_numeric()
 }
@@ -126,15 +136,17 @@ pub async fn profile(
         out_type.push(f.data_type().to_string());
         out_nulls.push(rows - non_null);
         out_null_pct.push(if rows > 0 {
-            100.0 * (rows - non_null) as f64 / rows as f64
+            rounded(100.0 * (rows - non_null) as f64 / rows as f64, 2)
         } else {
             0.0
         });
-        out_distinct.push(f64_at(&stats, &format!("d{i}")).unwrap_or(0.0) as i64);
+        // The estimate can exceed the exact number of values it estimates: never report more
+        // distinct values than non-null ones.
+        out_distinct.push((f64_at(&stats, &format!("d{i}")).unwrap_or(0.0) as i64).min(non_null));
         out_min.push(text_at(&stats, &format!("min{i}")));
         out_max.push(text_at(&stats, &format!("max{i}")));
-        out_mean.push(f64_at(&stats, &format!("avg{i}")));
-        out_sd.push(f64_at(&stats, &format!("sd{i}")));
+        out_mean.push(f64_at(&stats, &format!("avg{i}")).map(|v| rounded(v, 6)));
+        out_sd.push(f64_at(&stats, &format!("sd{i}")).map(|v| rounded(v, 6)));
         out_len.push(
             match (
                 f64_at(&stats, &format!("minlen{i}")),
