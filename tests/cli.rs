@@ -266,6 +266,50 @@ fn quiet_and_table_row_limit() {
 // ---------------------------------------------------------------- sql subcommand
 
 #[test]
+fn local_commands_read_files_as_tables() {
+    flowengine()
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT count(*) AS n FROM 'sql-examples/data/orders.csv'",
+        ])
+        .assert()
+        .success()
+        .stdout("n\n1000\n");
+    flowengine()
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT count(*) AS n, max(status) AS s FROM read_csv('sql-examples/data/orders.csv', {'has_header': true}) \
+             WHERE quantity > 0",
+        ])
+        .assert()
+        .success()
+        .stdout("n,s\n1000,shipped\n");
+    // Options as pairs, a clear error for a file that is not there.
+    flowengine()
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT count(*) AS n FROM read_csv('sql-examples/data/orders.csv', 'has_header', false)",
+        ])
+        .assert()
+        .success()
+        .stdout("n\n1001\n");
+    flowengine()
+        .args(["sql", "-c", "SELECT * FROM read_parquet('no/such/dir/')"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("read_parquet('no/such/dir/')"));
+}
+
+#[test]
 fn sql_command_and_stdin() {
     flowengine()
         .args([

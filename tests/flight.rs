@@ -436,6 +436,18 @@ async fn bad_input_gets_clear_codes_and_the_server_stays_up() {
         .unwrap_err();
     assert_ne!(err.code(), Code::Ok);
     assert!(!err.message().contains("root:"), "{}", err.message());
+    // So are the file-reading table functions of local commands.
+    for sql in [
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_json('/etc/passwd')",
+    ] {
+        let err = query(&mut c, sql).await.unwrap_err();
+        assert!(
+            err.message().contains("not found"),
+            "{sql}: {}",
+            err.message()
+        );
+    }
     // SET is limited to an allow-list.
     let err = c
         .execute_update("SET datafusion.runtime.memory_limit = '100G'".into(), None)

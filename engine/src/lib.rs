@@ -17,6 +17,7 @@ pub mod dimension_joins;
 pub mod encryption;
 pub mod error;
 pub mod exact_decimal;
+pub mod file_functions;
 pub mod filter_order;
 pub mod join_keys;
 pub mod key_bitmap;

@@ -176,6 +176,12 @@ impl Engine {
         })
     }
 
+    /// This engine with files readable as tables (`SELECT * FROM 'f.csv'`, `read_csv(...)`,
+    /// see [`crate::file_functions`]): for local commands, never for the server.
+    pub fn with_file_functions(&self) -> Engine {
+        self.with_context(crate::file_functions::enable(self.ctx.clone()))
+    }
+
     /// The same engine over another context (a tenant's view of the session).
     pub(crate) fn with_context(&self, ctx: SessionContext) -> Engine {
         Engine {

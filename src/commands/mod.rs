@@ -20,10 +20,11 @@ use engine::pipeline::Pipeline;
 use crate::cli::{DisplayArgs, GlobalArgs};
 use crate::exec::{Rows, StatementOptions, run_statement};
 
-/// Load configuration (file + environment) and build the engine with every connector.
+/// Load configuration (file + environment) and build the engine with every connector, for a
+/// local command: files can be read as tables (`SELECT * FROM 'f.csv'`, `read_csv(...)`).
 pub(crate) fn build_engine(global: &GlobalArgs) -> anyhow::Result<(Engine, LoadedConfig)> {
     let loaded = load_config(global)?;
-    let engine = crate::cluster::engine(&loaded.config)?;
+    let engine = crate::cluster::engine(&loaded.config)?.with_file_functions();
     Ok((engine, loaded))
 }
 
