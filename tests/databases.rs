@@ -283,6 +283,82 @@ EXPLAIN INSERT INTO dst SELECT 9 AS id, 'x' AS v;"
     );
 }
 
+/// PostgreSQL's own message, SQLSTATE, detail and hint reach the user on every path: connect,
+/// the COPY sink, INSERT ... ON CONFLICT through the providers crate (which said `db error`).
+#[test]
+fn postgres_errors_carry_the_servers_message() {
+    let dst = unique("fe_err");
+    let d = dst.clone();
+    let _cleanup = Cleanup(Box::new(move || {
+        let _ = psql(&format!("DROP TABLE IF EXISTS {d}"));
+    }));
+    psql(&format!(
+        "CREATE TABLE {dst} (id int PRIMARY KEY, v int NOT NULL CHECK (v > 0))"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let fails = |name: &str, options: &str, statement: &str, expected: &[&str]| {
+        let p = write_pipeline(
+            dir.path(),
+            name,
+            &format!(
+                "CREATE EXTERNAL TABLE dst STORED AS POSTGRES LOCATION '{dst}' OPTIONS ({options});\n{statement}\n"
+            ),
+        );
+        let out = flowengine()
+            .arg("run")
+            .arg(&p)
+            .assert()
+            .failure()
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        for e in expected {
+            assert!(stderr.contains(e), "{name}: `{e}` missing in:\n{stderr}");
+        }
+        assert!(!stderr.contains(": db error"), "{name}: {stderr}");
+    };
+    let pg = format!("'connection' '{PG_URL}'");
+    fails(
+        "no_db.sql",
+        "'connection' 'postgresql://postgres@127.0.0.1:5432/fe_no_such_db'",
+        "SELECT 1;",
+        &[
+            "database \"fe_no_such_db\" does not exist",
+            "SQLSTATE 3D000",
+        ],
+    );
+    fails(
+        "no_role.sql",
+        "'connection' 'postgresql://fe_no_such_role@127.0.0.1:5432/test'",
+        "SELECT 1;",
+        &["role \"fe_no_such_role\" does not exist", "SQLSTATE 28000"],
+    );
+    // Appends go through COPY.
+    fails(
+        "check.sql",
+        &pg,
+        "INSERT INTO dst VALUES (1, -1);",
+        &[
+            "violates check constraint",
+            "SQLSTATE 23514",
+            "DETAIL: Failing row",
+        ],
+    );
+    // Upserts go through the providers crate's INSERT ... ON CONFLICT.
+    fails(
+        "upsert_check.sql",
+        &format!("{pg}, 'on_conflict' 'upsert:id'"),
+        "INSERT INTO dst VALUES (1, -5);",
+        &["violates check constraint", "SQLSTATE 23514"],
+    );
+    fails(
+        "no_unique.sql",
+        &format!("{pg}, 'on_conflict' 'upsert:v'"),
+        "INSERT INTO dst VALUES (1, 1);",
+        &["ON CONFLICT", "SQLSTATE 42P10"],
+    );
+}
+
 /// With federation, a join and aggregate over two tables of one database runs in the database:
 /// the plan holds one federated SQL scan and no DataFusion join.
 #[test]

@@ -244,7 +244,86 @@ fn strip_external(e: &DataFusionError) -> String {
 
 /// Map a boxed error from the providers crate into DataFusion's.
 pub(crate) fn external(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> DataFusionError {
-    DataFusionError::External(e.into())
+    let e = e.into();
+    match server_error(e.as_ref()) {
+        Some(detail) => DataFusionError::External(Box::new(ServerError::new(e, detail))),
+        None => DataFusionError::External(e),
+    }
+}
+
+/// `e` with the database server's own message in place of the drivers' `db error`, when its
+/// chain of causes holds one (see [`server_error`]); `e` itself otherwise.
+pub(crate) fn with_server_error(e: DataFusionError) -> DataFusionError {
+    match server_error(&e) {
+        Some(detail) if !e.to_string().contains(&detail) => {
+            DataFusionError::External(Box::new(ServerError::new(Box::new(e), detail)))
+        }
+        _ => e,
+    }
+}
+
+/// What the database server said, from anywhere in `e`'s chain of causes: PostgreSQL's
+/// severity, message, SQLSTATE, detail, hint and constraint. The drivers' own `Display` says
+/// only `db error`, which is all users saw on connect, insert, upsert and COPY failures.
+pub(crate) fn server_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let db = c
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::as_db_error)
+            .or_else(|| c.downcast_ref::<tokio_postgres::error::DbError>());
+        if let Some(db) = db {
+            let mut text = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; DETAIL: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; HINT: {hint}"));
+            }
+            if let Some(constraint) = db.constraint() {
+                text.push_str(&format!("; constraint {constraint}"));
+            }
+            return Some(text);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// An error whose message carries the database server's words (see [`server_error`]).
+#[derive(Debug)]
+struct ServerError {
+    message: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl ServerError {
+    fn new(source: Box<dyn std::error::Error + Send + Sync>, detail: String) -> Self {
+        let outer = source.to_string();
+        let message = if outer.contains("db error") {
+            outer.replacen("db error", &detail, 1)
+        } else {
+            format!("{outer}: {detail}")
+        };
+        Self { message, source }
+    }
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
 }
 
 /// The provider to register: `writer` behind the federation adaptor of its read side, so the

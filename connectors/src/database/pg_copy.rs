@@ -17,13 +17,14 @@ use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use datafusion_table_providers::postgres::Postgres;
 use datafusion_table_providers::util::on_conflict::OnConflict;
 use futures::{SinkExt, StreamExt};
 
-use super::external;
 use super::last_per_key::LastPerKeyExec;
+use super::{external, with_server_error};
 
 /// The PostgreSQL table provider: reads and upserts through `inner`, bulk appends by COPY.
 #[derive(Debug)]
@@ -131,7 +132,8 @@ impl TableProvider for PgCopyWriter {
                 }
                 None => input,
             };
-            return self.inner.insert_into(state, input, op).await;
+            let plan = self.inner.insert_into(state, input, op).await?;
+            return Ok(Arc::new(ServerErrorsExec { inner: plan }));
         }
         Ok(Arc::new(DataSinkExec::new(
             input,
@@ -250,5 +252,93 @@ mod tests {
             datafusion::arrow::datatypes::TimeUnit::Microsecond,
             Some("UTC".into())
         )));
+    }
+}
+
+/// The providers crate's insert (and upsert) plan, with the server's words in its errors: the
+/// crate reports a failed `INSERT` as `db error`. Invisible otherwise: it shows, downcasts and
+/// optimizes as the plan it wraps.
+#[derive(Debug)]
+struct ServerErrorsExec {
+    inner: Arc<dyn ExecutionPlan>,
+}
+
+impl DisplayAs for ServerErrorsExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt_as(t, f)
+    }
+}
+
+impl ExecutionPlan for ServerErrorsExec {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn downcast_delegate(&self) -> Option<&dyn ExecutionPlan> {
+        Some(self.inner.as_ref())
+    }
+    fn properties(&self) -> &Arc<datafusion::physical_plan::PlanProperties> {
+        self.inner.properties()
+    }
+    fn input_distribution_requirements(
+        &self,
+    ) -> datafusion::physical_plan::InputDistributionRequirements {
+        self.inner.input_distribution_requirements()
+    }
+    fn required_input_ordering(
+        &self,
+    ) -> Vec<Option<datafusion::physical_expr::OrderingRequirements>> {
+        self.inner.required_input_ordering()
+    }
+    fn maintains_input_order(&self) -> Vec<bool> {
+        self.inner.maintains_input_order()
+    }
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        self.inner.benefits_from_input_partitioning()
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.inner.children()
+    }
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+        ) -> Result<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> Result<datafusion::common::tree_node::TreeNodeRecursion> {
+        self.inner.apply_expressions(f)
+    }
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self {
+            inner: Arc::clone(&self.inner).replace_children(children, options)?,
+        }))
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let stream = self.inner.execute(partition, context)?;
+        let schema = stream.schema();
+        Ok(Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                schema,
+                stream.map(|r| r.map_err(with_server_error)),
+            ),
+        ))
+    }
+    fn metrics(&self) -> Option<datafusion::physical_plan::metrics::MetricsSet> {
+        self.inner.metrics()
     }
 }
