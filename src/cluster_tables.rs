@@ -51,15 +51,12 @@ use prost::Message;
 const TABLE_MAGIC: &[u8] = b"flowengine-table:1\0";
 const SCAN_MAGIC: &[u8] = b"flowengine-scan:1\0";
 
-/// Whether a table of this `STORED AS` type can be read by an executor; the reason if not.
+/// Whether a table of this `STORED AS` type can be read by an executor (as its connector
+/// declares it); the reason if not.
 pub(crate) fn distributable(file_type: &str) -> std::result::Result<(), &'static str> {
-    match file_type.to_ascii_uppercase().as_str() {
-        "POSTGRES" | "MYSQL" | "SQLITE" | "HTTP_JSON" | "NATS" => Ok(()),
-        "RABBITMQ" | "REDIS_STREAM" | "MQTT" => Err(
-            "its reads consume messages that this process acknowledges only after the run commits",
-        ),
-        "WEBHOOK" => Err("it is a sink"),
-        _ => Err("its connector cannot be opened on executors"),
+    match connectors::registry().table_type(file_type) {
+        Some(t) => t.not_distributable().map_or(Ok(()), Err),
+        None => Err("its connector cannot be opened on executors"),
     }
 }
 

@@ -82,6 +82,13 @@ impl Connector for HttpConnector {
         PARAMS
     }
 
+    fn table_types(&self) -> Vec<engine::TableType> {
+        vec![
+            engine::TableType::new("HTTP_JSON").distributable(),
+            engine::TableType::new("WEBHOOK").sink_only(),
+        ]
+    }
+
     fn register(&self, mut builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
         let resilience = Arc::new(Resilience::with_stats(engine::RemoteCallStats::of(
             &mut builder,

@@ -54,6 +54,69 @@ pub enum ParamKind {
     Host,
 }
 
+/// One `STORED AS` type a connector provides, and what the runtime must know about it: the
+/// runtime asks these declarations instead of keeping lists of type names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableType {
+    /// The `STORED AS` name (`POSTGRES`, `RABBITMQ`).
+    pub name: &'static str,
+    /// Its `LOCATION` names an object inside the source (a database table), not a path or URL:
+    /// the gate checks its connection options instead.
+    pub location_is_a_name: bool,
+    /// Its scans consume messages, acknowledged only after the run's sinks committed: a
+    /// `--follow` pipeline reading one needs no incremental view, and no cluster executor may
+    /// read it.
+    pub consuming: bool,
+    /// A cluster's executors can open it from its definition.
+    pub distributable: bool,
+    /// It is written to, never read.
+    pub sink_only: bool,
+}
+
+impl TableType {
+    /// A type with nothing special declared.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            location_is_a_name: false,
+            consuming: false,
+            distributable: false,
+            sink_only: false,
+        }
+    }
+    pub const fn location_is_a_name(mut self) -> Self {
+        self.location_is_a_name = true;
+        self
+    }
+    pub const fn consuming(mut self) -> Self {
+        self.consuming = true;
+        self
+    }
+    pub const fn distributable(mut self) -> Self {
+        self.distributable = true;
+        self
+    }
+    pub const fn sink_only(mut self) -> Self {
+        self.sink_only = true;
+        self
+    }
+
+    /// Why a cluster's executors cannot read this type; `None` when they can.
+    pub fn not_distributable(&self) -> Option<&'static str> {
+        if self.distributable {
+            None
+        } else if self.consuming {
+            Some(
+                "its reads consume messages that this process acknowledges only after the run commits",
+            )
+        } else if self.sink_only {
+            Some("it is a sink")
+        } else {
+            Some("its connector cannot be opened on executors")
+        }
+    }
+}
+
 /// The kinds every registered connector declared for its option keys, by key (a session config
 /// extension): the gate reads a key's declared kind before guessing from its name.
 #[derive(Debug, Default)]
@@ -73,7 +136,12 @@ impl DeclaredParams {
                     kinds.insert(key.to_ascii_lowercase(), spec.kind);
                 }
             }
-            named_locations.extend(c.named_locations().iter().map(|t| t.to_ascii_uppercase()));
+            named_locations.extend(
+                c.table_types()
+                    .iter()
+                    .filter(|t| t.location_is_a_name)
+                    .map(|t| t.name.to_ascii_uppercase()),
+            );
         }
         Self {
             kinds,
@@ -106,11 +174,9 @@ pub trait Connector: Debug + Send + Sync {
     fn params(&self) -> &'static [ParamSpec] {
         &[]
     }
-    /// The `STORED AS` types whose `LOCATION` names an object inside the source (a database
-    /// table), not a path or URL: the gate checks their connection options instead. Every
-    /// other type's `LOCATION` is a path or URL the gate checks.
-    fn named_locations(&self) -> &'static [&'static str] {
-        &[]
+    /// The `STORED AS` types it provides beyond file formats, and what each is ([`TableType`]).
+    fn table_types(&self) -> Vec<TableType> {
+        Vec::new()
     }
     /// Register this family's factories, formats, stores and functions.
     fn register(&self, builder: SessionStateBuilder) -> DfResult<SessionStateBuilder>;
@@ -135,6 +201,29 @@ impl ConnectorRegistry {
 
     pub fn connectors(&self) -> &[Arc<dyn Connector>] {
         &self.connectors
+    }
+
+    /// What the connectors declared about `STORED AS stored_as` (any case); the last
+    /// registration wins.
+    pub fn table_type(&self, stored_as: &str) -> Option<TableType> {
+        self.connectors
+            .iter()
+            .rev()
+            .flat_map(|c| c.table_types())
+            .find(|t| t.name.eq_ignore_ascii_case(stored_as))
+    }
+
+    /// Whether a statement declares a table of a consuming type (`CREATE EXTERNAL TABLE ...
+    /// STORED AS RABBITMQ`).
+    pub fn declares_consuming_table(&self, sql: &str) -> bool {
+        let words: Vec<&str> = sql.split_whitespace().collect();
+        words.windows(3).any(|w| {
+            w[0].eq_ignore_ascii_case("STORED")
+                && w[1].eq_ignore_ascii_case("AS")
+                && self
+                    .table_type(w[2].trim_end_matches(';'))
+                    .is_some_and(|t| t.consuming)
+        })
     }
 
     /// Run every connector's registration against `builder`.

@@ -44,7 +44,7 @@ pub mod tenant;
 pub use acks::{AckLedger, PendingAck};
 pub use config::EngineConfig;
 pub use connector::{
-    Connector, ConnectorRegistry, DeclaredParams, ParamKind, ParamSpec, RemoteCallStats,
+    Connector, ConnectorRegistry, DeclaredParams, ParamKind, ParamSpec, RemoteCallStats, TableType,
 };
 pub use error::{EngineError, Result};
 pub use secrets::SecretStore;

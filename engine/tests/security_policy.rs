@@ -249,8 +249,8 @@ impl flowengine_engine::Connector for Databases {
     fn name(&self) -> &'static str {
         "databases"
     }
-    fn named_locations(&self) -> &'static [&'static str] {
-        &["POSTGRES"]
+    fn table_types(&self) -> Vec<flowengine_engine::TableType> {
+        vec![flowengine_engine::TableType::new("POSTGRES").location_is_a_name()]
     }
     fn register(
         &self,

@@ -115,10 +115,11 @@ async fn run_once_traced(
         .iter()
         .rposition(|s| engine::pipeline::incremental::parse(&s.sql).is_some())
         .filter(|_| follow);
+    let registry = connectors::registry();
     let consuming = pipeline
         .statements
         .iter()
-        .any(|s| connectors::queue::declares_consuming_table(&s.sql));
+        .any(|s| registry.declares_consuming_table(&s.sql));
     if follow && last_incremental.is_none() && !consuming {
         return Err(crate::UsageError(format!(
             "--follow needs a CREATE INCREMENTAL VIEW or a consuming queue table (RabbitMQ or \

@@ -40,7 +40,7 @@ use datafusion::common::TableReference;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::CreateExternalTable;
-use engine::{Connector, ParamKind, ParamSpec};
+use engine::{Connector, ParamKind, ParamSpec, TableType};
 
 use crate::resilience::Resilience;
 
@@ -122,9 +122,12 @@ impl Connector for DatabaseConnector {
         PARAMS
     }
 
-    fn named_locations(&self) -> &'static [&'static str] {
-        // LOCATION is the table's name in the database.
-        &["POSTGRES", "MYSQL", "SQLITE"]
+    fn table_types(&self) -> Vec<TableType> {
+        // LOCATION is the table's name in the database; executors open it from its options.
+        ["POSTGRES", "MYSQL", "SQLITE"]
+            .into_iter()
+            .map(|t| TableType::new(t).location_is_a_name().distributable())
+            .collect()
     }
 
     fn register(&self, builder: SessionStateBuilder) -> Result<SessionStateBuilder> {

@@ -33,22 +33,7 @@ pub mod redis_stream;
 
 use datafusion::error::Result;
 use datafusion::execution::session_state::SessionStateBuilder;
-use engine::{Connector, ParamKind, ParamSpec};
-
-/// `STORED AS` names of the table types whose scans consume (acknowledge after the run).
-pub const CONSUMING_TYPES: &[&str] = &["RABBITMQ", "REDIS_STREAM", "MQTT"];
-
-/// Whether `sql` declares a table of a consuming type (`CREATE EXTERNAL TABLE ... STORED AS
-/// RABBITMQ`): a `--follow` pipeline reading one needs no incremental view.
-pub fn declares_consuming_table(sql: &str) -> bool {
-    let words: Vec<String> = sql
-        .split_whitespace()
-        .map(|w| w.to_ascii_uppercase())
-        .collect();
-    words.windows(3).any(|w| {
-        w[0] == "STORED" && w[1] == "AS" && CONSUMING_TYPES.contains(&w[2].trim_end_matches(';'))
-    })
-}
+use engine::{Connector, ParamKind, ParamSpec, TableType};
 
 /// Registers every message-queue table type this build includes.
 #[derive(Debug)]
@@ -61,6 +46,23 @@ impl Connector for QueueConnector {
 
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
+    }
+
+    fn table_types(&self) -> Vec<TableType> {
+        [
+            // A stream that is read, not consumed: executors read their own ranges.
+            #[cfg(feature = "nats")]
+            TableType::new("NATS").distributable(),
+            // Reads consume: messages are acknowledged after the run's sinks committed.
+            #[cfg(feature = "rabbitmq")]
+            TableType::new("RABBITMQ").consuming(),
+            #[cfg(feature = "redis")]
+            TableType::new("REDIS_STREAM").consuming(),
+            #[cfg(feature = "mqtt")]
+            TableType::new("MQTT").consuming(),
+        ]
+        .into_iter()
+        .collect()
     }
 
     fn register(&self, mut builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
@@ -140,11 +142,19 @@ const PARAMS: &[ParamSpec] = &[
 mod tests {
     #[test]
     fn consuming_tables_are_recognised() {
-        assert!(super::declares_consuming_table(
+        let registry = crate::registry();
+        assert!(registry.declares_consuming_table(
             "CREATE EXTERNAL TABLE q (a INT)\n  stored as rabbitmq LOCATION 'amqp://h/q'"
         ));
-        assert!(!super::declares_consuming_table(
+        assert!(!registry.declares_consuming_table(
             "CREATE EXTERNAL TABLE q (a INT) STORED AS NATS LOCATION 'nats://h/s'"
         ));
+        // What each type declares is what the runtime and the cluster ask.
+        let t = |name: &str| registry.table_type(name).expect(name);
+        assert!(t("mqtt").consuming && !t("mqtt").distributable);
+        assert!(t("NATS").distributable && !t("NATS").consuming);
+        assert!(t("WEBHOOK").sink_only);
+        assert!(t("POSTGRES").location_is_a_name && t("POSTGRES").distributable);
+        assert!(registry.table_type("SOMETHING").is_none());
     }
 }
