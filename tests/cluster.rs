@@ -19,7 +19,9 @@ fn tpch_and_etl_on_the_cluster_match_single_node_and_it_survives_a_lost_executor
     let data = tpch_data();
     let work = tempfile::tempdir().unwrap();
     let init = tables_sql(&data);
-    let mut cluster = Cluster::start();
+    // Executors log the tasks they start, so the test can wait for one instead of a fixed time.
+    let mut cluster =
+        Cluster::start_with(&[("FLOWENGINE_LOG", "warn,ballista_executor=info".to_string())]);
     let url = cluster.url.clone();
     let url = url.as_str();
 
@@ -142,7 +144,21 @@ fn tpch_and_etl_on_the_cluster_match_single_node_and_it_survives_a_lost_executor
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(2000));
+    // Wait until the executor about to be lost runs a task of this query.
+    let before = cluster.executor_log(0).matches("Execute task").count();
+    let started = Instant::now();
+    while cluster.executor_log(0).matches("Execute task").count() == before {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the query ended before the executor was killed: the test needs a slower query"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "executor 0 started no task of the query\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         child.try_wait().unwrap().is_none(),
         "the query ended before the executor was killed: the test needs a slower query"

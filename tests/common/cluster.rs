@@ -32,6 +32,7 @@ pub(crate) fn spawn(args: &[String], log: &Path, env: &[(&str, String)]) -> Chil
     let log = std::fs::File::create(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_flowengine"))
         .args(args)
+        .env("FLOWENGINE_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("FLOWENGINE_CONFIG")
         .env_remove("FLOWENGINE_CLUSTER")
@@ -40,7 +41,6 @@ pub(crate) fn spawn(args: &[String], log: &Path, env: &[(&str, String)]) -> Chil
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env_remove("AWS_ENDPOINT_URL")
         .env_remove("AWS_ENDPOINT")
-        .env("FLOWENGINE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -60,7 +60,13 @@ impl Cluster {
         Self::start_with(&[])
     }
 
-    /// A cluster whose nodes have `env` set (secrets, for instance).
+    /// The log of executor `i` so far.
+    pub(crate) fn executor_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.logs.path().join(format!("executor{i}.log")))
+            .unwrap_or_default()
+    }
+
+    /// A cluster whose nodes have `env` set (secrets, a log filter, for instance).
     pub(crate) fn start_with(env: &[(&str, String)]) -> Self {
         let logs = tempfile::tempdir().unwrap();
         let port = super::free_port();
