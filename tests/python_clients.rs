@@ -18,6 +18,9 @@ fn python_adbc_and_pyarrow_clients() {
             "-p",
             "no:cacheprovider",
             "tests/python",
+            // The README's snippets run against a server started as the README says (below).
+            "--deselect",
+            "tests/python/test_readme.py::test_readme_connect_snippets",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("FLOWENGINE_FLIGHT_URI", server.uri())
@@ -32,6 +35,55 @@ fn python_adbc_and_pyarrow_clients() {
         server.drain_log().join("\n")
     );
     assert!(stdout.contains("passed"), "{stdout}");
+}
+
+/// The README's first serve and connect steps, as a newcomer runs them: `flowengine serve
+/// --catalog sql-examples/serve_catalog.sql` with no configuration prints a one-time token and
+/// accepts only it; the README's Python snippets, with that token exported, query the server.
+#[test]
+fn readme_serve_and_connect_steps_run_as_written() {
+    let catalog = common::repo("sql-examples/serve_catalog.sql");
+    // No users, no API keys, authentication on (the default): a first run.
+    let server = ServerProcess::start(&[catalog.as_path()], "[security]\n");
+    let token = server
+        .startup
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("export FLOWENGINE_TOKEN="))
+        .unwrap_or_else(|| panic!("no token printed:\n{}", server.startup.join("\n")))
+        .to_string();
+    assert!(token.len() > 40, "{token}");
+    let pytest = |token: &str| {
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "tests/python/test_readme.py",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("FLOWENGINE_FLIGHT_URI", server.uri())
+            .env("FLOWENGINE_TOKEN", token)
+            .output()
+            .expect("run python3 -m pytest")
+    };
+    let out = pytest(&token);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("passed"),
+        "README snippets failed:\n{stdout}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.drain_log().join("\n")
+    );
+    // Only the token gets in.
+    let out = pytest("fek_first_not_the_token");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// The notebook in sql-examples/ runs end to end against a live server.

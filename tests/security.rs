@@ -373,8 +373,9 @@ async fn grants_filters_masks_and_locations_on_every_path() {
 
 #[test]
 fn serving_without_users_or_without_auth_on_a_public_address_is_refused() {
+    // On a loopback address a first run gets a one-time token instead (tests/python_clients.rs).
     let out = common::flowengine()
-        .args(["serve", "--bind", "127.0.0.1:0", "--admin-bind", "off"])
+        .args(["serve", "--bind", "0.0.0.0:0", "--admin-bind", "off"])
         .env_remove("FLOWENGINE_AUTH")
         .output()
         .unwrap();

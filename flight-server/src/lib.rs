@@ -70,7 +70,8 @@ pub enum ServeError {
     #[error(
         "authentication is on (security.auth = \"password\", the default) but no users or API keys \
          are configured: add [[security.users]] (hash passwords with `flowengine user hash-password`) \
-         or [[security.api_keys]], or set security.auth = \"none\" for a loopback-only server"
+         or [[security.api_keys]] (on a loopback address, `flowengine serve` starts with a one-time \
+         token instead)"
     )]
     NoUsers,
     #[error(transparent)]

@@ -13,14 +13,34 @@ use crate::cli::{DisplayArgs, Format, GlobalArgs, RunArgs, ServeArgs};
 use crate::exec::Rows;
 
 /// The server's configuration: the file and environment, the command line's addresses, and
-/// the server's own defaults. Read at start and again on every SIGHUP.
-fn server_config(global: &GlobalArgs, args: &ServeArgs) -> Result<engine::config::LoadedConfig> {
+/// the server's own defaults. Read at start and again on every SIGHUP. `token` is the first-run
+/// token ([`first_run_token`]), accepted while the configuration still names no credentials.
+fn server_config(
+    global: &GlobalArgs,
+    args: &ServeArgs,
+    token: Option<&str>,
+) -> Result<engine::config::LoadedConfig> {
     let mut loaded = super::load_config(global)?;
     if let Some(bind) = &args.bind {
         loaded.config.server.bind = bind.clone();
     }
     if let Some(bind) = &args.admin_bind {
         loaded.config.server.admin_bind = bind.clone();
+    }
+    if let Some(token) = token
+        && needs_first_run_token(&loaded.config)
+    {
+        loaded
+            .config
+            .security
+            .api_keys
+            .push(engine::security::config::ApiKeyConfig {
+                name: FIRST_RUN_ACCOUNT.into(),
+                key_sha256: engine::security::credentials::sha256_hex(token),
+                roles: vec![engine::security::config::ADMIN_ROLE.into()],
+                attributes: Default::default(),
+                tenant: None,
+            });
     }
     // Parquet strings are read as Utf8 rather than Utf8View unless configured: every Flight SQL
     // client (JDBC, ODBC, older pyarrow/ADBC) understands Utf8, and it encodes smaller on the wire.
@@ -37,8 +57,39 @@ fn server_config(global: &GlobalArgs, args: &ServeArgs) -> Result<engine::config
     Ok(loaded)
 }
 
+/// The account the first-run token logs in as.
+const FIRST_RUN_ACCOUNT: &str = "first-run";
+
+/// Whether the configuration asks for authentication but names no way to authenticate: a
+/// first run, before any user, API key or JWT issuer is configured.
+fn needs_first_run_token(config: &engine::EngineConfig) -> bool {
+    let security = &config.security;
+    security.auth == engine::security::config::AuthMode::Password
+        && security.users.is_empty()
+        && security.api_keys.is_empty()
+        && security.jwt.is_none()
+}
+
+/// On a first run on a loopback address, as Jupyter does: a random token, printed once with a
+/// ready-to-paste connect line, that is the server's only credential (an admin API key) until
+/// the configuration names users. A server on another address still refuses to start without
+/// users, and nothing is weakened: without the token nobody gets in.
+fn first_run_token(global: &GlobalArgs, args: &ServeArgs) -> Result<Option<String>> {
+    let loaded = server_config(global, args, None)?;
+    let loopback = loaded
+        .config
+        .server
+        .bind
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or_else(|_| loaded.config.server.bind.starts_with("localhost:"));
+    Ok((loopback && needs_first_run_token(&loaded.config))
+        .then(|| engine::security::credentials::random_secret("fek_first_")))
+}
+
 pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
-    let loaded = server_config(global, &args)?;
+    let token = first_run_token(global, &args)?;
+    let loaded = server_config(global, &args, token.as_deref())?;
     let engine = Arc::new(crate::cluster::engine(&loaded.config)?);
     // system.runs, system.steps, ...: the runs of pipelines, `--follow`ed ones included.
     let store = engine::state::open(&loaded.config);
@@ -58,6 +109,17 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
             "flowengine: Flight SQL listening on {grpc}://{} ; admin endpoint off",
             server.flight_addr()
         ),
+    }
+    if let Some(token) = &token {
+        eprintln!(
+            "flowengine: no users are configured, so this loopback server accepts only this \
+             token (an admin key, valid until the server stops; add [[security.users]] or \
+             [[security.api_keys]] to flowengine.toml for lasting accounts):\n\
+             \n    export FLOWENGINE_TOKEN={token}\n\
+             \n  then connect with `authorization: Bearer $FLOWENGINE_TOKEN`, e.g. in Python:\
+             \n    flight_sql.connect(\"{grpc}://{addr}\", db_kwargs={{\"adbc.flight.sql.authorization_header\": \"Bearer \" + os.environ[\"FLOWENGINE_TOKEN\"]}})\n",
+            addr = server.flight_addr()
+        );
     }
 
     let lookup = super::var_lookup(&args.vars);
@@ -113,6 +175,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
     let reloads = tokio::spawn(reload_on_sighup(
         global.clone(),
         args.clone(),
+        token,
         server.reloader(),
     ));
     server.set_ready();
@@ -131,7 +194,12 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
 
 /// Reload the configuration on every SIGHUP: safe settings take effect, the others are named
 /// as needing a restart; an invalid file changes nothing. Only key names are printed.
-async fn reload_on_sighup(global: GlobalArgs, args: ServeArgs, reloader: flight_server::Reloader) {
+async fn reload_on_sighup(
+    global: GlobalArgs,
+    args: ServeArgs,
+    token: Option<String>,
+    reloader: flight_server::Reloader,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -140,7 +208,7 @@ async fn reload_on_sighup(global: GlobalArgs, args: ServeArgs, reloader: flight_
             return;
         };
         while hup.recv().await.is_some() {
-            match server_config(&global, &args) {
+            match server_config(&global, &args, token.as_deref()) {
                 Err(e) => eprintln!(
                     "flowengine: configuration reload failed, keeping the running configuration: {}",
                     crate::render_error(&e)

@@ -16,6 +16,8 @@ pub(crate) struct ServerProcess {
     /// The `flowengine.toml` it was started with (rewrite it, then [`ServerProcess::signal`]
     /// `HUP` to reload).
     pub(crate) config: std::path::PathBuf,
+    /// What it printed up to `flowengine: ready`.
+    pub(crate) startup: Vec<String>,
 }
 
 impl ServerProcess {
@@ -106,6 +108,7 @@ impl ServerProcess {
             admin: admin.unwrap(),
             log: rx,
             config: config_path,
+            startup: seen,
         }
     }
 
