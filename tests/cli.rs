@@ -265,43 +265,38 @@ fn quiet_and_table_row_limit() {
 
 // ---------------------------------------------------------------- sql subcommand
 
+/// `flowengine sql --format csv -c SQL`: what it printed, after asserting success.
+fn sql_csv(sql: &str) -> String {
+    let out = flowengine()
+        .args(["sql", "--format", "csv", "-c", sql])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    String::from_utf8(out).unwrap()
+}
+
 #[test]
 fn local_commands_read_files_as_tables() {
-    flowengine()
-        .args([
-            "sql",
-            "--format",
-            "csv",
-            "-c",
-            "SELECT count(*) AS n FROM 'sql-examples/data/orders.csv'",
-        ])
-        .assert()
-        .success()
-        .stdout("n\n1000\n");
-    flowengine()
-        .args([
-            "sql",
-            "--format",
-            "csv",
-            "-c",
-            "SELECT count(*) AS n, max(status) AS s FROM read_csv('sql-examples/data/orders.csv', {'has_header': true}) \
-             WHERE quantity > 0",
-        ])
-        .assert()
-        .success()
-        .stdout("n,s\n1000,shipped\n");
+    assert_eq!(
+        sql_csv("SELECT count(*) AS n FROM 'sql-examples/data/orders.csv'"),
+        "n\n1000\n"
+    );
+    assert_eq!(
+        sql_csv(
+            "SELECT count(*) AS n, max(status) AS s \
+             FROM read_csv('sql-examples/data/orders.csv', {'has_header': true}) WHERE quantity > 0"
+        ),
+        "n,s\n1000,shipped\n"
+    );
     // Options as pairs, a clear error for a file that is not there.
-    flowengine()
-        .args([
-            "sql",
-            "--format",
-            "csv",
-            "-c",
-            "SELECT count(*) AS n FROM read_csv('sql-examples/data/orders.csv', 'has_header', false)",
-        ])
-        .assert()
-        .success()
-        .stdout("n\n1001\n");
+    assert_eq!(
+        sql_csv(
+            "SELECT count(*) AS n FROM read_csv('sql-examples/data/orders.csv', 'has_header', false)"
+        ),
+        "n\n1001\n"
+    );
     flowengine()
         .args(["sql", "-c", "SELECT * FROM read_parquet('no/such/dir/')"])
         .assert()
@@ -311,17 +306,7 @@ fn local_commands_read_files_as_tables() {
 
 #[test]
 fn sql_command_and_stdin() {
-    flowengine()
-        .args([
-            "sql",
-            "--format",
-            "csv",
-            "-c",
-            "SELECT 1 AS x; SELECT 2 AS y",
-        ])
-        .assert()
-        .success()
-        .stdout("x\n1\ny\n2\n");
+    assert_eq!(sql_csv("SELECT 1 AS x; SELECT 2 AS y"), "x\n1\ny\n2\n");
     flowengine()
         .args(["sql", "--format", "json"])
         .write_stdin("CREATE VIEW v AS SELECT 42 AS answer;\nSELECT * FROM v;\n")

@@ -6,27 +6,33 @@ mod common;
 
 use common::server::ServerProcess;
 
+/// `python3 -m pytest -q ARGS` in the repository, with `env` set.
+fn pytest(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    std::process::Command::new("python3")
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run python3 -m pytest (pip install pytest adbc-driver-flightsql pyarrow)")
+}
+
 #[test]
 fn python_adbc_and_pyarrow_clients() {
     let catalog = common::repo("sql-examples/serve_catalog.sql");
     let server = ServerProcess::start(&[catalog.as_path()], "");
-    let out = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
+    let out = pytest(
+        &[
             "tests/python",
             // The README's snippets run against a server started as the README says (below).
             "--deselect",
             "tests/python/test_readme.py::test_readme_connect_snippets",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("FLOWENGINE_FLIGHT_URI", server.uri())
-        .env("FLOWENGINE_ADMIN_URL", format!("http://{}", server.admin))
-        .output()
-        .expect("run python3 -m pytest (pip install pytest adbc-driver-flightsql pyarrow)");
+        ],
+        &[
+            ("FLOWENGINE_FLIGHT_URI", server.uri()),
+            ("FLOWENGINE_ADMIN_URL", format!("http://{}", server.admin)),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -52,23 +58,16 @@ fn readme_serve_and_connect_steps_run_as_written() {
         .unwrap_or_else(|| panic!("no token printed:\n{}", server.startup.join("\n")))
         .to_string();
     assert!(token.len() > 40, "{token}");
-    let pytest = |token: &str| {
-        std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "tests/python/test_readme.py",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("FLOWENGINE_FLIGHT_URI", server.uri())
-            .env("FLOWENGINE_TOKEN", token)
-            .output()
-            .expect("run python3 -m pytest")
+    let readme = |token: &str| {
+        pytest(
+            &["tests/python/test_readme.py"],
+            &[
+                ("FLOWENGINE_FLIGHT_URI", server.uri()),
+                ("FLOWENGINE_TOKEN", token.to_string()),
+            ],
+        )
     };
-    let out = pytest(&token);
+    let out = readme(&token);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("passed"),
@@ -77,7 +76,7 @@ fn readme_serve_and_connect_steps_run_as_written() {
         server.drain_log().join("\n")
     );
     // Only the token gets in.
-    let out = pytest("fek_first_not_the_token");
+    let out = readme("fek_first_not_the_token");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("nauthenticated"),
@@ -169,25 +168,21 @@ masks = [{{ table = "customers", column = "email", with = "'***'" }}]
         server_key = server_key.display(),
     );
     let server = ServerProcess::start(&[catalog.as_path()], &config);
-    let out = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/python_security",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env(
-            "FLOWENGINE_FLIGHT_URI",
-            format!("grpc+tls://{}", server.flight),
-        )
-        .env("FLOWENGINE_TEST_CA", dir.path().join("ca.pem"))
-        .env("FLOWENGINE_TEST_PASSWORD", "ana-python-pw")
-        .env("FLOWENGINE_TEST_API_KEY", key)
-        .output()
-        .expect("run python3 -m pytest");
+    let out = pytest(
+        &["tests/python_security"],
+        &[
+            (
+                "FLOWENGINE_FLIGHT_URI",
+                format!("grpc+tls://{}", server.flight),
+            ),
+            (
+                "FLOWENGINE_TEST_CA",
+                dir.path().join("ca.pem").display().to_string(),
+            ),
+            ("FLOWENGINE_TEST_PASSWORD", "ana-python-pw".to_string()),
+            ("FLOWENGINE_TEST_API_KEY", key.to_string()),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
