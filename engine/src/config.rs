@@ -86,7 +86,7 @@ pub struct EngineConfig {
     pub spillable_joins: Option<SpillableJoinsMode>,
     /// The largest estimated build side, in rows, that a hash join probed by at least four
     /// times as many rows collects into one hash table instead of repartitioning both inputs
-    /// (see [`crate::collect_builds`]); `0` turns this off. Default: 500000. Part of the extra
+    /// (see [`crate::optimizer::collect_builds`]); `0` turns this off. Default: 500000. Part of the extra
     /// optimizer rules. Env: `FLOWENGINE_COLLECT_BUILD_ROWS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collect_build_rows: Option<usize>,
@@ -147,7 +147,7 @@ pub struct EngineConfig {
     pub parquet_encryption: crate::encryption::ParquetEncryptionConfig,
 }
 
-/// When joins are planned to spill (see [`crate::spillable_joins`]).
+/// When joins are planned to spill (see [`crate::optimizer::spillable_joins`]).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SpillableJoinsMode {
@@ -428,7 +428,7 @@ impl EngineConfig {
     /// much larger input (`collect_build_rows`; 0 = never).
     pub fn effective_collect_build_rows(&self) -> usize {
         self.collect_build_rows
-            .unwrap_or(crate::collect_builds::DEFAULT_MAX_BUILD_ROWS)
+            .unwrap_or(crate::optimizer::collect_builds::DEFAULT_MAX_BUILD_ROWS)
     }
 
     /// The configuration as given (file and environment), secrets redacted, as TOML

@@ -101,51 +101,10 @@ impl Engine {
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features();
-        let mut builder =
+        let builder =
             crate::table_defs::record_definitions(connectors.register_all(builder)?, &definitions);
-        if config.extra_optimizer_rules.unwrap_or(true) {
-            builder = builder
-                .with_optimizer_rule(Arc::new(crate::join_keys::FilterAggregateByJoinKeys))
-                .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins))
-                .with_optimizer_rule(Arc::new(
-                    crate::dimension_joins::JoinFilteredDimensionsEarly,
-                ))
-                // Last, once filters sit where they will be evaluated.
-                .with_optimizer_rule(Arc::new(crate::filter_order::OrderFilterConjuncts));
-        }
-        let mut physical_rules = crate::spillable_joins::SpillableJoins::new(
-            config.spillable_joins.unwrap_or_default(),
-            config.memory_limit_bytes(),
-        )
-        .insert_into(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
-        if config.extra_optimizer_rules.unwrap_or(true) {
-            // Right after join selection, before the spillable-joins rule sees the build sides.
-            physical_rules = crate::build_side::BuildSmallerSide.insert_into(physical_rules);
-            physical_rules = crate::collect_builds::CollectSmallBuildSides::new(
-                config.effective_collect_build_rows(),
-            )
-            .insert_into(physical_rules);
-            // Last: it only swaps expressions for equivalent ones that skip per-value checks.
-            physical_rules.push(Arc::new(crate::exact_decimal::ExactDecimalArithmetic));
-            // Last too: filters keep their place, only their predicates are evaluated in steps.
-            physical_rules.push(Arc::new(crate::progressive_filter::ProgressiveFilters));
-            // After the filters it may add above scans were planned by DataFusion's pushdown.
-            physical_rules.push(Arc::new(crate::small_join_filters::SmallJoinFilters));
-        }
-        let mut state = builder
-            .with_physical_optimizer_rules(physical_rules)
-            .build();
-        if config.extra_optimizer_rules.unwrap_or(true) {
-            // A CTE used twice (TPC-H Q15) is executed once. It wraps the planner the connectors
-            // installed (federation); the cluster's planner later replaces both, as Ballista
-            // plans the way DataFusion does.
-            let inner = Arc::clone(state.query_planner());
-            state = SessionStateBuilder::new_from_existing(state)
-                .with_query_planner(Arc::new(
-                    crate::shared_subplans::SharingQueryPlanner::wrapping(inner),
-                ))
-                .build();
-        }
+        let mut state = crate::optimizer::register(builder, config).build();
+        state = crate::optimizer::share_subplans(state, config);
         if let Some(keys) = parquet_keys {
             // Every Parquet file read or written goes through the factory: writes are
             // encrypted with the write key, reads find the key a file names.

@@ -9,7 +9,7 @@
 //! join them with about 200,000 `customer ⋈ orders` rows, and Q03 does the same.
 //!
 //! This physical optimizer rule runs after join selection and the build-side check
-//! ([`crate::build_side`]). A partitioned hash join becomes a collected one when its build side
+//! ([`crate::optimizer::build_side`]). A partitioned hash join becomes a collected one when its build side
 //! is estimated at no more than `collect_build_rows` rows (default
 //! [`DEFAULT_MAX_BUILD_ROWS`]; 0 turns the rule off) and, by rows times row width, at no more
 //! than [`MAX_BUILD_BYTES`], and its probe side at [`MIN_PROBE_RATIO`] times as many rows or
@@ -30,8 +30,8 @@ use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode, SortMergeJoinExec,
 };
 
-use crate::build_side::estimate;
-use crate::spillable_joins::PhysicalRules;
+use crate::optimizer::build_side::estimate;
+use crate::optimizer::spillable_joins::PhysicalRules;
 
 /// Build sides estimated at more rows than this stay partitioned, unless configured.
 pub const DEFAULT_MAX_BUILD_ROWS: usize = 500_000;
@@ -64,7 +64,10 @@ impl CollectSmallBuildSides {
                 rules.insert(i + 1, Arc::new(self));
                 rules
             }
-            None => crate::spillable_joins::insert_after_join_selection(rules, Arc::new(self)),
+            None => crate::optimizer::spillable_joins::insert_after_join_selection(
+                rules,
+                Arc::new(self),
+            ),
         }
     }
 }

@@ -24,7 +24,7 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 
-use crate::spillable_joins::{PhysicalRules, insert_after_join_selection, row_width};
+use crate::optimizer::spillable_joins::{PhysicalRules, insert_after_join_selection, row_width};
 
 /// How much larger the build side must be estimated before the inputs are swapped.
 const MARGIN: usize = 2;

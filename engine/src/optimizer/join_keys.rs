@@ -283,7 +283,7 @@ fn unalias(e: &Expr) -> &Expr {
 }
 
 /// The aggregate input is already filtered by this rule (possibly moved down by
-/// [`crate::semi_join`]), so the rule applies once per aggregate.
+/// [`crate::optimizer::semi_join`]), so the rule applies once per aggregate.
 fn already_filtered(plan: &LogicalPlan) -> bool {
     let mut found = false;
     let _ = plan.apply(|node| {
@@ -310,7 +310,9 @@ mod tests {
             SessionContext::new_with_state(
                 datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
                     .with_optimizer_rule(Arc::new(FilterAggregateByJoinKeys))
-                    .with_optimizer_rule(Arc::new(crate::semi_join::PushSemiJoinBelowInnerJoins))
+                    .with_optimizer_rule(Arc::new(
+                        crate::optimizer::semi_join::PushSemiJoinBelowInnerJoins,
+                    ))
                     .build(),
             )
         } else {

@@ -65,7 +65,7 @@ use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 
-use crate::key_bitmap::KeyBitmap;
+use crate::optimizer::key_bitmap::KeyBitmap;
 
 /// Rows a filter is evaluated on before it may be found not worth evaluating.
 pub const SAMPLE_ROWS: usize = 100_000;
