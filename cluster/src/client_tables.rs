@@ -10,7 +10,7 @@
 //! [`ClientScansExec`] first reads those scans here (with their projection, filters and limit,
 //! through the table's own provider, so acknowledgements, bad-record counts and dead letters
 //! are settled as on a single node) and only then sends the plan: the rows travel inside it as
-//! Arrow IPC ([`TableCodec`](crate::cluster_tables::TableCodec)), and the scheduler and
+//! Arrow IPC ([`TableCodec`](crate::tables::TableCodec)), and the scheduler and
 //! executors see an in-memory table. Planning alone (`--dry-run`, `EXPLAIN`) reads nothing.
 //!
 //! The rows of all such scans of one query are capped by `cluster_inline_limit` (a plan is one
