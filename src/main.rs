@@ -1,20 +1,16 @@
-//! The `flowengine` command line: argument parsing, output and exit codes. All engine logic
-//! lives in the `engine` crate; connectors come from the `connectors` crate.
+//! The `flowengine` command line: argument parsing, output, progress and exit codes. Pipelines
+//! run in the `engine` crate's runtime; connectors come from `connectors`, the Flight SQL server
+//! from `flight-server` and cluster mode from `cluster`.
 //!
 //! Exit codes: 0 success, 1 a statement or pipeline failed, 2 usage or configuration error.
 
 mod cli;
-#[cfg(feature = "cluster")]
-mod client_tables;
 mod cluster;
-#[cfg(feature = "cluster")]
-mod cluster_tables;
 mod commands;
-mod exec;
 mod huge_pages;
-mod lineage_sink;
 mod output;
 mod progress;
+mod report;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -77,6 +73,7 @@ fn main() -> ExitCode {
                         engine::EngineError::InvalidConfig { .. }
                             | engine::EngineError::ReadConfig { .. }
                             | engine::EngineError::ReadPipeline { .. }
+                            | engine::EngineError::Usage(_)
                     )
                 );
             eprintln!("error: {}", render_error(&e));

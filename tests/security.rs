@@ -371,12 +371,72 @@ async fn grants_filters_masks_and_locations_on_every_path() {
     }
 }
 
+/// `CREATE CHECK` and `CREATE INCREMENTAL VIEW` are planned as what they read, so grants, row
+/// filters and masks apply to them as to any query, and a check cannot write a file.
+#[tokio::test(flavor = "multi_thread")]
+async fn checks_and_incremental_views_obey_grants_filters_and_masks() {
+    let f = start();
+    let mut ana = login(&f, "ana", ANA_PASSWORD).await.unwrap();
+    let text =
+        |batches: &[arrow::array::RecordBatch]| pretty_format_batches(batches).unwrap().to_string();
+    // No SELECT on salaries: neither a check nor an incremental view may read it.
+    for sql in [
+        "CREATE CHECK c ON salaries EXPECT pay > 0",
+        "CREATE CHECK c AS SELECT * FROM salaries WHERE pay < 0",
+        "CREATE INCREMENTAL VIEW scratch_pay ON salaries BY id",
+    ] {
+        let err = denied(&mut ana, sql).await;
+        assert!(err.message().contains("lacks SELECT"), "{sql}: {err}");
+    }
+    // No CREATE outside scratch_*.
+    let err = denied(&mut ana, "CREATE INCREMENTAL VIEW mine ON orders BY id").await;
+    assert!(err.message().contains("lacks CREATE"), "{err}");
+    // A dead-letter file is a write on the server's host: refused.
+    let err = denied(
+        &mut ana,
+        "CREATE CHECK c ON orders EXPECT amount > 0 DEAD_LETTER '/tmp/flowengine-dl.json'",
+    )
+    .await;
+    assert!(err.message().contains("DEAD_LETTER"), "{err}");
+    // The row filter applies: ana sees only eu orders, so the check passes for her and warns
+    // for the administrator, who sees the us order too.
+    let sql = "CREATE CHECK eu_only ON orders EXPECT region = 'eu' WARN";
+    let out = text(&query(&mut ana, sql).await.unwrap());
+    assert!(out.contains("| passed") && out.contains("| 0 "), "{out}");
+    let mut root = login(&f, "root", ROOT_PASSWORD).await.unwrap();
+    let out = text(&query(&mut root, sql).await.unwrap());
+    assert!(out.contains("| warned") && out.contains("| 1 "), "{out}");
+    // Masks apply: the check sees the masked value.
+    let out = text(
+        &query(
+            &mut ana,
+            "CREATE CHECK masked ON customers EXPECT email = '***' WARN",
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(out.contains("| passed"), "{out}");
+    // An incremental view holds the rows its creator may see, nothing more.
+    query(
+        &mut ana,
+        "CREATE INCREMENTAL VIEW scratch_new ON orders BY id",
+    )
+    .await
+    .unwrap();
+    let out = text(
+        &query(&mut ana, "SELECT sum(amount) AS s FROM scratch_new")
+            .await
+            .unwrap(),
+    );
+    assert!(out.contains("| 40 |"), "{out}");
+}
+
 #[test]
 fn serving_without_users_or_without_auth_on_a_public_address_is_refused() {
     // On a loopback address a first run gets a one-time token instead (tests/python_clients.rs).
     let out = common::flowengine()
         .args(["serve", "--bind", "0.0.0.0:0", "--admin-bind", "off"])
-        .env_remove("FLOWENGINE_AUTH")
+        .env_remove("FLOWENGINE_SECURITY_AUTH")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -384,7 +444,7 @@ fn serving_without_users_or_without_auth_on_a_public_address_is_refused() {
     assert!(err.contains("no users or API keys are configured"), "{err}");
     let out = common::flowengine()
         .args(["serve", "--bind", "0.0.0.0:0", "--admin-bind", "off"])
-        .env("FLOWENGINE_AUTH", "none")
+        .env("FLOWENGINE_SECURITY_AUTH", "none")
         .output()
         .unwrap();
     assert!(!out.status.success());

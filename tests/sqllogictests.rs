@@ -112,6 +112,23 @@ fn to_strings(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, SltError> {
     let options = FormatOptions::default().with_null("NULL");
     let mut rows = Vec::new();
     for batch in batches {
+        // EXPLAIN: one row per line of each plan, after its plan type.
+        let schema = batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        if names == ["plan_type", "plan"] {
+            let text = |c: usize, row: usize| {
+                ArrayFormatter::try_new(batch.column(c).as_ref(), &options)
+                    .map(|f| f.value(row).to_string())
+                    .map_err(err)
+            };
+            for row in 0..batch.num_rows() {
+                let plan_type = text(0, row)?;
+                for line in text(1, row)?.lines() {
+                    rows.push(vec![plan_type.clone(), line.to_string()]);
+                }
+            }
+            continue;
+        }
         let formatters = batch
             .columns()
             .iter()
@@ -121,7 +138,8 @@ fn to_strings(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, SltError> {
         for row in 0..batch.num_rows() {
             let mut out = Vec::with_capacity(formatters.len());
             for (f, col) in formatters.iter().zip(batch.columns()) {
-                let s = f.value(row).to_string();
+                // One line per row: a multi-line value (a check's sample) shows `\n`.
+                let s = f.value(row).to_string().replace('\n', "\\n");
                 out.push(if s.is_empty() && !col.is_null(row) {
                     "(empty)".to_string()
                 } else {

@@ -61,6 +61,50 @@ pub enum EngineError {
         source: Box<DataFusionError>,
     },
 
+    /// A failing `ERROR` quality check (see [`crate::pipeline::quality`]).
+    #[error("{location}: statement {index} (CHECK) failed: {message}")]
+    CheckFailed {
+        location: SourceLocation,
+        index: usize,
+        message: String,
+    },
+
+    /// A statement panicked inside DataFusion or a connector: an error for that statement,
+    /// never a crash.
+    #[error(
+        "{location}: statement {index} failed with an internal error ({what}); the input may be corrupt, or this is a bug to report"
+    )]
+    Panicked {
+        location: SourceLocation,
+        index: usize,
+        what: String,
+    },
+
+    /// A run that cannot go ahead as asked (`--resume` with nothing to resume, `--follow`
+    /// without anything that tells new rows apart): the caller changes how it runs it.
+    #[error("{0}")]
+    Usage(String),
+
+    /// The program showing a query's rows failed (a closed pipe, a full disk).
+    #[error("writing the result: {0}")]
+    Output(String),
+
+    /// Run state (runs, steps, watermarks, check results) could not be read or written.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+
+    /// Lineage events could not be configured or written.
+    #[error("lineage: {0}")]
+    Lineage(String),
+
+    /// A followed pipeline gave up after failing micro-batch after micro-batch.
+    #[error("{0}")]
+    GaveUp(String),
+
+    /// A run's last step, acknowledging what its consuming scans read, failed.
+    #[error("run {run_id}: {message}")]
+    Commit { run_id: String, message: String },
+
     #[error("cannot build the DataFusion session: {source}")]
     BuildSession {
         #[source]

@@ -27,6 +27,9 @@ pub struct SessionScope {
     pub gate: Option<Arc<crate::security::gate::CallerGate>>,
     /// What catalog listings may show the caller (none: everything).
     pub visible: Option<crate::security::visible::Visibility>,
+    /// Who runs the session's statements, as recorded with the outcomes of its checks (for
+    /// example `flight-sql:alice`).
+    pub origin: Option<String>,
 }
 
 /// A configured DataFusion session: the catalog and runtime every statement of a run shares.
@@ -104,7 +107,7 @@ impl Engine {
         let builder =
             crate::table_defs::record_definitions(connectors.register_all(builder)?, &definitions);
         let mut state = crate::optimizer::register(builder, config).build();
-        state = crate::optimizer::share_subplans(state, config);
+        state = crate::optimizer::share_subplans(state);
         if let Some(keys) = parquet_keys {
             // Every Parquet file read or written goes through the factory: writes are
             // encrypted with the write key, reads find the key a file names.
@@ -168,6 +171,17 @@ impl Engine {
         if let Some(gate) = &scope.gate {
             state.config_mut().set_extension(Arc::clone(gate));
         }
+        if let (Some(origin), Some(log)) = (
+            &scope.origin,
+            state.config().get_extension::<crate::pipeline::CheckLog>(),
+        ) {
+            state
+                .config_mut()
+                .set_extension(Arc::new(crate::pipeline::CheckLog {
+                    store: Arc::clone(&log.store),
+                    origin: origin.clone(),
+                }));
+        }
         for (key, value) in &scope.settings {
             if key.to_ascii_lowercase().starts_with("datafusion.runtime.") {
                 return Err(datafusion::error::DataFusionError::Plan(format!(
@@ -177,6 +191,19 @@ impl Engine {
             state.config_mut().options_mut().set(key, value)?;
         }
         Ok(self.with_context(SessionContext::new_with_state(state)))
+    }
+
+    /// Record the outcomes of checks run outside a recorded run (`CREATE CHECK` from a client
+    /// of `flowengine serve`) in `store`, under `origin` unless a session names its own.
+    pub fn record_checks_in(&self, store: Arc<dyn crate::state::StateStore>, origin: &str) {
+        self.ctx
+            .state_ref()
+            .write()
+            .config_mut()
+            .set_extension(Arc::new(crate::pipeline::CheckLog {
+                store,
+                origin: origin.to_string(),
+            }));
     }
 
     /// The shared session context (catalog, functions, runtime).
@@ -278,6 +305,7 @@ fn spill_merge_fan_in(pool_bytes: usize) -> usize {
 fn session_config(config: &EngineConfig) -> datafusion::error::Result<SessionConfig> {
     let mut sc = SessionConfig::new()
         .with_option_extension(crate::staging::StagingOptions::default())
+        .with_option_extension(crate::optimizer::default_options(config))
         .with_information_schema(true)
         .with_target_partitions(config.effective_target_partitions())
         .with_batch_size(config.effective_batch_size());

@@ -14,6 +14,9 @@ pub(crate) fn engine_status(e: EngineError) -> Status {
             Status::new(status.code(), format!("{kind}: {}", status.message()))
         }
         EngineError::DataFusion(e) => datafusion_status(&e),
+        EngineError::CheckFailed { message, .. } => {
+            Status::failed_precondition(format!("CHECK: {message}"))
+        }
         other => Status::internal(other.to_string()),
     }
 }

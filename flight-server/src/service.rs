@@ -423,7 +423,7 @@ impl FlightSqlService for FlowSqlService {
                         started.elapsed(),
                     )
                 })?;
-        let dataset = flight_schema(Arc::new(prepared.logical.schema().as_arrow().clone()));
+        let dataset = flight_schema(prepared.output_schema());
         let params = parameter_schema(&prepared.logical)?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: PreparedHandle::new(query.query).encode_handle().into(),

@@ -220,6 +220,7 @@ impl ServerState {
             settings: self.sessions.settings(&who.session),
             gate: Some(Arc::new(gate)),
             visible,
+            origin: Some(format!("flight-sql:{}", who.principal.name)),
         };
         engine
             .for_session(&scope)

@@ -147,7 +147,7 @@ impl FlowSqlService {
             }
             plans
         };
-        let schema = flight_schema(Arc::new(plans[0].logical.schema().as_arrow().clone()));
+        let schema = flight_schema(plans[0].output_schema());
         Ok(Planned {
             sql: sql.to_string(),
             plans,
@@ -218,6 +218,15 @@ impl FlowSqlService {
     /// `SET`/`RESET` are limited to the configured allow-list, so a client cannot raise its
     /// own memory limit or change settings the operator fixed.
     pub(crate) fn check_allowed(&self, prepared: &Prepared) -> Result<(), Status> {
+        if let engine::pipeline::Action::Check(check) = &prepared.action
+            && check.dead_letter.is_some()
+        {
+            return Err(Status::permission_denied(format!(
+                "check {}: DEAD_LETTER writes a file on the server's host, which clients cannot; \
+                 write the failing rows with COPY to an allowed location instead",
+                check.name
+            )));
+        }
         let variable = match &prepared.logical {
             LogicalPlan::Statement(PlanStatement::SetVariable(s)) => &s.variable,
             LogicalPlan::Statement(PlanStatement::ResetVariable(s)) => &s.variable,
@@ -226,7 +235,12 @@ impl FlowSqlService {
         let key = variable.to_ascii_lowercase();
         let live = self.state.live();
         let allowed = &live.server.set_allowlist;
-        if allowed.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
+        // An entry ending in `*` allows every key it prefixes (`flowengine.optimizer.*`).
+        let permits = |k: &String| match k.strip_suffix('*') {
+            Some(prefix) => key.starts_with(&prefix.to_ascii_lowercase()),
+            None => k.eq_ignore_ascii_case(&key),
+        };
+        if allowed.iter().any(permits) {
             return Ok(());
         }
         Err(Status::permission_denied(format!(

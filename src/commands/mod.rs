@@ -18,7 +18,9 @@ use engine::{Engine, EngineConfig};
 use engine::pipeline::Pipeline;
 
 use crate::cli::{DisplayArgs, GlobalArgs};
-use crate::exec::{Rows, StatementOptions, run_statement};
+use engine::pipeline::runtime::{Rows, StatementOptions, run_statement};
+
+use crate::report::Terminal;
 
 /// Load configuration (file + environment) and build the engine with every connector, for a
 /// local command: files can be read as tables (`SELECT * FROM 'f.csv'`, `read_csv(...)`).
@@ -39,27 +41,18 @@ pub(crate) fn load_config(global: &GlobalArgs) -> anyhow::Result<LoadedConfig> {
     Ok(loaded)
 }
 
-/// Variable lookup: `--var` values first, then the environment.
-pub(crate) fn var_lookup(vars: &[(String, String)]) -> impl Fn(&str) -> Option<String> + '_ {
-    move |name: &str| {
-        vars.iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .or_else(|| std::env::var(name).ok())
-    }
-}
+pub(crate) use engine::pipeline::runtime::{dialect, var_lookup};
 
-/// The session's SQL dialect name (for splitting statements).
-pub(crate) fn dialect(engine: &Engine) -> String {
-    engine
-        .context()
-        .state()
-        .config()
-        .options()
-        .sql_parser
-        .dialect
-        .to_string()
+/// A fresh engine for each micro-batch of a followed pipeline.
+pub(crate) fn engine_factory(
+    global: &GlobalArgs,
+) -> impl Fn() -> engine::Result<Engine> + Sync + '_ {
+    move || {
+        build_engine(global).map(|(e, _)| e).map_err(|e| {
+            e.downcast::<engine::EngineError>()
+                .unwrap_or_else(|e| engine::EngineError::Usage(crate::render_error(&e)))
+        })
+    }
 }
 
 /// Run every statement of `pipeline` (init and catalog files), without resume or output files.
@@ -71,19 +64,10 @@ pub(crate) async fn run_pipeline(
     summary: bool,
 ) -> anyhow::Result<()> {
     let total = pipeline.statements.len();
+    let observer = Terminal::new(display, false);
     for statement in &pipeline.statements {
-        let opts = StatementOptions {
-            explain: false,
-            output: None,
-            rows,
-            summary: summary && !display.quiet,
-            total,
-            committed_by: None,
-            run: None,
-            deferred: &[],
-            drop_empty_writes: false,
-        };
-        run_statement(engine, statement, display, &opts, None).await?;
+        let opts = StatementOptions::plain(total, rows, summary && !display.quiet);
+        run_statement(engine, statement, &observer, &opts, None).await?;
     }
     Ok(())
 }

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use engine::pipeline::Pipeline;
 
 use crate::cli::{GlobalArgs, ProfileArgs};
-use crate::exec::Rows;
 use crate::output::ResultPrinter;
+use engine::pipeline::runtime::Rows;
 
 pub(crate) async fn run(global: &GlobalArgs, args: ProfileArgs) -> Result<ExitCode> {
     let (engine, _) = super::build_engine(global)?;

@@ -9,7 +9,9 @@ use engine::pipeline::PipelineStatement;
 use engine::state;
 
 use crate::cli::{GlobalArgs, RunsArgs};
-use crate::exec::{Rows, StatementOptions, run_statement};
+use engine::pipeline::runtime::{Rows, StatementOptions, run_statement};
+
+use crate::report::Terminal;
 
 pub(crate) async fn run(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode> {
     let (engine, loaded) = super::build_engine(global)?;
@@ -50,17 +52,14 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode>
         },
         sql,
     };
-    let opts = StatementOptions {
-        explain: false,
-        output: None,
-        rows: Rows::Print,
-        summary: false,
-        total: 1,
-        committed_by: None,
-        run: None,
-        deferred: &[],
-        drop_empty_writes: false,
-    };
-    run_statement(&engine, &statement, &args.display, &opts, None).await?;
+    let opts = StatementOptions::plain(1, Rows::Show, false);
+    run_statement(
+        &engine,
+        &statement,
+        &Terminal::new(&args.display, false),
+        &opts,
+        None,
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,8 +9,10 @@ use anyhow::{Context, Result};
 use engine::pipeline::Pipeline;
 use flight_server::Server;
 
-use crate::cli::{DisplayArgs, Format, GlobalArgs, RunArgs, ServeArgs};
-use crate::exec::Rows;
+use engine::pipeline::runtime::follow::{FollowObserver, FollowOptions, follow_until};
+use engine::pipeline::runtime::{Batch, Rows, RunObserver, RunRequest};
+
+use crate::cli::{DisplayArgs, Format, GlobalArgs, ServeArgs};
 
 /// The server's configuration: the file and environment, the command line's addresses, and
 /// the server's own defaults. Read at start and again on every SIGHUP. `token` is the first-run
@@ -94,6 +96,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
     // system.runs, system.steps, ...: the runs of pipelines, `--follow`ed ones included.
     let store = engine::state::open(&loaded.config);
     engine::state::register_system_tables(engine.context(), &store).await?;
+    // Checks clients run (`CREATE CHECK` over Flight SQL) land in system.quality_results too.
+    engine.record_checks_in(Arc::clone(&store), "flight-sql");
     let server = Server::bind(Arc::clone(&engine), loaded.file.iter().cloned().collect()).await?;
     let (grpc, http) = if loaded.config.server.tls.is_some() {
         ("grpc+tls", "https")
@@ -136,39 +140,31 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode
             .with_context(|| format!("loading catalog file {}", file.display()))?;
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // Declared before the followers that borrow them.
+    let factory = super::engine_factory(global);
+    let registry = connectors::registry();
     let mut followers = Vec::new();
     for pipeline in &args.follow {
-        let run = RunArgs {
+        let request = RunRequest {
             pipeline: pipeline.clone(),
             vars: args.vars.clone(),
-            dry_run: false,
-            explain: false,
-            resume: false,
-            output: None,
-            follow: true,
-            interval: args.interval,
-            max_batches: None,
-            display: DisplayArgs {
-                quiet: true,
-                ..display.clone()
-            },
+            ..Default::default()
         };
-        super::follow::check(&run)?;
+        let options = FollowOptions::new(&request, args.interval, None)?;
         let observer = Metered {
             metrics: server.pipeline_metrics(),
             pipeline: pipeline.display().to_string(),
         };
         let stop = Arc::clone(&stop);
+        let (factory, registry) = (&factory, &registry);
         eprintln!("flowengine: following {}", pipeline.display());
-        // Polled beside the server in this task (a pipeline run is not `Send`: it may hold the
-        // terminal while printing).
+        // Polled beside the server in this task.
         followers.push(async move {
-            let name = run.pipeline.display().to_string();
-            if let Err(e) = super::follow::follow_until(global, run, stop, Some(&observer)).await {
-                eprintln!(
-                    "flowengine: pipeline {name} stopped: {}",
-                    crate::render_error(&e)
-                );
+            let name = request.pipeline.display().to_string();
+            if let Err(e) =
+                follow_until(factory, registry, &request, &options, stop, &observer).await
+            {
+                eprintln!("flowengine: pipeline {name} stopped: {e}");
             }
         });
     }
@@ -243,8 +239,14 @@ struct Metered {
     pipeline: String,
 }
 
-impl super::follow::Observer for Metered {
-    fn committed(&self, batch: &super::run::Batch, elapsed: std::time::Duration) {
+impl RunObserver for Metered {
+    fn notice(&self, message: &str) {
+        eprintln!("{message}");
+    }
+}
+
+impl FollowObserver for Metered {
+    fn committed(&self, batch: &Batch, elapsed: std::time::Duration) {
         self.metrics.committed(
             &self.pipeline,
             elapsed.as_secs_f64(),
@@ -256,7 +258,6 @@ impl super::follow::Observer for Metered {
             },
         );
     }
-
     fn failed(&self) {
         self.metrics.failed(&self.pipeline);
     }

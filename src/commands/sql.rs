@@ -11,7 +11,7 @@ use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
 use crate::cli::{DisplayArgs, GlobalArgs, SqlArgs};
-use crate::exec::Rows;
+use engine::pipeline::runtime::Rows;
 
 pub(crate) async fn run(global: &GlobalArgs, args: SqlArgs) -> Result<ExitCode> {
     let (engine, _) = super::build_engine(global)?;
@@ -24,7 +24,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: SqlArgs) -> Result<ExitCode> 
     if !args.command.is_empty() {
         for sql in &args.command {
             let pipeline = Pipeline::parse(sql, "<command line>", &lookup, &dialect)?;
-            super::run_pipeline(&engine, &pipeline, &args.display, Rows::Print, false).await?;
+            super::run_pipeline(&engine, &pipeline, &args.display, Rows::Show, false).await?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -37,7 +37,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: SqlArgs) -> Result<ExitCode> 
         .context("reading SQL from stdin")?;
     let text = engine::pipeline::decode(bytes, "<stdin>")?;
     let pipeline = Pipeline::parse(&text, "<stdin>", &lookup, &dialect)?;
-    super::run_pipeline(&engine, &pipeline, &args.display, Rows::Print, false).await?;
+    super::run_pipeline(&engine, &pipeline, &args.display, Rows::Show, false).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -141,7 +141,7 @@ async fn run_shell_sql(
 ) {
     let result = async {
         let pipeline = Pipeline::parse(sql, "<shell>", lookup, dialect)?;
-        super::run_pipeline(engine, &pipeline, display, Rows::Print, true).await
+        super::run_pipeline(engine, &pipeline, display, Rows::Show, true).await
     }
     .await;
     if let Err(e) = result {

@@ -1,6 +1,7 @@
 """Python ADBC (adbc_driver_flightsql DB-API) against `flowengine serve`."""
 import threading
 import time
+import uuid
 
 import pyarrow as pa
 import pytest
@@ -103,3 +104,46 @@ def test_cancel(uri):
         assert not t.is_alive()
         assert error, "the query should have been cancelled"
         assert time.time() - started < 30
+
+
+def test_checks_and_incremental_views_over_flight(conn):
+    """FlowEngine's own statements work over Flight SQL as in `flowengine run`: a check returns
+    its outcome as a row and is recorded in system.quality_results (a failing ERROR check fails
+    the statement); an incremental view is a view over its source."""
+    suffix = uuid.uuid4().hex[:8]
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE CHECK py_qty_{suffix} ON orders EXPECT quantity > 3 WARN")
+        name, table, severity, status, failing, sample = cur.fetchone()
+        cur.execute("SELECT count(*) FROM orders WHERE (quantity > 3) IS NOT TRUE")
+        expected = cur.fetchone()[0]
+        assert (name, table, severity, status, failing) == (
+            f"py_qty_{suffix}", "orders", "warn", "warned", expected
+        )
+        assert expected > 0 and "quantity" in sample
+
+        cur.execute(f"CREATE CHECK py_ids_{suffix} ON orders UNIQUE (order_id)")
+        assert cur.fetchone()[3] == "passed"
+
+        with pytest.raises(Exception, match=f"check py_paid_{suffix} on orders: .* failing row"):
+            cur.execute(f"CREATE CHECK py_paid_{suffix} ON orders EXPECT status = 'paid'")
+            cur.fetchall()
+
+        cur.execute(
+            "SELECT check_name, status, failing_rows, pipeline FROM system.quality_results "
+            f"WHERE check_name IN ('py_qty_{suffix}', 'py_ids_{suffix}', 'py_paid_{suffix}') "
+            "ORDER BY check_name"
+        )
+        rows = cur.fetchall()
+        assert [(r[0], r[1]) for r in rows] == [
+            (f"py_ids_{suffix}", "passed"),
+            (f"py_paid_{suffix}", "failed"),
+            (f"py_qty_{suffix}", "warned"),
+        ]
+        assert rows[2][2] == expected
+        assert all(r[3].startswith("flight-sql:") for r in rows), rows
+
+        cur.execute(f"CREATE INCREMENTAL VIEW py_new_{suffix} ON orders BY order_id")
+        cur.execute(f"SELECT count(*), max(order_id) FROM py_new_{suffix}")
+        via_view = cur.fetchone()
+        cur.execute("SELECT count(*), max(order_id) FROM orders")
+        assert via_view == cur.fetchone()

@@ -8,8 +8,9 @@
 //! run's high mark so resumed steps see exactly the rows the first attempt saw.
 
 use datafusion::arrow::array::Array;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::array_value_to_string;
-use datafusion::common::ScalarValue;
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::functions_aggregate::expr_fn::max;
 use datafusion::prelude::{col, lit};
@@ -100,6 +101,19 @@ pub struct IncrementalRange {
     pub upto: Option<String>,
 }
 
+/// The type of `view`'s column in its source (an error naming both when there is none).
+pub fn column_type(view: &IncrementalView, source: &DFSchema) -> Result<DataType> {
+    source
+        .field_with_unqualified_name(&view.column)
+        .map(|f| f.data_type().clone())
+        .map_err(|_| {
+            DataFusionError::Plan(format!(
+                "incremental view {}: {} has no column {}",
+                view.name, view.source, view.column
+            ))
+        })
+}
+
 impl Engine {
     /// Register `view` over the rows past `after`. `upto` fixes the high mark (on resume);
     /// otherwise it is read from the source now.
@@ -109,18 +123,22 @@ impl Engine {
         after: Option<String>,
         upto: Option<Option<String>>,
     ) -> Result<IncrementalRange> {
+        let source = self.context().table(view.source.as_str()).await?;
+        self.create_incremental_view_over(view, source, after, upto)
+            .await
+    }
+
+    /// [`Engine::create_incremental_view`] over `source`, the source table's rows as planned
+    /// (possibly rewritten by access control).
+    pub async fn create_incremental_view_over(
+        &self,
+        view: &IncrementalView,
+        source: datafusion::dataframe::DataFrame,
+        after: Option<String>,
+        upto: Option<Option<String>>,
+    ) -> Result<IncrementalRange> {
         let ctx = self.context();
-        let source = ctx.table(view.source.as_str()).await?;
-        let field = source
-            .schema()
-            .field_with_unqualified_name(&view.column)
-            .map_err(|_| {
-                DataFusionError::Plan(format!(
-                    "incremental view {}: {} has no column {}",
-                    view.name, view.source, view.column
-                ))
-            })?;
-        let dtype = field.data_type().clone();
+        let dtype = column_type(view, source.schema())?;
         let value = |text: &str| -> Result<ScalarValue> {
             ScalarValue::try_from_string(text.to_string(), &dtype).map_err(|e| {
                 DataFusionError::Plan(format!(

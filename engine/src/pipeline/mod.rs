@@ -1,18 +1,23 @@
 //! Pipelines: `.sql` files of statements run in order in one session.
 //!
 //! [`vars`] substitutes `${NAME}`, [`split`] cuts the text into located statements with
-//! DataFusion's tokenizer, and [`runner`] plans and executes each statement, staging writes so
-//! a failed statement leaves no output.
+//! DataFusion's tokenizer, [`runner`] plans and executes each statement (FlowEngine's own
+//! statements through [`dialect`]), staging writes so a failed statement leaves no output, and
+//! [`runtime`] runs a whole pipeline: recorded runs, resume, watermarks, acknowledgements,
+//! checks, lineage and `--follow` micro-batches.
 
+pub mod dialect;
 pub mod fused_checks;
 pub mod incremental;
 pub mod quality;
 pub mod runner;
+pub mod runtime;
 pub mod split;
 pub mod vars;
 
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 
+pub use dialect::{Action, CheckLog};
 pub use runner::{DryRun, Execution, OutputFormat, Prepared, Started, StatementClass};
 pub use split::PipelineStatement;
 pub use vars::VarLookup;

@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
@@ -203,13 +203,15 @@ fn char_bytes(sql: &str, offsets: &[usize], line: u64, column: u64) -> usize {
 }
 
 impl Engine {
-    /// Run `check`: count its failing rows, keep a sample, write them to its dead-letter file.
-    pub async fn run_check(&self, check: &Check) -> Result<CheckOutcome> {
+    /// Run `check` over `failing`, its failing-rows query (planned, possibly rewritten by access
+    /// control): count the rows, keep the first five and write them to its dead-letter file when
+    /// it names one.
+    pub async fn run_check_over(
+        &self,
+        check: &Check,
+        failing: datafusion::dataframe::DataFrame,
+    ) -> Result<CheckOutcome> {
         let started = Instant::now();
-        let ctx = self.context();
-        let plan_err =
-            |e: DataFusionError| DataFusionError::Plan(format!("check {}: {e}", check.name));
-        let failing = ctx.sql(&check.failing_rows_sql).await.map_err(plan_err)?;
         let count = failing.clone().count().await? as u64;
         let sample = if count > 0 {
             let rows = failing.clone().limit(0, Some(5))?.collect().await?;

@@ -22,6 +22,7 @@ use datafusion::physical_plan::{
 use datafusion::prelude::SessionContext;
 
 use crate::error::{EngineError, Result};
+use crate::pipeline::dialect::Action;
 use crate::pipeline::split::PipelineStatement;
 use crate::session::Engine;
 use crate::staging::WriteTxn;
@@ -37,6 +38,8 @@ pub enum StatementClass {
     Write,
     /// Anything returning rows (`SELECT`, `VALUES`, `SHOW`, `EXPLAIN`, `DESCRIBE`).
     Query,
+    /// `CREATE CHECK`: runs a data quality check and returns its outcome as one row.
+    Check,
 }
 
 /// A planned statement.
@@ -47,6 +50,8 @@ pub struct Prepared {
     pub kind: String,
     pub class: StatementClass,
     pub logical: LogicalPlan,
+    /// What running it does beyond executing `logical` (FlowEngine's own statements).
+    pub action: Action,
 }
 
 /// What a dry run remembers about the writes it skipped, so that a later
@@ -141,6 +146,21 @@ async fn adopt_remote(
 }
 
 impl Execution {
+    /// An execution that writes nothing (a query's, a check's).
+    pub(crate) fn without_writes(
+        physical: Arc<dyn ExecutionPlan>,
+        stream: SendableRecordBatchStream,
+        class: StatementClass,
+    ) -> Self {
+        Execution {
+            physical,
+            stream,
+            class,
+            txn: None,
+            remote_targets: Vec::new(),
+        }
+    }
+
     /// Commit staged writes after the stream was drained without error.
     pub async fn finish(self) -> Result<()> {
         let Execution {
@@ -223,6 +243,9 @@ impl OutputFormat {
 impl Engine {
     /// Parse and plan one statement. Errors name the statement's file, line and column.
     pub async fn prepare(&self, statement: &PipelineStatement) -> Result<Prepared> {
+        if let Some(own) = self.prepare_own(statement).await {
+            return own;
+        }
         let state = self.context().state();
         let dialect = state.config().options().sql_parser.dialect;
         let fail = |kind: &str, e: DataFusionError| EngineError::Statement {
@@ -251,6 +274,7 @@ impl Engine {
             kind,
             class,
             logical,
+            action: Action::Sql,
         })
     }
 
@@ -261,6 +285,9 @@ impl Engine {
         prepared: &Prepared,
         mut dry_run: Option<&mut DryRun>,
     ) -> Result<Started> {
+        if let Some(own) = self.start_own(prepared).await {
+            return own;
+        }
         let fail = |e: DataFusionError| prepared.error(e);
         let plan = match &dry_run {
             Some(d) => d.rewrite(&prepared.logical),
@@ -315,7 +342,7 @@ impl Engine {
                     Started::Done
                 })
             }
-            StatementClass::Write | StatementClass::Query => {
+            StatementClass::Write | StatementClass::Query | StatementClass::Check => {
                 let txn =
                     (prepared.class == StatementClass::Write).then(|| Arc::new(WriteTxn::new()));
                 let ctx = match &txn {
@@ -442,6 +469,7 @@ impl Engine {
             kind: format!("{} -> {path}", prepared.kind),
             class: StatementClass::Write,
             logical: plan,
+            action: Action::Sql,
         })
     }
 
@@ -474,6 +502,14 @@ impl Engine {
 }
 
 impl Prepared {
+    /// The columns running it returns (a check's outcome for `CREATE CHECK`).
+    pub fn output_schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        match &self.action {
+            Action::Check(_) => super::dialect::check_result_schema(),
+            _ => Arc::new(self.logical.schema().as_arrow().clone()),
+        }
+    }
+
     /// Wrap an error with this statement's location and kind.
     pub fn error(&self, e: DataFusionError) -> EngineError {
         EngineError::Statement {

@@ -9,12 +9,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
-use engine::{EngineConfig, SecretStore};
+use crate::error::{EngineError, Result};
+use crate::{EngineConfig, SecretStore};
 
 /// One run's lineage destinations.
 #[derive(Debug)]
-pub(crate) struct LineageSink {
+pub struct LineageSink {
     /// The job name: the pipeline's path.
     job: String,
     file: Option<PathBuf>,
@@ -30,7 +30,7 @@ struct HttpTarget {
 impl std::fmt::Debug for HttpTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpTarget")
-            .field("url", &engine::secrets::redact_url(&self.url))
+            .field("url", &crate::secrets::redact_url(&self.url))
             .finish_non_exhaustive()
     }
 }
@@ -39,7 +39,7 @@ const ATTEMPTS: u32 = 3;
 
 impl LineageSink {
     /// The destinations `config` names, if any.
-    pub(crate) fn from_config(
+    pub fn from_config(
         config: &EngineConfig,
         secrets: &SecretStore,
         job: String,
@@ -48,21 +48,26 @@ impl LineageSink {
             None => None,
             Some(url) => {
                 let parsed = url::Url::parse(url).map_err(|e| {
-                    anyhow!("lineage_url `{}`: {e}", engine::secrets::redact_url(url))
+                    EngineError::Lineage(format!(
+                        "lineage_url `{}`: {e}",
+                        crate::secrets::redact_url(url)
+                    ))
                 })?;
                 if !matches!(parsed.scheme(), "http" | "https") {
-                    return Err(anyhow!("lineage_url must be an http(s) URL"));
+                    return Err(EngineError::Lineage(
+                        "lineage_url must be an http(s) URL".into(),
+                    ));
                 }
                 let api_key = config
                     .lineage_api_key
                     .as_deref()
                     .map(|k| secrets.expand(k))
                     .transpose()
-                    .map_err(|e| anyhow!("lineage_api_key: {e}"))?;
+                    .map_err(|e| EngineError::Lineage(format!("lineage_api_key: {e}")))?;
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(10))
                     .build()
-                    .map_err(|e| anyhow!("lineage HTTP client: {e}"))?;
+                    .map_err(|e| EngineError::Lineage(format!("lineage HTTP client: {e}")))?;
                 Some(HttpTarget {
                     url: url.clone(),
                     api_key,
@@ -81,11 +86,11 @@ impl LineageSink {
     }
 
     /// Send the event of statement `index`'s committed write.
-    pub(crate) async fn emit(&self, index: usize, l: &engine::lineage::Lineage) -> Result<()> {
+    pub async fn emit(&self, index: usize, l: &super::Lineage) -> Result<()> {
         let job = format!("{}#{index}", self.job);
         let run_id = uuid::Uuid::new_v4().to_string();
-        let now = engine::state::now();
-        let event = engine::lineage::openlineage_event(l, &job, &run_id, &now);
+        let now = crate::state::now();
+        let event = super::openlineage_event(l, &job, &run_id, &now);
         if let Some(path) = &self.file {
             append(path, &event).await?;
         }
@@ -94,7 +99,7 @@ impl LineageSink {
         {
             tracing::warn!(
                 "OpenLineage event for {job} not delivered to {}: {e}",
-                engine::secrets::redact_url(&http.url)
+                crate::secrets::redact_url(&http.url)
             );
         }
         Ok(())
@@ -110,10 +115,12 @@ async fn append(path: &std::path::Path, event: &serde_json::Value) -> Result<()>
         .append(true)
         .open(path)
         .await
-        .map_err(|e| anyhow!("cannot write lineage to {}: {e}", path.display()))?;
-    f.write_all(line.as_bytes())
-        .await
-        .map_err(|e| anyhow!("cannot write lineage to {}: {e}", path.display()))?;
+        .map_err(|e| {
+            EngineError::Lineage(format!("cannot write lineage to {}: {e}", path.display()))
+        })?;
+    f.write_all(line.as_bytes()).await.map_err(|e| {
+        EngineError::Lineage(format!("cannot write lineage to {}: {e}", path.display()))
+    })?;
     Ok(())
 }
 
@@ -141,6 +148,8 @@ impl HttpTarget {
                 Err(e) => last = format!("request failed: {}", e.without_url()),
             }
         }
-        Err(anyhow!("{last} (after {ATTEMPTS} attempts at most)"))
+        Err(EngineError::Lineage(format!(
+            "{last} (after {ATTEMPTS} attempts at most)"
+        )))
     }
 }

@@ -5,7 +5,10 @@
 //! aggregate or window column is fed by the columns its expression references; joins concatenate
 //! their sides, unions merge by position, and views are followed into their own plans. Tables read
 //! only by subqueries (`IN (SELECT ...)`, `EXISTS`) are inputs without feeding a column.
-//! [`openlineage_event`] renders one write as an OpenLineage `RunEvent`.
+//! [`openlineage_event`] renders one write as an OpenLineage `RunEvent`; [`sink`] sends it where
+//! the configuration says.
+
+pub mod sink;
 
 use std::collections::BTreeSet;
 

@@ -1,97 +1,119 @@
-//! Running statements for the CLI: plan, optionally explain, execute with progress, print or
-//! count the rows, commit writes, and report one summary line per statement on stderr.
+//! Running one statement of a pipeline: plan, optionally explain, execute (with a progress
+//! display the observer may draw), show or count the rows, commit writes, evaluate the checks
+//! deferred into a write's scan, emit lineage, and report one summary per statement.
 //! A panic inside DataFusion becomes an error for that statement, never a crash.
 
-use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
 use datafusion::arrow::record_batch::RecordBatch;
-use engine::Engine;
-use engine::pipeline::incremental::{self, IncrementalRange, IncrementalView};
-use engine::pipeline::quality::{self, Check, CheckOutcome, Severity};
-use engine::pipeline::runner::rows_affected;
-use engine::pipeline::{DryRun, PipelineStatement, Prepared, Started, StatementClass};
+use datafusion::error::DataFusionError;
 use futures::{FutureExt, StreamExt};
 
-use crate::cli::DisplayArgs;
-use crate::output::ResultPrinter;
-use crate::progress::Progress;
+use super::observer::{RunObserver, StatementSummary};
+use crate::Engine;
+use crate::error::{EngineError, Result};
+use crate::lineage::sink::LineageSink;
+use crate::pipeline::fused_checks::FusedChecks;
+use crate::pipeline::incremental::{IncrementalRange, IncrementalView};
+use crate::pipeline::quality::{Check, CheckOutcome, Severity};
+use crate::pipeline::runner::rows_affected;
+use crate::pipeline::{
+    Action, DryRun, Execution, PipelineStatement, Prepared, Started, StatementClass,
+};
+use crate::progress::group_digits as group;
 
 /// What to do with the rows of a query statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Rows {
-    /// Print them (to stdout, in the display format).
-    Print,
+pub enum Rows {
+    /// Show them (through [`RunObserver::rows`]).
+    Show,
     /// Only count them.
     Count,
 }
 
-/// Per-run settings.
-pub(crate) struct StatementOptions<'a> {
-    pub(crate) explain: bool,
-    /// Write this statement's query result to a file instead of printing it.
-    pub(crate) output: Option<&'a str>,
-    pub(crate) rows: Rows,
-    /// Print a summary line on stderr.
-    pub(crate) summary: bool,
+/// How to run one statement.
+#[derive(Debug, Clone, Copy)]
+pub struct StatementOptions<'a> {
+    pub explain: bool,
+    /// Write this statement's query result to a file instead of showing it.
+    pub output: Option<&'a str>,
+    pub rows: Rows,
+    /// Report a summary (and a progress display) for the statement.
+    pub summary: bool,
     /// Number of statements in the run, for `[i/N]`.
-    pub(crate) total: usize,
+    pub total: usize,
     /// `--resume`: this statement's write was committed by that earlier run; if it is a write,
     /// plan it (so the session matches) but do not execute it.
-    pub(crate) committed_by: Option<&'a str>,
-    /// RunContext of the pipeline's incremental views (`flowengine run`); without them an
-    /// incremental view shows every row.
-    pub(crate) run: Option<&'a RunContext>,
-    /// Checks deferred into this statement's scan (see `engine::pipeline::fused_checks`).
-    pub(crate) deferred: &'a [DeferredCheck],
+    pub committed_by: Option<&'a str>,
+    /// The recorded run the statement belongs to (`flowengine run`); without one an incremental
+    /// view shows every row and check results are not kept.
+    pub run: Option<&'a RunContext>,
+    /// Checks deferred into this statement's scan (see [`crate::pipeline::fused_checks`]).
+    pub deferred: &'a [DeferredCheck],
     /// `--follow`: a write of no rows is rolled back instead of committed, so an idle
     /// micro-batch leaves no empty files behind.
-    pub(crate) drop_empty_writes: bool,
+    pub drop_empty_writes: bool,
+}
+
+impl<'a> StatementOptions<'a> {
+    /// One statement of `total`, outside a recorded run.
+    pub fn plain(total: usize, rows: Rows, summary: bool) -> Self {
+        StatementOptions {
+            explain: false,
+            output: None,
+            rows,
+            summary,
+            total,
+            committed_by: None,
+            run: None,
+            deferred: &[],
+            drop_empty_writes: false,
+        }
+    }
 }
 
 /// A `CREATE CHECK` whose evaluation was deferred into the scan of the write after it.
 #[derive(Debug, Clone)]
-pub(crate) struct DeferredCheck {
-    pub(crate) statement: PipelineStatement,
-    pub(crate) check: Check,
+pub struct DeferredCheck {
+    pub statement: PipelineStatement,
+    pub check: Check,
 }
 
-/// What a recorded run (`flowengine run`) carries between statements: the watermarks it starts
-/// from, the ranges its incremental views read, and the results of its quality checks.
+/// What a recorded run carries between statements: the watermarks it starts from, the ranges
+/// its incremental views read, the results of its quality checks, and where lineage goes.
 #[derive(Debug, Default)]
-pub(crate) struct RunContext {
+pub struct RunContext {
     /// Where OpenLineage events of the run's writes go (`lineage_file`, `lineage_url`).
-    pub(crate) lineage: Option<crate::lineage_sink::LineageSink>,
+    pub lineage: Option<LineageSink>,
     /// Quality check results not yet written to the state store.
-    pub(crate) checks: std::sync::Mutex<Vec<(Check, CheckOutcome)>>,
+    pub checks: std::sync::Mutex<Vec<(Check, CheckOutcome)>>,
     /// Last committed watermark per view.
-    pub(crate) committed: std::collections::HashMap<String, Option<String>>,
+    pub committed: std::collections::HashMap<String, Option<String>>,
     /// High marks of the failed run being resumed, per view.
-    pub(crate) resumed: std::collections::HashMap<String, Option<String>>,
+    pub resumed: std::collections::HashMap<String, Option<String>>,
     /// What this run's incremental views read, in order.
-    pub(crate) read: std::sync::Mutex<Vec<(IncrementalView, IncrementalRange)>>,
+    pub read: std::sync::Mutex<Vec<(IncrementalView, IncrementalRange)>>,
 }
 
 /// What a statement did, for the run's state record.
 #[derive(Debug, Clone)]
-pub(crate) struct StepReport {
-    pub(crate) kind: String,
+pub struct StepReport {
+    pub kind: String,
     /// Rows written or returned.
-    pub(crate) rows: Option<u64>,
+    pub rows: Option<u64>,
     /// Not executed because an earlier run committed it.
-    pub(crate) skipped: bool,
+    pub skipped: bool,
     /// Bad input records skipped or dead-lettered by its tolerant readers.
-    pub(crate) bad_records: u64,
+    pub bad_records: u64,
 }
 
 /// Run one statement end to end. Errors carry the statement's location. With `dry_run`, the
 /// statement is only planned (see [`DryRun`]).
-pub(crate) async fn run_statement(
+pub async fn run_statement(
     engine: &Engine,
     statement: &PipelineStatement,
-    display: &DisplayArgs,
+    observer: &dyn RunObserver,
     opts: &StatementOptions<'_>,
     dry_run: Option<&mut DryRun>,
 ) -> Result<StepReport> {
@@ -103,29 +125,38 @@ pub(crate) async fn run_statement(
         index = statement.index,
         location = %statement.location,
     );
-    let work =
-        tracing::Instrument::instrument(run_inner(engine, statement, display, opts, dry_run), span);
-    let outcome = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown panic");
-        Err(anyhow!(
-            "{}: statement {} failed with an internal error ({what}); the input may be corrupt, or this is a bug to report",
-            statement.location,
-            statement.index
-        ))
-    });
+    let work = tracing::Instrument::instrument(
+        run_inner(engine, statement, observer, opts, dry_run),
+        span,
+    );
+    let outcome = AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(EngineError::Panicked {
+                location: statement.location.clone(),
+                index: statement.index,
+                what: what.to_string(),
+            })
+        });
     let bad = engine.bad_records().take_counts();
+    let bad_text = (!bad.is_empty()).then(|| bad.to_string());
     match outcome {
         Ok(report) => {
             if opts.summary {
-                let mut line = summary_line(statement, opts.total, &report, started.elapsed());
-                if !bad.is_empty() {
-                    line.push_str(&format!("  ({bad})"));
-                }
-                eprintln!("{line}");
+                observer.statement_done(&StatementSummary {
+                    statement,
+                    total: opts.total,
+                    kind: &report.kind,
+                    detail: Some(&report.detail),
+                    elapsed: started.elapsed(),
+                    bad_records: bad_text,
+                });
             }
             Ok(StepReport {
                 kind: report.kind,
@@ -136,13 +167,14 @@ pub(crate) async fn run_statement(
         }
         Err(e) => {
             if opts.summary {
-                eprintln!(
-                    "[{}/{}] {}  FAILED  {}",
-                    statement.index,
-                    opts.total,
-                    statement.location,
-                    fmt_duration(started.elapsed())
-                );
+                observer.statement_done(&StatementSummary {
+                    statement,
+                    total: opts.total,
+                    kind: "",
+                    detail: None,
+                    elapsed: started.elapsed(),
+                    bad_records: bad_text,
+                });
             }
             Err(e)
         }
@@ -159,34 +191,35 @@ struct Report {
 async fn run_inner(
     engine: &Engine,
     statement: &PipelineStatement,
-    display: &DisplayArgs,
+    observer: &dyn RunObserver,
     opts: &StatementOptions<'_>,
     dry_run: Option<&mut DryRun>,
 ) -> Result<Report> {
-    if let Some(view) = incremental::parse(&statement.sql) {
-        return incremental_view(engine, statement, opts, view).await;
-    }
-    if let Some(check) = quality::parse(&statement.sql) {
-        return quality_check(engine, statement, opts, check).await;
-    }
     if !opts.deferred.is_empty() {
-        return run_with_checks(engine, statement, display, opts, dry_run).await;
+        return run_with_checks(engine, statement, observer, opts, dry_run).await;
     }
-    run_plain(engine, statement, display, opts, dry_run).await
+    run_plain(engine, statement, observer, opts, dry_run).await
 }
 
 /// [`run_planned`] without checks to fuse.
 async fn run_plain(
     engine: &Engine,
     statement: &PipelineStatement,
-    display: &DisplayArgs,
+    observer: &dyn RunObserver,
     opts: &StatementOptions<'_>,
     dry_run: Option<&mut DryRun>,
 ) -> Result<Report> {
-    match run_planned(engine, statement, display, opts, dry_run, None).await? {
+    match run_planned(engine, statement, observer, opts, dry_run, None).await? {
         Planned::Ran(report) => Ok(report),
         // Only a fused run can decline.
-        Planned::NotFusable => Err(anyhow!("internal: a statement without checks declined")),
+        Planned::NotFusable => Err(EngineError::Statement {
+            location: statement.location.clone(),
+            index: statement.index,
+            kind: "statement".into(),
+            source: Box::new(DataFusionError::Internal(
+                "a statement without checks declined".into(),
+            )),
+        }),
     }
 }
 
@@ -202,20 +235,25 @@ enum Planned {
 async fn run_with_checks(
     engine: &Engine,
     statement: &PipelineStatement,
-    display: &DisplayArgs,
+    observer: &dyn RunObserver,
     opts: &StatementOptions<'_>,
     dry_run: Option<&mut DryRun>,
 ) -> Result<Report> {
     let checks: Vec<Check> = opts.deferred.iter().map(|d| d.check.clone()).collect();
-    let fused = engine.observe_checks(&checks).await.map_err(|e| {
-        anyhow!(
-            "{}: statement {} failed: installing checks: {e}",
-            statement.location,
-            statement.index
-        )
-    })?;
+    let fused = engine
+        .observe_checks(&checks)
+        .await
+        .map_err(|e| EngineError::Statement {
+            location: statement.location.clone(),
+            index: statement.index,
+            kind: "CHECK".into(),
+            source: Box::new(DataFusionError::Context(
+                "installing checks".into(),
+                Box::new(e),
+            )),
+        })?;
     if let Some(fused) = fused {
-        let planned = run_planned(engine, statement, display, opts, None, Some(&fused)).await;
+        let planned = run_planned(engine, statement, observer, opts, None, Some(&fused)).await;
         let outcomes = fused.outcomes();
         fused.restore(engine)?;
         match planned {
@@ -224,10 +262,10 @@ async fn run_with_checks(
                 let outcomes = outcomes?;
                 for (d, (_, outcome)) in opts.deferred.iter().zip(outcomes) {
                     match outcome {
-                        Some(o) => report_check(&d.statement, opts, &d.check, o)?,
+                        Some(o) => report_check(&d.statement, observer, opts, &d.check, o)?,
                         // The scan did not run to its end (cannot happen for the plans
                         // accepted): check on its own rather than report nothing.
-                        None => standalone_check(engine, d, opts).await?,
+                        None => standalone_check(engine, d, observer, opts).await?,
                     }
                 }
                 return Ok(report);
@@ -237,7 +275,7 @@ async fn run_with_checks(
                 if let Ok(outcomes) = outcomes {
                     for (d, (_, outcome)) in opts.deferred.iter().zip(outcomes) {
                         if let Some(o) = outcome {
-                            report_check(&d.statement, opts, &d.check, o)?;
+                            report_check(&d.statement, observer, opts, &d.check, o)?;
                         }
                     }
                 }
@@ -246,25 +284,22 @@ async fn run_with_checks(
         }
     }
     for d in opts.deferred {
-        standalone_check(engine, d, opts).await?;
+        standalone_check(engine, d, observer, opts).await?;
     }
-    run_plain(engine, statement, display, opts, dry_run).await
+    run_plain(engine, statement, observer, opts, dry_run).await
 }
 
-/// Run a deferred check on its own, printing its summary line as its statement would.
+/// Run a deferred check on its own, reporting its summary as its statement would.
 async fn standalone_check(
     engine: &Engine,
     d: &DeferredCheck,
+    observer: &dyn RunObserver,
     opts: &StatementOptions<'_>,
 ) -> Result<()> {
     let started = Instant::now();
-    let report = quality_check(engine, &d.statement, opts, Ok(d.check.clone())).await?;
-    if opts.summary {
-        eprintln!(
-            "{}",
-            summary_line(&d.statement, opts.total, &report, started.elapsed())
-        );
-    }
+    let prepared = engine.prepare(&d.statement).await?;
+    let report = quality_check(engine, &prepared, observer, opts, &d.check).await?;
+    summarize(observer, &d.statement, opts, &report, started.elapsed());
     Ok(())
 }
 
@@ -273,12 +308,25 @@ async fn standalone_check(
 async fn run_planned(
     engine: &Engine,
     statement: &PipelineStatement,
-    display: &DisplayArgs,
+    observer: &dyn RunObserver,
     opts: &StatementOptions<'_>,
     dry_run: Option<&mut DryRun>,
-    fused: Option<&engine::pipeline::fused_checks::FusedChecks>,
+    fused: Option<&FusedChecks>,
 ) -> Result<Planned> {
     let mut prepared = engine.prepare(statement).await?;
+    match &prepared.action {
+        Action::Sql => {}
+        Action::IncrementalView(view) => {
+            return Ok(Planned::Ran(
+                incremental_view(engine, &prepared, opts, view).await?,
+            ));
+        }
+        Action::Check(check) => {
+            return Ok(Planned::Ran(
+                quality_check(engine, &prepared, observer, opts, check).await?,
+            ));
+        }
+    }
     if let Some(f) = fused
         && (prepared.class != StatementClass::Write
             || opts.committed_by.is_some()
@@ -289,23 +337,16 @@ async fn run_planned(
     }
     if let Some(path) = opts.output {
         if prepared.class != StatementClass::Query {
-            return Err(prepared
-                .error(datafusion::error::DataFusionError::Plan(format!(
-                    "--output needs the pipeline to end with a query, but its last statement is {}",
-                    prepared.kind
-                )))
-                .into());
+            return Err(prepared.error(DataFusionError::Plan(format!(
+                "--output needs the pipeline to end with a query, but its last statement is {}",
+                prepared.kind
+            ))));
         }
         prepared = engine.output_to_file(&prepared, path)?;
     }
     if opts.explain {
         let text = engine.explain(&prepared).await?;
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "-- [{}] {} {}\n{text}",
-            statement.index, statement.location, prepared.kind
-        )?;
+        observer.explain(statement, &prepared.kind, &text);
     }
     let kind = prepared.kind.clone();
     if let Some(run) = opts.committed_by
@@ -330,13 +371,13 @@ async fn run_planned(
                 execution.abort().await;
                 return Ok(Planned::NotFusable);
             }
-            let (detail, rows) = drive(execution, &prepared, display, opts).await?;
+            let (detail, rows) = drive(execution, &prepared, observer, opts).await?;
             (detail, Some(rows))
         }
     };
     if executes
         && let Some(sink) = opts.run.and_then(|r| r.lineage.as_ref())
-        && let Some(l) = engine::lineage::of_plan(&prepared.logical)
+        && let Some(l) = crate::lineage::of_plan(&prepared.logical)
     {
         sink.emit(statement.index, &l).await?;
     }
@@ -349,23 +390,23 @@ async fn run_planned(
 }
 
 async fn drive(
-    mut execution: engine::pipeline::Execution,
+    mut execution: Execution,
     prepared: &Prepared,
-    display: &DisplayArgs,
+    observer: &dyn RunObserver,
     opts: &StatementOptions<'_>,
 ) -> Result<(String, u64)> {
-    let progress = Progress::start(
-        &execution.physical,
-        format!(
-            "[{}/{}] {}",
-            prepared.statement.index, opts.total, prepared.kind
-        ),
-        opts.summary,
-    );
+    let progress = opts.summary.then(|| {
+        observer.executing(
+            format!(
+                "[{}/{}] {}",
+                prepared.statement.index, opts.total, prepared.kind
+            ),
+            &execution.physical,
+        )
+    });
     let schema = execution.stream.schema();
-    let printing = execution.class == StatementClass::Query && opts.rows == Rows::Print;
-    let mut printer = printing
-        .then(|| ResultPrinter::new(std::io::stdout().lock(), display.format, display.max_rows));
+    let showing = execution.class == StatementClass::Query && opts.rows == Rows::Show;
+    let mut sink = if showing { observer.rows() } else { None };
     let mut counted: u64 = 0;
     let mut write_batches: Vec<RecordBatch> = Vec::new();
     let mut failure = None;
@@ -374,9 +415,9 @@ async fn drive(
             Ok(batch) => {
                 if execution.class == StatementClass::Write {
                     write_batches.push(batch);
-                } else if let Some(p) = printer.as_mut() {
-                    if let Err(e) = p.push(&batch) {
-                        failure = Some(e);
+                } else if let Some(s) = sink.as_mut() {
+                    if let Err(e) = s.push(&batch) {
+                        failure = Some(EngineError::Output(e.to_string()));
                         break;
                     }
                 } else {
@@ -384,7 +425,7 @@ async fn drive(
                 }
             }
             Err(e) => {
-                failure = Some(prepared.error(e).into());
+                failure = Some(prepared.error(e));
                 break;
             }
         }
@@ -404,8 +445,10 @@ async fn drive(
         let n = rows_affected(&write_batches).unwrap_or(0);
         return Ok((format!("{} rows written", group(n)), n));
     }
-    let rows = match printer {
-        Some(p) => p.finish(Some(RecordBatch::new_empty(schema)))?,
+    let rows = match sink {
+        Some(s) => s
+            .finish(RecordBatch::new_empty(schema))
+            .map_err(|e| EngineError::Output(e.to_string()))?,
         None => counted,
     };
     Ok((format!("{} rows", group(rows)), rows))
@@ -413,19 +456,10 @@ async fn drive(
 
 async fn incremental_view(
     engine: &Engine,
-    statement: &PipelineStatement,
+    prepared: &Prepared,
     opts: &StatementOptions<'_>,
-    view: std::result::Result<IncrementalView, String>,
+    view: &IncrementalView,
 ) -> Result<Report> {
-    let kind = "CREATE INCREMENTAL VIEW";
-    let fail = |m: String| {
-        anyhow!(
-            "{}: statement {} ({kind}) failed: {m}",
-            statement.location,
-            statement.index
-        )
-    };
-    let view = view.map_err(fail)?;
     let (after, upto) = match opts.run {
         Some(w) => (
             w.committed.get(&view.name).cloned().flatten(),
@@ -434,9 +468,8 @@ async fn incremental_view(
         None => (None, None),
     };
     let range = engine
-        .create_incremental_view(&view, after, upto)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+        .incremental_range(prepared, view, after, upto)
+        .await?;
     let detail = format!(
         "{} by {}: after {} up to {}",
         view.source,
@@ -448,10 +481,10 @@ async fn incremental_view(
         w.read
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((view, range));
+            .push((view.clone(), range));
     }
     Ok(Report {
-        kind: kind.into(),
+        kind: prepared.kind.clone(),
         detail,
         rows: None,
         skipped: false,
@@ -460,40 +493,28 @@ async fn incremental_view(
 
 async fn quality_check(
     engine: &Engine,
-    statement: &PipelineStatement,
+    prepared: &Prepared,
+    observer: &dyn RunObserver,
     opts: &StatementOptions<'_>,
-    check: std::result::Result<Check, String>,
+    check: &Check,
 ) -> Result<Report> {
-    let kind = "CHECK";
-    let fail = |m: String| {
-        anyhow!(
-            "{}: statement {} ({kind}) failed: {m}",
-            statement.location,
-            statement.index
-        )
-    };
-    let check = check.map_err(fail)?;
-    let outcome = engine
-        .run_check(&check)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    check_report(statement, opts, &check, outcome)
+    let outcome = engine.check_outcome(prepared, check).await?;
+    check_report(&prepared.statement, observer, opts, check, outcome)
 }
 
-/// Record a check's outcome in the run, print its summary line (a deferred check's, whose own
+/// Record a check's outcome in the run, report its summary (a deferred check's, whose own
 /// statement ran inside another), and fail for a failing `ERROR` check.
 fn report_check(
     statement: &PipelineStatement,
+    observer: &dyn RunObserver,
     opts: &StatementOptions<'_>,
     check: &Check,
     outcome: CheckOutcome,
 ) -> Result<()> {
     let duration = Duration::from_millis(outcome.duration_ms);
-    let mut report = check_report(statement, opts, check, outcome)?;
+    let mut report = check_report(statement, observer, opts, check, outcome)?;
     report.detail.push_str(" (in the next write's scan)");
-    if opts.summary {
-        eprintln!("{}", summary_line(statement, opts.total, &report, duration));
-    }
+    summarize(observer, statement, opts, &report, duration);
     Ok(())
 }
 
@@ -501,18 +522,12 @@ fn report_check(
 /// recorded in the run.
 fn check_report(
     statement: &PipelineStatement,
+    observer: &dyn RunObserver,
     opts: &StatementOptions<'_>,
     check: &Check,
     outcome: CheckOutcome,
 ) -> Result<Report> {
     let kind = "CHECK";
-    let fail = |m: String| {
-        anyhow!(
-            "{}: statement {} ({kind}) failed: {m}",
-            statement.location,
-            statement.index
-        )
-    };
     if let Some(run) = opts.run {
         run.checks
             .lock()
@@ -533,19 +548,19 @@ fn check_report(
         });
     }
     let n = outcome.failing_rows;
-    let sample = outcome.sample.as_deref().unwrap_or("");
     match check.severity {
-        Severity::Error => Err(fail(format!(
-            "check {}{on}: {} failing row(s); the run stops before later writes. First rows:\n{sample}",
-            check.name,
-            group(n)
-        ))),
+        Severity::Error => Err(EngineError::CheckFailed {
+            location: statement.location.clone(),
+            index: statement.index,
+            message: outcome.failure(check),
+        }),
         Severity::Warn => {
-            eprintln!(
-                "warning: check {}{on}: {} failing row(s). First rows:\n{sample}",
+            observer.notice(&format!(
+                "warning: check {}{on}: {} failing row(s). First rows:\n{}",
                 check.name,
-                group(n)
-            );
+                group(n),
+                outcome.sample.as_deref().unwrap_or("")
+            ));
             Ok(Report {
                 kind: kind.into(),
                 detail: format!("{}{on} WARN {} failing row(s)", check.name, group(n)),
@@ -556,36 +571,21 @@ fn check_report(
     }
 }
 
-fn summary_line(
+fn summarize(
+    observer: &dyn RunObserver,
     statement: &PipelineStatement,
-    total: usize,
+    opts: &StatementOptions<'_>,
     report: &Report,
     elapsed: Duration,
-) -> String {
-    format!(
-        "[{}/{}] {}  {}  {}  {}",
-        statement.index,
-        total,
-        statement.location,
-        report.kind,
-        report.detail,
-        fmt_duration(elapsed)
-    )
-}
-
-fn fmt_duration(d: Duration) -> String {
-    format!("{:.3}s", d.as_secs_f64())
-}
-
-/// 1234567 -> "1,234,567".
-pub(crate) fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
+) {
+    if opts.summary {
+        observer.statement_done(&StatementSummary {
+            statement,
+            total: opts.total,
+            kind: &report.kind,
+            detail: Some(&report.detail),
+            elapsed,
+            bad_records: None,
+        });
     }
-    out
 }
