@@ -31,8 +31,9 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     pub max_message_size: ByteSize,
     pub flight_data_size: ByteSize,
-    /// `SET` keys a client may change. Everything else (memory limits, spill settings,
-    /// parallelism) is refused, so a client cannot raise its own limits.
+    /// `SET` keys a client may change; an entry ending in `*` allows every key it prefixes
+    /// (`flowengine.optimizer.*`). Everything else (memory limits, spill settings, parallelism)
+    /// is refused, so a client cannot raise its own limits.
     pub set_allowlist: Vec<String>,
     /// TLS for the Flight listener and the admin endpoint (`[server.tls]`).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -234,8 +234,10 @@ impl Hash for ExactDecimalBinary {
 }
 
 impl fmt::Display for ExactDecimalBinary {
+    /// `exact(a * b)`: `EXPLAIN` shows the arithmetic that skips per-value checks when a batch
+    /// cannot overflow.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.plain())
+        write!(f, "exact({})", self.plain())
     }
 }
 

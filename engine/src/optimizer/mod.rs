@@ -1,7 +1,8 @@
 //! FlowEngine's own optimizer rules, and the one place they are installed ([`register`],
-//! [`share_subplans`]). Each rule is a general mechanism DataFusion 55 lacks (see the README's
-//! "Performance" section); `extra_optimizer_rules = false` turns them all off, and
-//! `spillable_joins` is governed by its own setting.
+//! [`share_subplans`]). Each rule is a general mechanism DataFusion 55 lacks (see
+//! docs/performance.md); each has a session switch, `SET flowengine.optimizer.<rule> = false`
+//! ([`options`]), whose default `extra_optimizer_rules = false` turns off. `spillable_joins` is
+//! governed by its own setting.
 //!
 //! Logical rules: [`join_keys`], [`semi_join`], [`dimension_joins`], [`filter_order`] (last).
 //! Physical rules: [`spillable_joins`] (always), [`build_side`] and [`collect_builds`] after
@@ -15,6 +16,7 @@ pub mod exact_decimal;
 pub mod filter_order;
 pub mod join_keys;
 pub mod key_bitmap;
+pub mod options;
 pub mod progressive_filter;
 pub mod semi_join;
 pub mod shared_subplans;
@@ -25,48 +27,55 @@ use std::sync::Arc;
 
 use datafusion::execution::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::optimizer::OptimizerRule;
 
 use crate::EngineConfig;
 
-/// Install the logical and physical rules `config` asks for into `builder`.
+/// Install FlowEngine's logical and physical rules into `builder`, each behind its session
+/// switch ([`options`]; their defaults follow `extra_optimizer_rules`).
 pub fn register(mut builder: SessionStateBuilder, config: &EngineConfig) -> SessionStateBuilder {
-    let extra = config.extra_optimizer_rules.unwrap_or(true);
-    if extra {
-        builder = builder
-            .with_optimizer_rule(Arc::new(join_keys::FilterAggregateByJoinKeys))
-            .with_optimizer_rule(Arc::new(semi_join::PushSemiJoinBelowInnerJoins))
-            .with_optimizer_rule(Arc::new(dimension_joins::JoinFilteredDimensionsEarly))
-            // Last, once filters sit where they will be evaluated.
-            .with_optimizer_rule(Arc::new(filter_order::OrderFilterConjuncts));
+    for rule in [
+        Arc::new(join_keys::FilterAggregateByJoinKeys) as Arc<dyn OptimizerRule + Send + Sync>,
+        Arc::new(semi_join::PushSemiJoinBelowInnerJoins),
+        Arc::new(dimension_joins::JoinFilteredDimensionsEarly),
+        // Last, once filters sit where they will be evaluated.
+        Arc::new(filter_order::OrderFilterConjuncts),
+    ] {
+        builder = builder.with_optimizer_rule(options::switchable_logical(rule));
     }
     let mut physical_rules = spillable_joins::SpillableJoins::new(
         config.spillable_joins.unwrap_or_default(),
         config.memory_limit_bytes(),
     )
     .insert_into(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
-    if extra {
-        // Right after join selection, before the spillable-joins rule sees the build sides.
-        physical_rules = build_side::BuildSmallerSide.insert_into(physical_rules);
-        physical_rules =
-            collect_builds::CollectSmallBuildSides::new(config.effective_collect_build_rows())
-                .insert_into(physical_rules);
-        // Last: it only swaps expressions for equivalent ones that skip per-value checks.
-        physical_rules.push(Arc::new(exact_decimal::ExactDecimalArithmetic));
-        // Last too: filters keep their place, only their predicates are evaluated in steps.
-        physical_rules.push(Arc::new(progressive_filter::ProgressiveFilters));
-        // After the filters it may add above scans were planned by DataFusion's pushdown.
-        physical_rules.push(Arc::new(small_join_filters::SmallJoinFilters));
-    }
+    // Right after join selection, before the spillable-joins rule sees the build sides.
+    physical_rules = build_side::BuildSmallerSide.insert_into(physical_rules);
+    physical_rules =
+        collect_builds::CollectSmallBuildSides::new(config.effective_collect_build_rows())
+            .insert_into(physical_rules);
+    // Last: it only swaps expressions for equivalent ones that skip per-value checks.
+    physical_rules.push(Arc::new(exact_decimal::ExactDecimalArithmetic));
+    // Last too: filters keep their place, only their predicates are evaluated in steps.
+    physical_rules.push(Arc::new(progressive_filter::ProgressiveFilters));
+    // After the filters it may add above scans were planned by DataFusion's pushdown.
+    physical_rules.push(Arc::new(small_join_filters::SmallJoinFilters));
+    let physical_rules = physical_rules
+        .into_iter()
+        .map(options::switchable_physical)
+        .collect();
     builder.with_physical_optimizer_rules(physical_rules)
 }
 
-/// `state` with a CTE used twice (TPC-H Q15) executed once, when `config` keeps FlowEngine's
-/// rules on. It wraps the planner the connectors installed (federation); a cluster's planner
-/// later replaces both, as Ballista plans the way DataFusion does.
-pub fn share_subplans(state: SessionState, config: &EngineConfig) -> SessionState {
-    if !config.extra_optimizer_rules.unwrap_or(true) {
-        return state;
-    }
+/// The switches a new session starts with: every rule on unless `extra_optimizer_rules = false`.
+pub fn default_options(config: &EngineConfig) -> options::OptimizerOptions {
+    options::OptimizerOptions::all(config.extra_optimizer_rules.unwrap_or(true))
+}
+
+/// `state` able to execute an aggregate a query uses twice (a repeated CTE, TPC-H Q15) once,
+/// in sessions that keep `flowengine.optimizer.shared_subplans` on. It wraps the planner the
+/// connectors installed (federation); a cluster's planner later replaces both, as Ballista plans
+/// the way DataFusion does.
+pub fn share_subplans(state: SessionState) -> SessionState {
     let inner = Arc::clone(state.query_planner());
     SessionStateBuilder::new_from_existing(state)
         .with_query_planner(Arc::new(shared_subplans::SharingQueryPlanner::wrapping(

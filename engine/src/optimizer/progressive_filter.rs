@@ -255,8 +255,10 @@ impl PhysicalExpr for ProgressiveAnd {
 }
 
 impl fmt::Display for ProgressiveAnd {
+    /// `progressive(a AND b)`: `EXPLAIN` shows that each conjunct runs on the rows the ones
+    /// before it kept.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.plain())
+        write!(f, "progressive({})", self.plain())
     }
 }
 

@@ -82,7 +82,15 @@ impl QueryPlanner for SharingQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let marked = mark_shared_subplans(logical_plan)?;
+        let enabled = super::options::OptimizerOptions::rule_enabled(
+            session.config_options(),
+            "shared_subplans",
+        );
+        let marked = if enabled {
+            mark_shared_subplans(logical_plan)?
+        } else {
+            Transformed::no(logical_plan.clone())
+        };
         if !marked.transformed || has_foreign_extensions(logical_plan)? {
             return match &self.inner {
                 Some(inner) => inner.create_physical_plan(logical_plan, session).await,
