@@ -179,10 +179,10 @@ pub(crate) struct ServeArgs {
     #[arg(long = "catalog", value_name = "FILE.sql")]
     pub(crate) catalogs: Vec<PathBuf>,
     /// Flight SQL address (overrides [server] bind; port 0 picks a free port).
-    #[arg(long, value_name = "HOST:PORT", env = "FLOWENGINE_BIND")]
+    #[arg(long, value_name = "HOST:PORT")]
     pub(crate) bind: Option<String>,
     /// Admin HTTP address for /health, /ready, /metrics, or "off" (overrides [server] admin_bind).
-    #[arg(long, value_name = "HOST:PORT", env = "FLOWENGINE_ADMIN_BIND")]
+    #[arg(long, value_name = "HOST:PORT")]
     pub(crate) admin_bind: Option<String>,
     /// Set a variable used as ${NAME} in the catalog files and followed pipelines (repeatable).
     #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]

@@ -1,5 +1,6 @@
-//! Typed engine configuration: `flowengine.toml`, then `FLOWENGINE_<KEY>` environment overrides,
-//! validated once at load so a bad key fails at start with a message that names it.
+//! Typed engine configuration: `flowengine.toml`, then environment overrides by one rule
+//! (`FLOWENGINE_<SECTION>_<KEY>`, see [`env`]), validated once at load so a bad key fails at
+//! start with a message that names it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,9 @@ use bytesize::ByteSize;
 use datafusion::config::ConfigOptions;
 use serde::{Deserialize, Serialize};
 
+pub mod env;
 mod memory;
+pub mod reference;
 
 pub use memory::{MemoryLimit, MemoryPoolKind, num_cores, physical_memory};
 
@@ -69,13 +72,10 @@ pub struct EngineConfig {
     /// Rows per record batch. Default: 8192.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
-    /// FlowEngine's own logical optimizer rules, which DataFusion lacks: an aggregate joined on
-    /// its grouping key to a filtered table aggregates only the keys that join keeps, and an
-    /// `IN (subquery)` filters the join input holding its key, and others; and physical rules: a
-    /// hash join builds on the input estimated smaller by rows times row width, small build sides
-    /// probed by large inputs are collected, decimal arithmetic skips per-value overflow checks
-    /// where no batch value can overflow. Default: on. Turn off to compare plans or to rule them
-    /// out. Env: `FLOWENGINE_EXTRA_OPTIMIZER_RULES`.
+    /// The default of every `flowengine.optimizer.*` session switch: FlowEngine's own optimizer
+    /// rules, which DataFusion 55 lacks (docs/performance.md). Default: on; `false` to compare
+    /// plans or rule them out. A session still turns one on with `SET flowengine.optimizer.<rule>
+    /// = true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_optimizer_rules: Option<bool>,
     /// When a join is planned as a sort-merge join, which spills, instead of a hash join, whose
@@ -230,85 +230,6 @@ impl EngineConfig {
             origin: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })
-    }
-
-    /// Apply `FLOWENGINE_<KEY>` overrides; returns the names of the variables used.
-    pub fn apply_env(
-        &mut self,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Vec<String>> {
-        let mut used = Vec::new();
-        for (name, value) in env {
-            let Some(key) = name.strip_prefix("FLOWENGINE_") else {
-                continue;
-            };
-            let bad = |message: String| EngineError::InvalidConfig {
-                origin: format!("environment variable {name}"),
-                message,
-            };
-            match key {
-                "MEMORY_LIMIT" => self.memory_limit = Some(value.parse().map_err(bad)?),
-                "MEMORY_POOL" => self.memory_pool = Some(value.parse().map_err(bad)?),
-                "SPILLABLE_JOINS" => self.spillable_joins = Some(value.parse().map_err(bad)?),
-                "SPILL_DIR" => self.spill_dir = Some(PathBuf::from(&value)),
-                "STATE_DIR" => self.state_dir = Some(PathBuf::from(&value)),
-                "STATE_URL" => self.state_url = Some(value.clone()),
-                "SECRETS_FILE" => self.secrets_file = Some(PathBuf::from(&value)),
-                "LINEAGE_FILE" => self.lineage_file = Some(PathBuf::from(&value)),
-                "LINEAGE_URL" => self.lineage_url = Some(value.clone()),
-                "LINEAGE_API_KEY" => self.lineage_api_key = Some(value.clone()),
-                "AUTH" => self.security.auth = value.parse().map_err(bad)?,
-                "CLUSTER" => self.cluster = Some(value.clone()),
-                "CLUSTER_INLINE_LIMIT" => {
-                    self.cluster_inline_limit = Some(
-                        value
-                            .parse::<ByteSize>()
-                            .map_err(|e| bad(format!("`{value}` is not a size: {e}")))?,
-                    )
-                }
-                "OTLP_ENDPOINT" => self.otlp_endpoint = Some(value.clone()),
-                "EXTRA_OPTIMIZER_RULES" => {
-                    self.extra_optimizer_rules = Some(
-                        value
-                            .parse()
-                            .map_err(|_| bad(format!("`{value}` is not true or false")))?,
-                    )
-                }
-                "MAX_SPILL_SIZE" => {
-                    self.max_spill_size = Some(
-                        value
-                            .parse::<ByteSize>()
-                            .map_err(|e| bad(format!("`{value}` is not a size: {e}")))?,
-                    )
-                }
-                "TARGET_PARTITIONS" => {
-                    self.target_partitions = Some(
-                        value
-                            .parse()
-                            .map_err(|_| bad(format!("`{value}` is not a positive integer")))?,
-                    )
-                }
-                "COLLECT_BUILD_ROWS" => {
-                    self.collect_build_rows = Some(value.parse().map_err(|_| {
-                        bad(format!(
-                            "`{value}` is not a number of rows (0 turns it off)"
-                        ))
-                    })?)
-                }
-                "BATCH_SIZE" => {
-                    self.batch_size = Some(
-                        value
-                            .parse()
-                            .map_err(|_| bad(format!("`{value}` is not a positive integer")))?,
-                    )
-                }
-                // Other FLOWENGINE_* variables belong to other parts (secrets, CLI flags).
-                _ => continue,
-            }
-            used.push(name);
-        }
-        used.sort();
-        Ok(used)
     }
 
     /// Check values that serde cannot: ranges and DataFusion keys.

@@ -49,14 +49,14 @@ impl ServerProcess {
             .arg("serve")
             .args(["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"])
             .env_remove("FLOWENGINE_CONFIG")
-            .env_remove("FLOWENGINE_AUTH")
+            .env_remove("FLOWENGINE_SECURITY_AUTH")
             .env_remove("MIMALLOC_ALLOW_THP")
             .env("FLOWENGINE_LOG", "info")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if !config.contains("[security") {
-            cmd.env("FLOWENGINE_AUTH", "none");
+            cmd.env("FLOWENGINE_SECURITY_AUTH", "none");
         }
         for (k, v) in env {
             cmd.env(k, v);
