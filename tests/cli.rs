@@ -91,6 +91,103 @@ fn every_example_runs() {
     }
 }
 
+/// The README's "Run, query, serve" steps, as a newcomer types them: its pipeline block is
+/// `sql-examples/incremental_orders.sql`, its `run` and `sql` lines work as written (from a
+/// directory holding the repository's `sql-examples`), and a second run reads nothing new.
+#[test]
+fn readme_run_and_sql_steps_run_as_written() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let section = readme
+        .split("\n## Run, query, serve\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Run, query, serve section");
+    let block = |fence: &str| -> String {
+        let start = section
+            .find(fence)
+            .unwrap_or_else(|| panic!("no {fence} block"));
+        let body = &section[start + fence.len()..];
+        body[..body.find("```").unwrap()].to_string()
+    };
+    let example = std::fs::read_to_string(repo("sql-examples/incremental_orders.sql")).unwrap();
+    let statements: String = example
+        .lines()
+        .skip_while(|l| l.starts_with("-- "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(block("```sql\n"), statements, "README and example differ");
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo("sql-examples"), dir.path().join("sql-examples")).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(
+        assert_cmd::cargo::cargo_bin("flowengine"),
+        bin.join("flowengine"),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let shell = |line: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", line])
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env_remove("FLOWENGINE_CONFIG")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
+        assert!(out.status.success(), "{line}\n{stdout}\n{stderr}");
+        (stdout, stderr)
+    };
+    let commands = block("```sh\n");
+    let line = |prefix: &str| {
+        commands
+            .lines()
+            .find(|l| l.starts_with(prefix) && !l.contains("--follow"))
+            .unwrap_or_else(|| panic!("no `{prefix}` line"))
+            .split("  #")
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let run = line("flowengine run ");
+    let (stdout, stderr) = shell(&run);
+    assert!(
+        stderr.contains("positive_quantity on orders passed"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("| paid "), "{stdout}");
+    let written = |stderr: &str| -> String {
+        stderr
+            .lines()
+            .find(|l| l.contains("COPY"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(written(&stderr).contains("rows written"), "{stderr}");
+    assert!(!written(&stderr).contains(" 0 rows written"), "{stderr}");
+    assert!(
+        tree(&dir.path().join("out/paid"))
+            .iter()
+            .any(|f| f.ends_with(".parquet"))
+    );
+    // The incremental view committed its watermark: nothing new the second time.
+    let (_, stderr) = shell(&run);
+    assert!(written(&stderr).contains(" 0 rows written"), "{stderr}");
+    let (stdout, _) = shell(&line("flowengine sql "));
+    assert!(
+        stdout.contains("order_id") && stdout.contains("| 1 "),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn partitioned_example_writes_hive_directories() {
     let out = tempfile::tempdir().unwrap();
