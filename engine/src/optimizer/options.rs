@@ -107,13 +107,15 @@ impl OptimizerOptions {
 
     /// Whether the rule named `rule` (its own name) is on in `config`.
     pub fn rule_enabled(config: &ConfigOptions, rule: &str) -> bool {
-        let Some(switch) = RULES.iter().find(|r| r.rule == rule) else {
-            return true;
-        };
+        switch_of(rule).is_none_or(|option| Self::option_enabled(config, option))
+    }
+
+    /// Whether the switch `option` is on in `config` (on when the session has no switches).
+    fn option_enabled(config: &ConfigOptions, option: &str) -> bool {
         config
             .extensions
             .get::<OptimizerOptions>()
-            .is_none_or(|o| o.enabled(switch.option))
+            .is_none_or(|o| o.enabled(option))
     }
 }
 
@@ -173,11 +175,20 @@ impl ExtensionOptions for OptimizerOptions {
     }
 }
 
-/// `rule`, skipped in sessions that switch it off.
+/// The switch of the rule named `rule`, if it has one.
+fn switch_of(rule: &str) -> Option<&'static str> {
+    RULES.iter().find(|r| r.rule == rule).map(|r| r.option)
+}
+
+/// `rule`, skipped in sessions that switch it off (rules without a switch are returned as they
+/// are).
 pub fn switchable_logical(
     rule: Arc<dyn OptimizerRule + Send + Sync>,
 ) -> Arc<dyn OptimizerRule + Send + Sync> {
-    Arc::new(SwitchedLogical(rule))
+    match switch_of(rule.name()) {
+        Some(option) => Arc::new(SwitchedLogical { rule, option }),
+        None => rule,
+    }
 }
 
 /// `rule`, skipped in sessions that switch it off (rules without a switch are returned as they
@@ -185,23 +196,26 @@ pub fn switchable_logical(
 pub fn switchable_physical(
     rule: Arc<dyn PhysicalOptimizerRule + Send + Sync>,
 ) -> Arc<dyn PhysicalOptimizerRule + Send + Sync> {
-    if RULES.iter().any(|r| r.rule == rule.name()) {
-        Arc::new(SwitchedPhysical(rule))
-    } else {
-        rule
+    match switch_of(rule.name()) {
+        Some(option) => Arc::new(SwitchedPhysical { rule, option }),
+        None => rule,
     }
 }
 
+/// A rule behind its switch, found once when the rule is installed.
 #[derive(Debug)]
-struct SwitchedLogical(Arc<dyn OptimizerRule + Send + Sync>);
+struct SwitchedLogical {
+    rule: Arc<dyn OptimizerRule + Send + Sync>,
+    option: &'static str,
+}
 
 impl OptimizerRule for SwitchedLogical {
     fn name(&self) -> &str {
-        self.0.name()
+        self.rule.name()
     }
 
     fn apply_order(&self) -> Option<ApplyOrder> {
-        self.0.apply_order()
+        self.rule.apply_order()
     }
 
     fn rewrite(
@@ -209,8 +223,8 @@ impl OptimizerRule for SwitchedLogical {
         plan: LogicalPlan,
         config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        if OptimizerOptions::rule_enabled(&config.options(), self.0.name()) {
-            self.0.rewrite(plan, config)
+        if OptimizerOptions::option_enabled(&config.options(), self.option) {
+            self.rule.rewrite(plan, config)
         } else {
             Ok(Transformed::no(plan))
         }
@@ -218,7 +232,10 @@ impl OptimizerRule for SwitchedLogical {
 }
 
 #[derive(Debug)]
-struct SwitchedPhysical(Arc<dyn PhysicalOptimizerRule + Send + Sync>);
+struct SwitchedPhysical {
+    rule: Arc<dyn PhysicalOptimizerRule + Send + Sync>,
+    option: &'static str,
+}
 
 impl PhysicalOptimizerRule for SwitchedPhysical {
     fn optimize(
@@ -226,18 +243,18 @@ impl PhysicalOptimizerRule for SwitchedPhysical {
         plan: Arc<dyn ExecutionPlan>,
         config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if OptimizerOptions::rule_enabled(config, self.0.name()) {
-            self.0.optimize(plan, config)
+        if OptimizerOptions::option_enabled(config, self.option) {
+            self.rule.optimize(plan, config)
         } else {
             Ok(plan)
         }
     }
 
     fn name(&self) -> &str {
-        self.0.name()
+        self.rule.name()
     }
 
     fn schema_check(&self) -> bool {
-        self.0.schema_check()
+        self.rule.schema_check()
     }
 }

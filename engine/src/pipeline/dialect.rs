@@ -99,6 +99,23 @@ impl Engine {
                     DataFusionError::Plan(format!("check {}: {e}", check.name)),
                 )
             })?;
+        // A check only reads: `AS INSERT ...` or `AS EXPLAIN ANALYZE ...` would write or run
+        // something else when its rows are counted.
+        let reads_only = super::runner::classify(&logical).1 == StatementClass::Query
+            && !matches!(
+                logical,
+                LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) | LogicalPlan::DescribeTable(_)
+            );
+        if !reads_only {
+            return Err(own_error(
+                statement,
+                kind,
+                DataFusionError::Plan(format!(
+                    "check {}: the rows a check fails must come from a query (SELECT, VALUES, WITH ...)",
+                    check.name
+                )),
+            ));
+        }
         Ok(Prepared {
             statement: statement.clone(),
             kind: kind.into(),
@@ -183,7 +200,8 @@ impl Engine {
         let outcome = self.check_outcome(prepared, check).await?;
         let log = self.context().state().config().get_extension::<CheckLog>();
         if let Some(log) = log {
-            let run_id = format!("session-{}", &self.context().session_id()[..8]);
+            let session: String = self.context().session_id().chars().take(8).collect();
+            let run_id = format!("session-{session}");
             let record = outcome.record(check, &run_id, &log.origin);
             if let Err(e) = log.store.record_check(&record).await {
                 tracing::warn!(check = %check.name, error = %e, "could not record a check result");
@@ -196,8 +214,7 @@ impl Engine {
                 message: outcome.failure(check),
             });
         }
-        let batch =
-            outcome_batch(check, &outcome, &prepared.statement).map_err(|e| prepared.error(e))?;
+        let batch = outcome_batch(check, &outcome).map_err(|e| prepared.error(e))?;
         let fail = |e: DataFusionError| prepared.error(e);
         let physical: Arc<dyn ExecutionPlan> =
             MemorySourceConfig::try_new_exec(&[vec![batch]], check_result_schema(), None)
@@ -212,11 +229,7 @@ impl Engine {
     }
 }
 
-fn outcome_batch(
-    check: &Check,
-    outcome: &CheckOutcome,
-    _statement: &PipelineStatement,
-) -> datafusion::error::Result<RecordBatch> {
+fn outcome_batch(check: &Check, outcome: &CheckOutcome) -> datafusion::error::Result<RecordBatch> {
     let record = outcome.record(check, "", "");
     let text = |v: Option<String>| -> ArrayRef { Arc::new(StringArray::from(vec![v])) };
     Ok(RecordBatch::try_new(

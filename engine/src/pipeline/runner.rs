@@ -521,7 +521,7 @@ impl Prepared {
     }
 }
 
-fn classify(plan: &LogicalPlan) -> (String, StatementClass) {
+pub(super) fn classify(plan: &LogicalPlan) -> (String, StatementClass) {
     use StatementClass::*;
     match plan {
         LogicalPlan::Ddl(ddl) => {
