@@ -30,17 +30,19 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{CreateExternalTable, Expr};
 use datafusion::physical_plan::ExecutionPlan;
 use engine::security::gate::CallerGate;
-use engine::{Connector, ParamKind, ParamSpec, SecretStore};
+use engine::{Connector, ParamKind, ParamSpec, Secret, SecretStore};
 use serde_json::Value;
 use url::Url;
 
+use crate::error::{ConnectorError, ErrorKind, http_status_kind};
+use crate::options::TableOptions;
 use crate::resilience::{Resilience, RetryPolicy};
 
 /// REST JSON sources.
 #[derive(Debug, Default)]
 pub struct HttpConnector;
 
-const PARAMS: &[ParamSpec] = &[
+pub(crate) const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "records_path",
         description: "dot path to the array of records in each response (default: the body itself)",
@@ -67,7 +69,7 @@ const PARAMS: &[ParamSpec] = &[
         kind: ParamKind::Plain,
     },
     ParamSpec {
-        name: "WEBHOOK: batch_size / body / records_key / method",
+        name: "batch_size / body / records_key / method (WEBHOOK)",
         description: "rows per request (1000); `array` (default) or `ndjson` bodies; wrap the array in an object under this key; POST (default) or PUT",
         kind: ParamKind::Plain,
     },
@@ -78,8 +80,8 @@ impl Connector for HttpConnector {
         "http"
     }
 
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
+    fn params(&self) -> Vec<ParamSpec> {
+        PARAMS.to_vec()
     }
 
     fn table_types(&self) -> Vec<engine::TableType> {
@@ -125,7 +127,7 @@ enum Pagination {
 #[derive(Clone)]
 struct Source {
     url: Url,
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, Secret)>,
     records_path: Vec<String>,
     pagination: Pagination,
     max_pages: u64,
@@ -173,17 +175,9 @@ impl TableProviderFactory for HttpJsonFactory {
         };
         let url =
             Url::parse(location).map_err(|e| plan(format!("`{location}` is not a URL: {e}")))?;
-        let secrets = secrets_of(state);
-        let mut opts = options_of(cmd);
-        let mut take = |k: &str| opts.remove(k);
-        let number = |v: Option<String>, k: &str, d: u64| -> Result<u64> {
-            v.map_or(Ok(d), |v| {
-                v.trim()
-                    .parse()
-                    .map_err(|_| plan(format!("option `{k}`: `{v}` is not a number")))
-            })
-        };
-        let records_path = take("records_path")
+        let mut opts = TableOptions::new("HTTP_JSON", state, cmd, PARAMS.to_vec());
+        let records_path = opts
+            .string("records_path")?
             .map(|p| {
                 p.split('.')
                     .filter(|s| !s.is_empty())
@@ -191,17 +185,20 @@ impl TableProviderFactory for HttpJsonFactory {
                     .collect()
             })
             .unwrap_or_default();
-        let pagination = match take("pagination").as_deref() {
+        let pagination = match opts.string("pagination")?.as_deref() {
             None | Some("none") => Pagination::None,
-            Some("next_link") => Pagination::NextLink(take("next_link_path")),
+            Some("next_link") => Pagination::NextLink(opts.string("next_link_path")?),
             Some("cursor") => Pagination::Cursor {
-                path: take("cursor_path")
+                path: opts
+                    .string("cursor_path")?
                     .ok_or_else(|| plan("pagination cursor needs option `cursor_path`".into()))?,
-                param: take("cursor_param").unwrap_or_else(|| "cursor".into()),
+                param: opts
+                    .string("cursor_param")?
+                    .unwrap_or_else(|| "cursor".into()),
             },
             Some("page") => Pagination::Page {
-                param: take("page_param").unwrap_or_else(|| "page".into()),
-                start: number(take("page_start"), "page_start", 1)?,
+                param: opts.string("page_param")?.unwrap_or_else(|| "page".into()),
+                start: opts.parsed("page_start")?.unwrap_or(1),
             },
             Some(other) => {
                 return Err(plan(format!(
@@ -209,13 +206,13 @@ impl TableProviderFactory for HttpJsonFactory {
                 )));
             }
         };
-        let max_pages = number(take("max_pages"), "max_pages", 1000)?;
+        let max_pages = opts.parsed("max_pages")?.unwrap_or(1000);
         let RequestOptions {
             headers,
             timeout,
             policy,
-        } = RequestOptions::take(&mut opts, &secrets, &plan)?;
-        reject_unknown(&opts, &plan)?;
+        } = RequestOptions::take(&mut opts)?;
+        opts.finish()?;
         let source = Source {
             url,
             headers,
@@ -271,24 +268,10 @@ pub(crate) fn options_of(cmd: &CreateExternalTable) -> BTreeMap<String, String> 
         .collect()
 }
 
-/// An error naming the options nobody took (misspellings).
-pub(crate) fn reject_unknown(
-    opts: &BTreeMap<String, String>,
-    plan: &dyn Fn(String) -> DataFusionError,
-) -> Result<()> {
-    if opts.is_empty() {
-        return Ok(());
-    }
-    Err(plan(format!(
-        "unknown option(s): {}",
-        opts.keys().cloned().collect::<Vec<_>>().join(", ")
-    )))
-}
-
 /// What every HTTP table says about its requests: headers (values may hold secrets), the
 /// timeout, and retries and the circuit breaker.
 pub(crate) struct RequestOptions {
-    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, Secret)>,
     pub(crate) timeout: Duration,
     pub(crate) policy: RetryPolicy,
 }
@@ -296,46 +279,23 @@ pub(crate) struct RequestOptions {
 impl RequestOptions {
     /// Take `header.*`, `timeout_secs`, `retries`, `retry_backoff_ms`, `circuit_failures` and
     /// `circuit_cooldown_secs` out of `opts`.
-    pub(crate) fn take(
-        opts: &mut BTreeMap<String, String>,
-        secrets: &SecretStore,
-        plan: &dyn Fn(String) -> DataFusionError,
-    ) -> Result<Self> {
-        let mut number = |k: &str, d: u64| -> Result<u64> {
-            opts.remove(k).map_or(Ok(d), |v| {
-                v.trim()
-                    .parse()
-                    .map_err(|_| plan(format!("option `{k}`: `{v}` is not a number")))
-            })
-        };
-        let timeout = Duration::from_secs(number("timeout_secs", 30)?);
+    pub(crate) fn take(opts: &mut TableOptions<'_>) -> Result<Self> {
         let d = RetryPolicy::default();
+        let timeout = Duration::from_secs(opts.parsed("timeout_secs")?.unwrap_or(30));
         let policy = RetryPolicy {
-            max_retries: number("retries", d.max_retries as u64)? as usize,
-            initial_backoff: Duration::from_millis(number(
-                "retry_backoff_ms",
-                d.initial_backoff.as_millis() as u64,
-            )?),
+            max_retries: opts.parsed("retries")?.unwrap_or(d.max_retries),
+            initial_backoff: opts
+                .parsed("retry_backoff_ms")?
+                .map_or(d.initial_backoff, Duration::from_millis),
             max_backoff: d.max_backoff,
-            circuit_failures: number("circuit_failures", u64::from(d.circuit_failures))? as u32,
-            circuit_cooldown: Duration::from_secs(number(
-                "circuit_cooldown_secs",
-                d.circuit_cooldown.as_secs(),
-            )?),
+            circuit_failures: opts
+                .parsed("circuit_failures")?
+                .unwrap_or(d.circuit_failures),
+            circuit_cooldown: opts
+                .parsed("circuit_cooldown_secs")?
+                .map_or(d.circuit_cooldown, Duration::from_secs),
         };
-        let mut headers = Vec::new();
-        let names: Vec<String> = opts
-            .keys()
-            .filter(|k| k.starts_with("header."))
-            .cloned()
-            .collect();
-        for k in names {
-            let v = opts.remove(&k).unwrap_or_default();
-            let value = secrets
-                .expand(&v)
-                .map_err(|e| plan(format!("option `{k}`: {e}")))?;
-            headers.push((k["header.".len()..].to_string(), value));
-        }
+        let headers = opts.prefixed("header.")?;
         Ok(Self {
             headers,
             timeout,
@@ -423,13 +383,9 @@ impl Source {
             pages += 1;
             let (body, link_next) = self
                 .resilience
-                .call_classified(
-                    &endpoint,
-                    "HTTP request",
-                    &self.policy,
-                    is_retryable,
-                    || self.get(&client, url.clone()),
-                )
+                .call(&endpoint, "HTTP request", &self.policy, || {
+                    self.get(&client, url.clone())
+                })
                 .await?;
             let page = at_path(&body, &self.records_path).ok_or_else(|| {
                 DataFusionError::Execution(format!(
@@ -494,13 +450,10 @@ impl Source {
             // where a redirect or a next link points elsewhere.
             if same_origin(&url, &self.url) {
                 for (k, v) in &self.headers {
-                    req = req.header(k.as_str(), v.as_str());
+                    req = req.header(k.as_str(), v.expose());
                 }
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| http_error(&url, None, &e.to_string()))?;
+            let resp = req.send().await.map_err(|e| send_error(&url, e))?;
             if !resp.status().is_redirection() {
                 break resp;
             }
@@ -510,7 +463,11 @@ impl Source {
             };
             redirects += 1;
             if redirects > MAX_REDIRECTS {
-                return Err(http_error(&url, None, "too many redirects"));
+                return Err(ConnectorError::new(
+                    ErrorKind::Invalid,
+                    format!("{}: more than {MAX_REDIRECTS} redirects", shown(&url)),
+                )
+                .into());
             }
             let next = url.join(location).map_err(|e| {
                 DataFusionError::Execution(format!("{url}: redirect to `{location}`: {e}"))
@@ -522,7 +479,7 @@ impl Source {
         if !status.is_success() {
             return Err(http_error(
                 &url,
-                Some(status.as_u16()),
+                status.as_u16(),
                 status.canonical_reason().unwrap_or(""),
             ));
         }
@@ -538,10 +495,7 @@ impl Source {
                 let end = part.find('>')?;
                 Some(part[start..end].to_string())
             });
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| http_error(&url, None, &e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(|e| send_error(&url, e))?;
         let body: Value = serde_json::from_slice(&bytes)
             .map_err(|e| DataFusionError::Execution(format!("{url}: response is not JSON: {e}")))?;
         Ok((body, link_next))
@@ -555,26 +509,33 @@ fn same_origin(a: &Url, b: &Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-/// An HTTP failure; the status (if any) is kept in the message for [`is_retryable`].
-pub(crate) fn http_error(url: &Url, status: Option<u16>, reason: &str) -> DataFusionError {
-    // Never the query string: it may carry a token.
-    let mut shown = url.clone();
-    shown.set_query(None);
-    match status {
-        Some(s) => DataFusionError::Execution(format!("HTTP {s} {reason} from {shown}")),
-        None => DataFusionError::Execution(format!("HTTP request to {shown} failed: {reason}")),
-    }
+/// An HTTP status other than success, as a typed error (see [`crate::error`]: 429, 408 and
+/// 5xx are retried, other statuses are not).
+pub(crate) fn http_error(url: &Url, status: u16, reason: &str) -> DataFusionError {
+    ConnectorError::new(
+        http_status_kind(status),
+        format!("HTTP {status} {reason} from {}", shown(url)),
+    )
+    .into()
 }
 
-/// 429, 5xx and connection-level failures are worth retrying; other statuses are not.
-pub(crate) fn is_retryable(e: &DataFusionError) -> bool {
-    let msg = e.to_string();
-    if let Some(rest) = msg.split("HTTP ").nth(1)
-        && let Some(code) = rest.get(..3).and_then(|c| c.parse::<u16>().ok())
-    {
-        return code == 429 || code >= 500;
-    }
-    msg.contains("HTTP request to")
+/// A request that got no answer: the connection failed or timed out (retried).
+pub(crate) fn send_error(url: &Url, e: reqwest::Error) -> DataFusionError {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Unavailable
+    };
+    // reqwest's message names the URL with its query string, which may carry a token.
+    let e = e.without_url();
+    ConnectorError::new(kind, format!("HTTP request to {} failed: {e}", shown(url))).into()
+}
+
+/// `url` without its query string: it may carry a token.
+fn shown(url: &Url) -> Url {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown
 }
 
 fn set_query(url: &mut Url, key: &str, value: &str) {
@@ -665,6 +626,7 @@ fn decode(records: &[Value], schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::is_retriable;
 
     #[test]
     fn paths_queries_and_retry_classes() {
@@ -679,22 +641,9 @@ mod tests {
         set_query(&mut u, "page", "2");
         assert_eq!(u.as_str(), "http://h/p?q=z&page=2");
         let url = Url::parse("http://h/p?token=secret").unwrap();
-        assert!(is_retryable(&http_error(
-            &url,
-            Some(503),
-            "Service Unavailable"
-        )));
-        assert!(is_retryable(&http_error(
-            &url,
-            Some(429),
-            "Too Many Requests"
-        )));
-        assert!(!is_retryable(&http_error(&url, Some(404), "Not Found")));
-        assert!(is_retryable(&http_error(&url, None, "connection refused")));
-        assert!(
-            !http_error(&url, Some(401), "")
-                .to_string()
-                .contains("secret")
-        );
+        assert!(is_retriable(&http_error(&url, 503, "Service Unavailable")));
+        assert!(is_retriable(&http_error(&url, 429, "Too Many Requests")));
+        assert!(!is_retriable(&http_error(&url, 404, "Not Found")));
+        assert!(!http_error(&url, 401, "").to_string().contains("secret"));
     }
 }

@@ -6,8 +6,10 @@
 pub mod cloud;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub mod database;
+pub mod error;
 pub mod files;
 pub mod http;
+pub(crate) mod options;
 pub mod queue;
 pub mod resilience;
 mod webhook;

@@ -2,9 +2,9 @@
 //! the calls a connector makes itself (opening database connections). Object store requests
 //! have their own retry layer in `object_store` (see [`crate::cloud`]).
 //!
-//! - Transient failures (connection refused or reset, timeouts, too many connections,
-//!   serialization failures and deadlocks, server shutting down) are retried; permanent ones
-//!   (authentication, unknown database or table, syntax) fail at once.
+//! - Failures whose kind is retriable ([`crate::error::ErrorKind::is_retriable`]: the endpoint
+//!   unreachable, a timeout, a busy server, a deadlock or serialization failure) are retried;
+//!   others (authentication, unknown database or table, syntax) fail at once.
 //! - After `circuit_failures` consecutive failed calls to one endpoint its breaker opens: calls
 //!   fail fast for `circuit_cooldown`, then one probe is let through (half-open); its success
 //!   closes the breaker, its failure opens it again.
@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use datafusion::error::{DataFusionError, Result};
+
+use crate::error::is_retriable;
 
 /// How often and how patiently one call is retried, and when its endpoint's breaker opens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -147,27 +149,9 @@ impl Resilience {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        self.call_classified(endpoint, what, policy, is_transient, op)
-            .await
-    }
-
-    /// [`Resilience::call`] with the caller's idea of which failures are transient.
-    pub async fn call_classified<T, F, Fut>(
-        &self,
-        endpoint: &str,
-        what: &str,
-        policy: &RetryPolicy,
-        transient: fn(&DataFusionError) -> bool,
-        op: F,
-    ) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T>>,
-    {
         let span =
             tracing::info_span!(target: "flowengine::connector", "connector call", endpoint, what);
-        tracing::Instrument::instrument(self.attempts(endpoint, what, policy, transient, op), span)
-            .await
+        tracing::Instrument::instrument(self.attempts(endpoint, what, policy, op), span).await
     }
 
     async fn attempts<T, F, Fut>(
@@ -175,7 +159,6 @@ impl Resilience {
         endpoint: &str,
         what: &str,
         policy: &RetryPolicy,
-        transient: fn(&DataFusionError) -> bool,
         mut op: F,
     ) -> Result<T>
     where
@@ -208,7 +191,7 @@ impl Resilience {
                 }
                 Err(e) => {
                     self.failure(endpoint, policy);
-                    let transient = transient(&e);
+                    let transient = is_retriable(&e);
                     match backoff.next() {
                         Some(delay) if transient => {
                             self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -234,74 +217,6 @@ impl Resilience {
             }
         }
     }
-}
-
-/// Whether an error is worth retrying: connection-level trouble and the database's own
-/// "try again" answers. Decided on SQLSTATE codes where the chain carries a PostgreSQL error,
-/// otherwise on the messages of the error chain.
-pub fn is_transient(e: &DataFusionError) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut text = String::new();
-    while let Some(err) = source {
-        if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>()
-            && let Some(code) = pg.code()
-        {
-            let c = code.code();
-            return c.starts_with("08")
-                || c.starts_with("53")
-                || c.starts_with("57P")
-                || c == "40001"
-                || c == "40P01";
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(
-                io.kind(),
-                ConnectionRefused
-                    | ConnectionReset
-                    | ConnectionAborted
-                    | TimedOut
-                    | BrokenPipe
-                    | UnexpectedEof
-                    | NotConnected
-                    | Interrupted
-            ) {
-                return true;
-            }
-        }
-        text.push_str(&err.to_string().to_ascii_lowercase());
-        text.push('\n');
-        source = err.source();
-    }
-    const PERMANENT: &[&str] = &[
-        "password",
-        "authentication",
-        "access denied",
-        "unknown database",
-        "does not exist",
-        "doesn't exist",
-        "not found",
-        "syntax",
-        "permission denied",
-    ];
-    const TRANSIENT: &[&str] = &[
-        "connection refused",
-        "connection reset",
-        "connection closed",
-        "broken pipe",
-        "timed out",
-        "timeout",
-        "cannot connect",
-        "too many connections",
-        "deadlock",
-        "lock wait timeout",
-        "serialization failure",
-        "server closed the connection",
-        "shutting down",
-        "error communicating with database",
-        "no connection to",
-    ];
-    !PERMANENT.iter().any(|p| text.contains(p)) && TRANSIENT.iter().any(|t| text.contains(t))
 }
 
 #[cfg(test)]
@@ -357,9 +272,10 @@ mod tests {
             .call("db:5432", "connect", &policy(), || {
                 calls.fetch_add(1, Ordering::SeqCst);
                 async {
-                    Err::<(), _>(DataFusionError::Plan(
-                        "password authentication failed".into(),
-                    ))
+                    Err::<(), _>(DataFusionError::from(crate::error::ConnectorError::new(
+                        crate::error::ErrorKind::Denied,
+                        "password authentication failed",
+                    )))
                 }
             })
             .await
@@ -401,19 +317,5 @@ mod tests {
         r.call("db:1", "connect", &p, || async { Ok(()) })
             .await
             .unwrap();
-    }
-
-    #[test]
-    fn classification() {
-        assert!(is_transient(&refused()));
-        assert!(is_transient(&DataFusionError::Plan(
-            "Cannot connect to PostgreSQL on 127.0.0.1:1".into()
-        )));
-        assert!(!is_transient(&DataFusionError::Plan(
-            "MySQL connection failed. Access denied for user".into()
-        )));
-        assert!(!is_transient(&DataFusionError::Plan(
-            "The table 'x' doesn't exist".into()
-        )));
     }
 }

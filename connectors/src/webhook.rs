@@ -18,7 +18,6 @@
 //! HTTP has no transactions: when a batch finally fails, the batches before it were delivered,
 //! and the error says how many rows that was. A webhook table cannot be read.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -36,9 +35,8 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use url::Url;
 
-use crate::http::{
-    RequestOptions, endpoint_of, http_error, is_retryable, options_of, reject_unknown, secrets_of,
-};
+use crate::http::{RequestOptions, endpoint_of, http_error, send_error};
+use crate::options::TableOptions;
 use crate::resilience::{Resilience, RetryPolicy};
 
 /// How rows are laid out in a request body.
@@ -80,27 +78,20 @@ impl TableProviderFactory for WebhookFactory {
                     .into(),
             ));
         }
-        let secrets = secrets_of(state);
-        let mut opts: BTreeMap<String, String> = options_of(cmd);
-        let batch_size = match opts.remove("batch_size") {
+        let mut opts = TableOptions::new("WEBHOOK", state, cmd, crate::http::PARAMS.to_vec());
+        let batch_size = match opts.parsed::<usize>("batch_size")? {
             None => 1000,
-            Some(v) => match v.trim().parse::<usize>() {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    return Err(plan(format!(
-                        "option `batch_size`: `{v}` is not a positive number"
-                    )));
-                }
-            },
+            Some(n) if n > 0 => n,
+            Some(_) => return Err(plan("option `batch_size` must be at least 1".into())),
         };
-        let method = match opts.remove("method").map(|m| m.to_ascii_uppercase()) {
+        let method = match opts.string("method")?.map(|m| m.to_ascii_uppercase()) {
             None => reqwest::Method::POST,
             Some(m) if m == "POST" => reqwest::Method::POST,
             Some(m) if m == "PUT" => reqwest::Method::PUT,
             Some(m) => return Err(plan(format!("option `method` `{m}`: expected POST or PUT"))),
         };
-        let records_key = opts.remove("records_key");
-        let body = match (opts.remove("body").as_deref(), records_key) {
+        let records_key = opts.string("records_key")?;
+        let body = match (opts.string("body")?.as_deref(), records_key) {
             (None | Some("array"), None) => Body::Array,
             (None | Some("array"), Some(key)) => Body::Wrapped(key),
             (Some("ndjson"), None) => Body::Ndjson,
@@ -115,8 +106,8 @@ impl TableProviderFactory for WebhookFactory {
                 )));
             }
         };
-        let request = RequestOptions::take(&mut opts, &secrets, &plan)?;
-        reject_unknown(&opts, &plan)?;
+        let request = RequestOptions::take(&mut opts)?;
+        opts.finish()?;
         // Deliveries carry the rows and the table's credentials: a redirect is an error, never
         // a new destination nobody checked.
         let client = reqwest::Client::builder()
@@ -147,7 +138,7 @@ struct Target {
     url: Url,
     endpoint: String,
     method: reqwest::Method,
-    headers: Vec<(String, String)>,
+    headers: Vec<(String, engine::Secret)>,
     policy: RetryPolicy,
     body: Body,
     batch_size: usize,
@@ -218,39 +209,30 @@ impl Target {
     async fn send(&self, body: Vec<u8>, content_type: &str, key: &str) -> Result<()> {
         let body = bytes::Bytes::from(body);
         self.resilience
-            .call_classified(
-                &self.endpoint,
-                "webhook request",
-                &self.policy,
-                is_retryable,
-                || {
-                    let mut req = self
-                        .client
-                        .request(self.method.clone(), self.url.clone())
-                        .header("content-type", content_type)
-                        .header("idempotency-key", key)
-                        .body(body.clone());
-                    for (k, v) in &self.headers {
-                        req = req.header(k.as_str(), v.as_str());
+            .call(&self.endpoint, "webhook request", &self.policy, || {
+                let mut req = self
+                    .client
+                    .request(self.method.clone(), self.url.clone())
+                    .header("content-type", content_type)
+                    .header("idempotency-key", key)
+                    .body(body.clone());
+                for (k, v) in &self.headers {
+                    req = req.header(k.as_str(), v.expose());
+                }
+                async move {
+                    let resp = req.send().await.map_err(|e| send_error(&self.url, e))?;
+                    let status = resp.status();
+                    if status.is_success() {
+                        Ok(())
+                    } else {
+                        Err(http_error(
+                            &self.url,
+                            status.as_u16(),
+                            status.canonical_reason().unwrap_or(""),
+                        ))
                     }
-                    async move {
-                        let resp = req
-                            .send()
-                            .await
-                            .map_err(|e| http_error(&self.url, None, &e.to_string()))?;
-                        let status = resp.status();
-                        if status.is_success() {
-                            Ok(())
-                        } else {
-                            Err(http_error(
-                                &self.url,
-                                Some(status.as_u16()),
-                                status.canonical_reason().unwrap_or(""),
-                            ))
-                        }
-                    }
-                },
-            )
+                }
+            })
             .await
     }
 }

@@ -392,8 +392,8 @@ impl EngineConfig {
     /// digests replaced by `***` (`${secret:NAME}` references are kept: they name, not hold).
     fn redacted(&self) -> EngineConfig {
         let mut r = self.clone();
-        r.state_url = self.state_url.as_deref().map(redact_url);
-        r.lineage_url = self.lineage_url.as_deref().map(redact_url);
+        r.state_url = self.state_url.as_deref().map(crate::secrets::redact_url);
+        r.lineage_url = self.lineage_url.as_deref().map(crate::secrets::redact_url);
         r.lineage_api_key = self.lineage_api_key.as_deref().map(|k| {
             if k.trim_start().starts_with("${secret:") {
                 k.to_string()
@@ -476,18 +476,6 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
             toml::Value::String(s) => out.push((name, s.clone())),
             other => out.push((name, other.to_string())),
         }
-    }
-}
-
-/// `url` with any password replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "***".to_string(),
     }
 }
 

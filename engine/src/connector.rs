@@ -171,8 +171,8 @@ pub trait Connector: Debug + Send + Sync {
     /// Short name, used in messages and docs.
     fn name(&self) -> &'static str;
     /// The parameters it understands.
-    fn params(&self) -> &'static [ParamSpec] {
-        &[]
+    fn params(&self) -> Vec<ParamSpec> {
+        Vec::new()
     }
     /// The `STORED AS` types it provides beyond file formats, and what each is ([`TableType`]).
     fn table_types(&self) -> Vec<TableType> {

@@ -36,7 +36,7 @@ pub use connector::{
     Connector, ConnectorRegistry, DeclaredParams, ParamKind, ParamSpec, RemoteCallStats, TableType,
 };
 pub use error::{EngineError, Result};
-pub use secrets::SecretStore;
+pub use secrets::{Secret, SecretStore};
 pub use server_config::ServerConfig;
 pub use session::{Engine, SessionScope};
 

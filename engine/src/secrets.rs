@@ -31,6 +31,35 @@ pub enum SecretError {
     File { path: PathBuf, message: String },
 }
 
+/// A credential as connectors hold it: the value is read only through [`Secret::expose`], at
+/// the moment it is handed to a client library; `Debug` and `Display` print `***`, so a struct
+/// holding one may derive `Debug` and still never show it in logs, errors or `EXPLAIN`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself: only for handing it to the client library that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// Where secret values are looked up. Its `Debug` output never shows a value.
 #[derive(Clone, Default)]
 pub struct SecretStore {
@@ -119,10 +148,11 @@ impl SecretStore {
     }
 }
 
-/// A connection URL with its password (if any) replaced by `***`: `postgres://u:***@h/db`.
+/// A connection URL with its password (if any) replaced by `***`: `postgres://u:***@h/db`; in
+/// a key-value connection string (`host=h password=pw`), the password's value.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+        return redact_key_values(url);
     };
     let authority_start = scheme_end + 3;
     let authority_end = url[authority_start..]
@@ -142,6 +172,17 @@ pub fn redact_url(url: &str) -> String {
         &userinfo[..colon],
         &url[authority_start + at..]
     )
+}
+
+/// `password=...` values of a libpq-style `key=value` string replaced by `***`.
+fn redact_key_values(s: &str) -> String {
+    s.split(' ')
+        .map(|part| match part.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, SecretError> {
@@ -252,6 +293,20 @@ mod tests {
     }
 
     #[test]
+    fn secrets_never_print_their_value() {
+        let s = Secret::new("hunter2");
+        assert_eq!(s.expose(), "hunter2");
+        assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        struct Endpoint {
+            password: Option<Secret>,
+        }
+        let shown = format!("{:?}", Endpoint { password: Some(s) });
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
     fn redacts_url_passwords() {
         assert_eq!(
             redact_url("postgres://u:pw@h:5432/db?x=1"),
@@ -259,6 +314,10 @@ mod tests {
         );
         assert_eq!(redact_url("mysql://root@h/db"), "mysql://root@h/db");
         assert_eq!(redact_url("host=h user=u"), "host=h user=u");
+        assert_eq!(
+            redact_url("host=h password=pw user=u"),
+            "host=h password=*** user=u"
+        );
     }
 
     #[test]

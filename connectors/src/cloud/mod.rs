@@ -74,8 +74,8 @@ impl Connector for CloudConnector {
         "cloud"
     }
 
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
+    fn params(&self) -> Vec<ParamSpec> {
+        PARAMS.to_vec()
     }
 
     fn register(&self, mut builder: SessionStateBuilder) -> Result<SessionStateBuilder> {

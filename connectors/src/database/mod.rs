@@ -118,8 +118,8 @@ impl Connector for DatabaseConnector {
         "database"
     }
 
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
+    fn params(&self) -> Vec<ParamSpec> {
+        PARAMS.to_vec()
     }
 
     fn table_types(&self) -> Vec<TableType> {

@@ -79,8 +79,9 @@ impl Backend for PostgresBackend {
                                 tokio::time::timeout(timeout, PostgresConnectionPool::new(secret))
                                     .await
                                     .map_err(|_| {
-                                        DataFusionError::Plan(format!(
-                                            "no connection to {endpoint} within {timeout:?} (option connect_timeout)"
+                                        DataFusionError::from(crate::error::ConnectorError::new(
+                                            crate::error::ErrorKind::Timeout,
+                                            format!("no connection to {endpoint} within {timeout:?} (option connect_timeout)"),
                                         ))
                                     })?
                                     .map_err(external)

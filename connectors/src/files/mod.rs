@@ -60,8 +60,8 @@ impl Connector for FilesConnector {
         "files"
     }
 
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
+    fn params(&self) -> Vec<ParamSpec> {
+        PARAMS.to_vec()
     }
 
     fn register(&self, mut builder: SessionStateBuilder) -> Result<SessionStateBuilder> {

@@ -39,7 +39,12 @@ impl Format {
             && !(schema.fields().len() == 1
                 && matches!(
                     schema.field(0).data_type(),
-                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Binary | DataType::LargeBinary
+                    DataType::Utf8
+                        | DataType::LargeUtf8
+                        | DataType::Utf8View
+                        | DataType::Binary
+                        | DataType::LargeBinary
+                        | DataType::BinaryView
                 ))
         {
             return Err(
@@ -165,7 +170,9 @@ fn feed(
 fn raw(schema: &SchemaRef, payloads: &[&[u8]]) -> std::result::Result<RecordBatch, String> {
     let field = schema.field(0);
     let column: ArrayRef = match field.data_type() {
-        DataType::Binary => Arc::new(BinaryArray::from_iter_values(payloads.iter())),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+            Arc::new(BinaryArray::from_iter_values(payloads.iter()))
+        }
         _ => {
             let texts = payloads
                 .iter()

@@ -2,6 +2,7 @@
 //! raw value of the one column per row.
 
 use datafusion::arrow::array::{Array, BinaryArray, RecordBatch};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::error::{DataFusionError, Result};
 
@@ -57,8 +58,14 @@ fn csv_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
 /// The one column's value as the payload.
 fn raw_payloads(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let column = batch.column(0);
-    if let Some(bin) = column.as_any().downcast_ref::<BinaryArray>() {
-        return Ok((0..bin.len()).map(|i| bin.value(i).to_vec()).collect());
+    if matches!(
+        column.data_type(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+    ) {
+        let column = datafusion::arrow::compute::cast(column, &DataType::Binary)?;
+        if let Some(bin) = column.as_any().downcast_ref::<BinaryArray>() {
+            return Ok((0..bin.len()).map(|i| bin.value(i).to_vec()).collect());
+        }
     }
     (0..column.len())
         .map(|i| Ok(array_value_to_string(column.as_ref(), i)?.into_bytes()))

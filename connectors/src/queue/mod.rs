@@ -1,6 +1,7 @@
 //! Message queues as tables. Sources read messages in bounded scans; sinks publish rows as
-//! messages, awaiting the broker's acknowledgements. One submodule per broker; this family
-//! registers them all.
+//! messages, awaiting the broker's acknowledgements. Each broker is one submodule implementing
+//! [`broker::Broker`] (its protocol only) and one line in [`BROKERS`]; the table, scan, sink and
+//! options every queue table shares are in [`broker`], once.
 //!
 //! Two ways of keeping progress, by what the broker offers:
 //! * [`nats`]: NATS JetStream (`STORED AS NATS`): a stream keeps every message; scans do not
@@ -14,16 +15,17 @@
 //!   broker's messages into a local durable spool (acknowledging each once on disk), and the
 //!   spool forgets them only after the run that read them committed.
 
+pub(crate) mod broker;
 pub(crate) mod decode;
 pub(crate) mod encode;
+#[cfg(test)]
+mod memory;
 pub(crate) mod options;
-#[cfg(any(feature = "rabbitmq", feature = "redis", feature = "mqtt"))]
 pub(crate) mod rows;
 pub(crate) mod scan;
 
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
-
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "rabbitmq")]
@@ -35,6 +37,20 @@ use datafusion::error::Result;
 use datafusion::execution::session_state::SessionStateBuilder;
 use engine::{Connector, ParamKind, ParamSpec, TableType};
 
+use broker::{Registered, Registration};
+
+/// The brokers this build includes: one line each.
+const BROKERS: &[&dyn Registered] = &[
+    #[cfg(feature = "nats")]
+    &Registration::<nats::Nats>::LINE,
+    #[cfg(feature = "rabbitmq")]
+    &Registration::<rabbitmq::RabbitMq>::LINE,
+    #[cfg(feature = "redis")]
+    &Registration::<redis_stream::RedisStream>::LINE,
+    #[cfg(feature = "mqtt")]
+    &Registration::<mqtt::Mqtt>::LINE,
+];
+
 /// Registers every message-queue table type this build includes.
 #[derive(Debug)]
 pub struct QueueConnector;
@@ -44,37 +60,25 @@ impl Connector for QueueConnector {
         "queue"
     }
 
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
+    fn params(&self) -> Vec<ParamSpec> {
+        let mut params = PARAMS.to_vec();
+        for b in BROKERS {
+            params.extend_from_slice(b.params());
+        }
+        params
     }
 
     fn table_types(&self) -> Vec<TableType> {
-        [
-            // A stream that is read, not consumed: executors read their own ranges.
-            #[cfg(feature = "nats")]
-            TableType::new("NATS").distributable(),
-            // Reads consume: messages are acknowledged after the run's sinks committed.
-            #[cfg(feature = "rabbitmq")]
-            TableType::new("RABBITMQ").consuming(),
-            #[cfg(feature = "redis")]
-            TableType::new("REDIS_STREAM").consuming(),
-            #[cfg(feature = "mqtt")]
-            TableType::new("MQTT").consuming(),
-        ]
-        .into_iter()
-        .collect()
+        BROKERS.iter().map(|b| b.table_type()).collect()
     }
 
     fn register(&self, mut builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
-        #[cfg(feature = "nats")]
-        nats::register(&mut builder);
-        #[cfg(feature = "rabbitmq")]
-        rabbitmq::register(&mut builder);
-        #[cfg(feature = "redis")]
-        redis_stream::register(&mut builder);
-        #[cfg(feature = "mqtt")]
-        mqtt::register(&mut builder);
-        let _ = &mut builder;
+        let factories = builder
+            .table_factories()
+            .get_or_insert_with(Default::default);
+        for b in BROKERS {
+            factories.insert(b.table_type().name.to_string(), b.factory());
+        }
         Ok(builder)
     }
 }
@@ -97,7 +101,7 @@ const PARAMS: &[ParamSpec] = &[
         kind: ParamKind::Plain,
     },
     ParamSpec {
-        name: "user / password / token",
+        name: "user / password",
         description: "credentials (use ${secret:NAME})",
         kind: ParamKind::Secret,
     },
@@ -109,31 +113,6 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "dead_letter_path",
         description: "the JSON-lines file undecodable messages go to (`${batch}` is replaced by the micro-batch number)",
-        kind: ParamKind::Path,
-    },
-    ParamSpec {
-        name: "stream / message_id (NATS)",
-        description: "the JetStream stream; the column whose value becomes the Nats-Msg-Id header (duplicates dropped)",
-        kind: ParamKind::Plain,
-    },
-    ParamSpec {
-        name: "vhost / exchange / routing_key / prefetch (RabbitMQ)",
-        description: "virtual host (/); where INSERT publishes (default exchange, to the queue); unacknowledged messages a scan may hold",
-        kind: ParamKind::Plain,
-    },
-    ParamSpec {
-        name: "group / consumer / field / maxlen (Redis streams)",
-        description: "consumer group (flowengine) and consumer name; the entry field holding the payload (data); XADD MAXLEN ~ trimming",
-        kind: ParamKind::Plain,
-    },
-    ParamSpec {
-        name: "client_id / qos / spool_fsync / retain / keep_alive_secs / max_packet_size (MQTT)",
-        description: "persistent session id (derived from server and topic); subscribe and publish QoS (1); fsync the spool before acknowledging (true); publish retained; keep-alive (30); largest message (16 MiB)",
-        kind: ParamKind::Plain,
-    },
-    ParamSpec {
-        name: "spool_dir (MQTT)",
-        description: "the local spool (<state_dir>/spool/mqtt/<client_id>)",
         kind: ParamKind::Path,
     },
 ];

@@ -1,18 +1,16 @@
 //! Options every queue table shares: the declared message columns, the payload format,
 //! bounded-read limits, credentials (secret references) and the bad-message policy.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
-use datafusion::catalog::Session;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::CreateExternalTable;
 use engine::bad_records::BadRecordPolicy;
 
 use super::decode::Format;
-use crate::http::secrets_of;
+use crate::options::TableOptions;
 
 /// How a scan reads.
 #[derive(Debug, Clone)]
@@ -25,11 +23,6 @@ pub(crate) struct ReadOptions {
     /// Rows per batch.
     pub(crate) batch_size: usize,
     pub(crate) policy: Option<Arc<BadRecordPolicy>>,
-}
-
-/// `Plan` errors naming the table.
-pub(crate) fn planner(kind: &'static str, table: String) -> impl Fn(String) -> DataFusionError {
-    move |m| DataFusionError::Plan(format!("{kind} table `{table}`: {m}"))
 }
 
 /// The declared columns, checked: at least one, none named like a message column.
@@ -68,69 +61,32 @@ pub(crate) fn with_message_columns(declared: &SchemaRef, meta: Vec<Field>) -> Sc
     Arc::new(Schema::new(fields))
 }
 
-/// Remove and parse `key`.
-pub(crate) fn take_parsed<T: std::str::FromStr>(
-    opts: &mut BTreeMap<String, String>,
-    key: &str,
-    plan: &dyn Fn(String) -> DataFusionError,
-) -> Result<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    opts.remove(key)
-        .map(|v| {
-            v.trim()
-                .parse::<T>()
-                .map_err(|e| plan(format!("option `{key}` = `{v}`: {e}")))
-        })
-        .transpose()
-}
-
-/// Remove `key` and expand its `${secret:NAME}` references.
-pub(crate) fn take_secret(
-    state: &dyn Session,
-    opts: &mut BTreeMap<String, String>,
-    key: &str,
-    plan: &dyn Fn(String) -> DataFusionError,
-) -> Result<Option<String>> {
-    opts.remove(key)
-        .map(|v| {
-            secrets_of(state)
-                .expand(&v)
-                .map_err(|e| plan(format!("option `{key}`: {e}")))
-        })
-        .transpose()
-}
-
-/// Remove the read options (`format`, `max_messages`, `idle_timeout_ms`, `batch_size` and the
+/// Take the read options (`format`, `max_messages`, `idle_timeout_ms`, `batch_size` and the
 /// error policy) and check the format suits the declared columns.
 pub(crate) fn take_read_options(
-    state: &dyn Session,
-    opts: &mut BTreeMap<String, String>,
+    options: &mut TableOptions<'_>,
     declared: &SchemaRef,
     default_max_messages: Option<u64>,
-    plan: &dyn Fn(String) -> DataFusionError,
 ) -> Result<ReadOptions> {
-    let mut policy_opts: std::collections::HashMap<String, String> = [
-        "on_error",
-        "dead_letter_path",
-        "dead_letter_table",
-        "max_bad_records",
-    ]
-    .iter()
-    .filter_map(|k| Some((k.to_string(), opts.remove(*k)?)))
-    .collect();
-    let policy = crate::files::tolerant::extract_policy(state, &mut policy_opts)?;
-    let format: Format = take_parsed(opts, "format", plan)?.unwrap_or(Format::Json);
-    format.check(declared).map_err(plan)?;
-    let max_messages = take_parsed(opts, "max_messages", plan)?.or(default_max_messages);
+    let mut policy_opts: std::collections::HashMap<String, String> = options
+        .all_of(&[
+            "on_error",
+            "dead_letter_path",
+            "dead_letter_table",
+            "max_bad_records",
+        ])?
+        .into_iter()
+        .collect();
+    let policy = crate::files::tolerant::extract_policy(options.state(), &mut policy_opts)?;
+    let format: Format = options.parsed("format")?.unwrap_or(Format::Json);
+    format.check(declared).map_err(|m| options.error(m))?;
+    let max_messages = options.parsed("max_messages")?.or(default_max_messages);
     Ok(ReadOptions {
         format,
         max_messages,
-        idle_timeout: Duration::from_millis(
-            take_parsed(opts, "idle_timeout_ms", plan)?.unwrap_or(5000),
-        ),
-        batch_size: take_parsed::<usize>(opts, "batch_size", plan)?
+        idle_timeout: Duration::from_millis(options.parsed("idle_timeout_ms")?.unwrap_or(5000)),
+        batch_size: options
+            .parsed::<usize>("batch_size")?
             .unwrap_or(8192)
             .max(1),
         policy,

@@ -1,13 +1,12 @@
-//! Messages to rows for the consuming brokers (RabbitMQ, Redis streams): decode the payloads
-//! (bad ones to the table's error policy) and append the message columns.
-//!
-//! Every such table has five message columns after its declared ones; only their names differ
-//! by broker (see [`MessageColumns`]).
+//! Messages to rows for every queue table: decode the payloads (bad ones to the table's error
+//! policy) and append the message columns, whose names each broker gives (see
+//! [`MessageColumns`]).
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+    UInt64Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use datafusion::error::{DataFusionError, Result};
@@ -16,41 +15,81 @@ use engine::bad_records::BadRecord;
 use super::decode::decode;
 use super::options::ReadOptions;
 
-/// Names of the five message columns: where the message was sent (routing key, stream), its
-/// id, its timestamp, its headers or other fields (a JSON object) and whether the broker
-/// delivered it before (it was read but not acknowledged by an earlier scan).
+/// Names of the message columns: where the message was sent (routing key, subject, stream,
+/// topic), its id, its timestamp, its headers or other fields (a JSON object) and, for brokers
+/// that deliver again what was read but not acknowledged, whether it was delivered before.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MessageColumns {
     pub(crate) key: &'static str,
     pub(crate) id: &'static str,
+    /// The id column holds the message's position in the read ([`Message::offset`], UInt64)
+    /// instead of a text id.
+    pub(crate) id_is_offset: bool,
     pub(crate) timestamp: &'static str,
     pub(crate) headers: &'static str,
-    pub(crate) redelivered: &'static str,
+    pub(crate) redelivered: Option<&'static str>,
 }
 
 impl MessageColumns {
-    pub(crate) fn names(&self) -> [&'static str; 5] {
-        [
-            self.key,
-            self.id,
-            self.timestamp,
-            self.headers,
-            self.redelivered,
-        ]
+    /// Columns named `key`, `id` (text), `timestamp` and `headers`.
+    pub(crate) const fn new(
+        key: &'static str,
+        id: &'static str,
+        timestamp: &'static str,
+        headers: &'static str,
+    ) -> Self {
+        Self {
+            key,
+            id,
+            id_is_offset: false,
+            timestamp,
+            headers,
+            redelivered: None,
+        }
+    }
+
+    /// The id column holds the message's position ([`Message::offset`]).
+    pub(crate) const fn offset_id(mut self) -> Self {
+        self.id_is_offset = true;
+        self
+    }
+
+    /// A column saying whether the broker delivered the message before.
+    pub(crate) const fn redelivered(mut self, name: &'static str) -> Self {
+        self.redelivered = Some(name);
+        self
+    }
+
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        let mut names = vec![self.key, self.id, self.timestamp, self.headers];
+        names.extend(self.redelivered);
+        names
     }
 
     pub(crate) fn fields(&self) -> Vec<Field> {
-        vec![
+        let mut fields = vec![
             Field::new(self.key, DataType::Utf8, true),
-            Field::new(self.id, DataType::Utf8, true),
+            Field::new(
+                self.id,
+                if self.id_is_offset {
+                    DataType::UInt64
+                } else {
+                    DataType::Utf8
+                },
+                true,
+            ),
             Field::new(
                 self.timestamp,
                 DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
                 true,
             ),
             Field::new(self.headers, DataType::Utf8, true),
-            Field::new(self.redelivered, DataType::Boolean, true),
-        ]
+        ];
+        fields.extend(
+            self.redelivered
+                .map(|r| Field::new(r, DataType::Boolean, true)),
+        );
+        fields
     }
 }
 
@@ -64,7 +103,7 @@ pub(crate) struct Message {
     /// A JSON object.
     pub(crate) headers: Option<String>,
     pub(crate) redelivered: bool,
-    /// Where it was in the read (delivery tag, stream position), for dead letters.
+    /// Where it was in the read (delivery tag, stream sequence), for dead letters.
     pub(crate) offset: u64,
 }
 
@@ -74,6 +113,7 @@ pub(crate) struct Origin<'a> {
     pub(crate) schema: &'a SchemaRef,
     pub(crate) declared: &'a SchemaRef,
     pub(crate) read: &'a ReadOptions,
+    pub(crate) columns: &'a MessageColumns,
 }
 
 /// Decode `messages` into the table's rows; undecodable ones go to the error policy (or fail
@@ -95,7 +135,7 @@ pub(crate) async fn to_rows(origin: &Origin<'_>, messages: &[Message]) -> Result
                     raw: String::from_utf8_lossy(&m.payload).into_owned(),
                     reason: match &m.id {
                         Some(id) => format!("message {id} on `{}`: {reason}", m.key),
-                        None => format!("message on `{}`: {reason}", m.key),
+                        None => format!("message {} on `{}`: {reason}", m.offset, m.key),
                     },
                 }
             })
@@ -113,29 +153,39 @@ pub(crate) async fn to_rows(origin: &Origin<'_>, messages: &[Message]) -> Result
     }
     let kept: Vec<&Message> = decoded.kept.iter().map(|i| &messages[*i]).collect();
     let mut columns: Vec<ArrayRef> = decoded.batch.columns().to_vec();
-    columns.extend(message_columns(&kept));
+    columns.extend(message_columns(origin.columns, &kept));
     RecordBatch::try_new(Arc::clone(origin.schema), columns)
         .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))
 }
 
-fn message_columns(messages: &[&Message]) -> Vec<ArrayRef> {
+fn message_columns(names: &MessageColumns, messages: &[&Message]) -> Vec<ArrayRef> {
     let mut key = StringBuilder::new();
     let mut id = StringBuilder::new();
+    let mut offset = UInt64Builder::with_capacity(messages.len());
     let mut time = TimestampMillisecondBuilder::with_capacity(messages.len()).with_timezone("UTC");
     let mut headers = StringBuilder::new();
     let mut redelivered = BooleanBuilder::with_capacity(messages.len());
     for m in messages {
         key.append_value(&m.key);
         id.append_option(m.id.as_deref());
+        offset.append_value(m.offset);
         time.append_option(m.timestamp_ms);
         headers.append_option(m.headers.as_deref());
         redelivered.append_value(m.redelivered);
     }
-    vec![
+    let id: ArrayRef = if names.id_is_offset {
+        Arc::new(offset.finish())
+    } else {
+        Arc::new(id.finish())
+    };
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(key.finish()),
-        Arc::new(id.finish()),
+        id,
         Arc::new(time.finish()),
         Arc::new(headers.finish()),
-        Arc::new(redelivered.finish()),
-    ]
+    ];
+    if names.redelivered.is_some() {
+        columns.push(Arc::new(redelivered.finish()));
+    }
+    columns
 }

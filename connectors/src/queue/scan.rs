@@ -1,12 +1,11 @@
-//! The shape every queue scan shares: open a bounded read, pull its batches until its end, then
-//! settle it (a consuming read hands its acknowledgement to the session's ledger). A read that
-//! fails, or is dropped before its end, settles nothing: its messages come again.
+//! The shape every queue scan shares: open a bounded read, decode its messages batch by batch
+//! until its end, then settle it (a consuming read hands its acknowledgement to the session's
+//! ledger). A read that fails, or is dropped before its end, settles nothing: its messages come
+//! again.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::Result;
 use datafusion::execution::SendableRecordBatchStream;
@@ -15,34 +14,40 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use futures::StreamExt;
 
-/// An open, bounded read of one queue table.
-#[async_trait]
-pub(crate) trait BoundedRead: Send + Sized + 'static {
-    /// The next batch of rows; `None` at the end of the read.
-    async fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
+use super::broker::{MessageRead, next_rows};
+use super::options::ReadOptions;
+use super::rows::MessageColumns;
 
-    /// The read reached its end (not called after an error or an early drop).
-    async fn finish(self) {}
-}
-
-/// The batches of the read `open` opens, as a stream of `schema`.
-pub(crate) fn batches<R: BoundedRead>(
+/// The rows of the read `open` opens, as a stream of `schema`.
+pub(crate) fn batches<R: MessageRead>(
     schema: SchemaRef,
+    declared: SchemaRef,
+    options: ReadOptions,
+    columns: MessageColumns,
     open: impl Future<Output = Result<R>> + Send + 'static,
 ) -> SendableRecordBatchStream {
-    let batches = futures::stream::once(open).flat_map(|opened| match opened {
-        Ok(read) => futures::stream::unfold(Some(read), |read| async move {
-            let mut read = read?;
-            match read.next_batch().await {
-                Ok(Some(b)) => Some((Ok(b), Some(read))),
-                Ok(None) => {
-                    read.finish().await;
-                    None
+    let rows_schema = Arc::clone(&schema);
+    let batches = futures::stream::once(open).flat_map(move |opened| match opened {
+        Ok(read) => {
+            let state = (
+                Some(read),
+                Arc::clone(&rows_schema),
+                Arc::clone(&declared),
+                options.clone(),
+            );
+            futures::stream::unfold(state, move |(read, schema, declared, options)| async move {
+                let mut read = read?;
+                match next_rows(&mut read, &schema, &declared, &options, &columns).await {
+                    Ok(Some(b)) => Some((Ok(b), (Some(read), schema, declared, options))),
+                    Ok(None) => {
+                        read.finish().await;
+                        None
+                    }
+                    Err(e) => Some((Err(e), (None, schema, declared, options))),
                 }
-                Err(e) => Some((Err(e), None)),
-            }
-        })
-        .boxed(),
+            })
+            .boxed()
+        }
         Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
     });
     Box::pin(RecordBatchStreamAdapter::new(schema, batches))

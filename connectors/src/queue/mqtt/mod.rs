@@ -30,89 +30,146 @@ mod source;
 mod spool;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
-use datafusion::datasource::TableType;
-use datafusion::datasource::sink::DataSinkExec;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{CreateExternalTable, Expr};
-use datafusion::physical_plan::ExecutionPlan;
+use engine::{ParamKind, ParamSpec, Secret, TableType};
 use rumqttc::{MqttOptions, QoS};
 
-use super::options::{
-    ReadOptions, declared_columns, planner, split_location, take_parsed, take_read_options,
-    take_secret, with_message_columns,
-};
+use super::broker::{Broker, Definition, Scan, Site};
+use super::decode::Format;
 use super::rows::MessageColumns;
-use crate::http::{options_of, reject_unknown};
 
-/// Registers `STORED AS MQTT`.
-pub(crate) fn register(builder: &mut SessionStateBuilder) {
-    builder
-        .table_factories()
-        .get_or_insert_with(Default::default)
-        .insert("MQTT".into(), Arc::new(MqttFactory));
-}
-
-pub(crate) const COLUMNS: MessageColumns = MessageColumns {
-    key: "_topic",
-    id: "_spool_seq",
-    timestamp: "_timestamp",
-    headers: "_properties",
-    redelivered: "_redelivered",
-};
-
-const DEFAULT_MAX_MESSAGES: u64 = 10_000;
 /// Largest message accepted or published by default (Mosquitto allows up to 256 MB).
 const DEFAULT_MAX_PACKET: usize = 16 * 1024 * 1024;
 
-/// Where a table's topic is and how to reach it.
-#[derive(Clone)]
-pub(crate) struct Endpoint {
+/// An MQTT topic: where it is, how to reach it, and the local spool of its session.
+#[derive(Debug, Clone)]
+pub(crate) struct Mqtt {
     host: String,
     port: u16,
     user: Option<String>,
-    password: Option<String>,
+    password: Option<Secret>,
     /// The topic filter (wildcards allowed for reading; not for publishing).
-    pub(crate) topic: String,
-    pub(crate) qos: QoS,
-    pub(crate) client_id: String,
+    topic: String,
+    qos: QoS,
+    client_id: String,
     keep_alive: Duration,
     max_packet: usize,
-    pub(crate) table: String,
+    spool_dir: PathBuf,
+    /// `fsync` the spool before acknowledging to the broker (off: survives a crash of the
+    /// process, not of the machine).
+    durable: bool,
+    retain: bool,
+    site: Site,
 }
 
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("topic", &self.topic)
-            .field("client_id", &self.client_id)
-            .finish_non_exhaustive()
+#[async_trait]
+impl Broker for Mqtt {
+    // Reads consume: the spool forgets messages after the run's sinks committed.
+    const TABLE_TYPE: TableType = TableType::new("MQTT").consuming();
+    const LABEL: &'static str = "MQTT";
+    const SCHEME: &'static str = "mqtt";
+    const PATH: &'static str = "topic";
+    const COLUMNS: MessageColumns =
+        MessageColumns::new("_topic", "_spool_seq", "_timestamp", "_properties")
+            .redelivered("_redelivered");
+    const DEFAULT_MAX_MESSAGES: Option<u64> = Some(10_000);
+    const PARAMS: &'static [ParamSpec] = &[
+        ParamSpec {
+            name: "client_id / qos / spool_fsync / retain / keep_alive_secs / max_packet_size (MQTT)",
+            description: "persistent session id (derived from server and topic); subscribe and publish QoS (1); fsync the spool before acknowledging (true); publish retained; keep-alive (30); largest message (16 MiB)",
+            kind: ParamKind::Plain,
+        },
+        ParamSpec {
+            name: "spool_dir (MQTT)",
+            description: "the local spool (<state_dir>/spool/mqtt/<client_id>)",
+            kind: ParamKind::Path,
+        },
+    ];
+
+    type Read = source::Read;
+    type Publisher = sink::Publisher;
+
+    fn define(def: &mut Definition<'_>) -> Result<Self> {
+        let (host, port) = def.host_port(1883)?;
+        let qos = match def.options.parsed::<u8>("qos")?.unwrap_or(1) {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            2 => QoS::ExactlyOnce,
+            q => return Err(def.error(format!("option `qos` = {q}: MQTT has QoS 0, 1 and 2"))),
+        };
+        let client_id = def
+            .options
+            .string("client_id")?
+            .unwrap_or_else(|| default_client_id(def.server, def.path));
+        if client_id.is_empty() || client_id.len() > 65_535 {
+            return Err(def.error("option `client_id` must not be empty"));
+        }
+        let spool_dir = match def.options.string("spool_dir")? {
+            Some(d) => PathBuf::from(d),
+            None => def
+                .options
+                .state()
+                .config()
+                .get_extension::<engine::EngineConfig>()
+                .map(|c| c.effective_state_dir())
+                .unwrap_or_else(|| PathBuf::from(".flowengine"))
+                .join("spool")
+                .join("mqtt")
+                .join(sanitize(&client_id)),
+        };
+        Ok(Self {
+            host,
+            port,
+            user: def.user.clone(),
+            password: def.password.clone(),
+            topic: def.path.to_string(),
+            qos,
+            client_id,
+            keep_alive: Duration::from_secs(
+                def.options
+                    .parsed("keep_alive_secs")?
+                    .unwrap_or(30u64)
+                    .max(5),
+            ),
+            max_packet: def
+                .options
+                .parsed("max_packet_size")?
+                .unwrap_or(DEFAULT_MAX_PACKET),
+            spool_dir,
+            durable: def.options.parsed("spool_fsync")?.unwrap_or(true),
+            retain: def.options.parsed("retain")?.unwrap_or(false),
+            site: def.site.clone(),
+        })
     }
-}
 
-impl Endpoint {
-    pub(crate) fn err(&self, what: &str, e: impl std::fmt::Display) -> DataFusionError {
-        DataFusionError::External(
+    fn cannot_publish(&self) -> Option<String> {
+        self.topic.contains(['+', '#']).then(|| {
             format!(
-                "MQTT table `{}` (mqtt://{}:{}, topic `{}`): {what}: {e}",
-                self.table, self.host, self.port, self.topic
+                "cannot publish to topic filter `{}` (it has wildcards)",
+                self.topic
             )
-            .into(),
-        )
+        })
     }
 
-    /// `mqtt://host:port/topic`, for messages (no credentials).
-    pub(crate) fn display(&self) -> String {
-        format!("mqtt://{}:{}/{}", self.host, self.port, self.topic)
+    async fn open_read(&self, scan: Scan) -> Result<Self::Read> {
+        source::Read::open(self.clone(), scan).await
+    }
+
+    async fn publisher(&self, _format: Format) -> Result<Self::Publisher> {
+        Ok(sink::Publisher::start(self.clone()))
+    }
+
+    fn describe(&self) -> String {
+        format!("topic={}, qos={}", self.topic, self.qos as u8)
+    }
+}
+
+impl Mqtt {
+    pub(crate) fn err(&self, what: &str, e: impl std::fmt::Display) -> DataFusionError {
+        self.site.err(what, e)
     }
 
     /// Client options for `client_id`: a persistent session unless `clean`.
@@ -123,7 +180,13 @@ impl Endpoint {
             .set_manual_acks(true)
             .set_max_packet_size(self.max_packet, self.max_packet);
         if let Some(user) = &self.user {
-            o.set_credentials(user, self.password.clone().unwrap_or_default());
+            o.set_credentials(
+                user,
+                self.password
+                    .as_ref()
+                    .map(|p| p.expose().to_string())
+                    .unwrap_or_default(),
+            );
         }
         o
     }
@@ -141,92 +204,6 @@ fn default_client_id(host: &str, topic: &str) -> String {
     format!("flowengine-{:012x}", h >> 16)
 }
 
-#[derive(Debug)]
-struct MqttFactory;
-
-#[async_trait]
-impl TableProviderFactory for MqttFactory {
-    async fn create(
-        &self,
-        state: &dyn Session,
-        cmd: &CreateExternalTable,
-    ) -> Result<Arc<dyn TableProvider>> {
-        let plan = planner("MQTT", cmd.name.to_string());
-        let (authority, topic) = split_location(cmd, "mqtt", "topic", &plan)?;
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse::<u16>()
-                    .map_err(|_| plan(format!("bad port `{p}` in LOCATION")))?,
-            ),
-            None => (authority.to_string(), 1883),
-        };
-        let declared = declared_columns(cmd, &COLUMNS.names(), &plan)?;
-        let mut opts = options_of(cmd);
-        let user = take_secret(state, &mut opts, "user", &plan)?;
-        let password = take_secret(state, &mut opts, "password", &plan)?;
-        let read = take_read_options(
-            state,
-            &mut opts,
-            &declared,
-            Some(DEFAULT_MAX_MESSAGES),
-            &plan,
-        )?;
-        let qos = match take_parsed::<u8>(&mut opts, "qos", &plan)?.unwrap_or(1) {
-            0 => QoS::AtMostOnce,
-            1 => QoS::AtLeastOnce,
-            2 => QoS::ExactlyOnce,
-            q => return Err(plan(format!("option `qos` = {q}: MQTT has QoS 0, 1 and 2"))),
-        };
-        let client_id = opts
-            .remove("client_id")
-            .unwrap_or_else(|| default_client_id(authority, topic));
-        if client_id.is_empty() || client_id.len() > 65_535 {
-            return Err(plan("option `client_id` must not be empty".into()));
-        }
-        let spool_dir = match opts.remove("spool_dir") {
-            Some(d) => PathBuf::from(d),
-            None => state
-                .config()
-                .get_extension::<engine::EngineConfig>()
-                .map(|c| c.effective_state_dir())
-                .unwrap_or_else(|| PathBuf::from(".flowengine"))
-                .join("spool")
-                .join("mqtt")
-                .join(sanitize(&client_id)),
-        };
-        let endpoint = Endpoint {
-            host,
-            port,
-            user,
-            password,
-            topic: topic.to_string(),
-            qos,
-            client_id,
-            keep_alive: Duration::from_secs(
-                take_parsed(&mut opts, "keep_alive_secs", &plan)?
-                    .unwrap_or(30u64)
-                    .max(5),
-            ),
-            max_packet: take_parsed(&mut opts, "max_packet_size", &plan)?
-                .unwrap_or(DEFAULT_MAX_PACKET),
-            table: cmd.name.to_string(),
-        };
-        let durable = take_parsed(&mut opts, "spool_fsync", &plan)?.unwrap_or(true);
-        let retain = take_parsed(&mut opts, "retain", &plan)?.unwrap_or(false);
-        reject_unknown(&opts, &plan)?;
-        Ok(Arc::new(MqttTable {
-            schema: with_message_columns(&declared, COLUMNS.fields()),
-            declared,
-            endpoint,
-            read,
-            spool_dir,
-            durable,
-            retain,
-        }))
-    }
-}
-
 /// A client id as a directory name.
 fn sanitize(id: &str) -> String {
     id.chars()
@@ -238,78 +215,6 @@ fn sanitize(id: &str) -> String {
             }
         })
         .collect()
-}
-
-/// An MQTT topic as a table.
-#[derive(Debug)]
-pub(crate) struct MqttTable {
-    schema: SchemaRef,
-    declared: SchemaRef,
-    endpoint: Endpoint,
-    read: ReadOptions,
-    spool_dir: PathBuf,
-    /// `fsync` the spool before acknowledging to the broker (off: survives a crash of the
-    /// process, not of the machine).
-    durable: bool,
-    retain: bool,
-}
-
-#[async_trait]
-impl TableProvider for MqttTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let partition = source::MqttPartition {
-            schema: Arc::clone(&self.schema),
-            declared: Arc::clone(&self.declared),
-            endpoint: self.endpoint.clone(),
-            read: self.read.clone(),
-            spool_dir: self.spool_dir.clone(),
-            durable: self.durable,
-            limit: limit.map(|l| l as u64),
-        };
-        crate::queue::scan::plan(&self.schema, Arc::new(partition), projection, limit)
-    }
-
-    async fn insert_into(
-        &self,
-        _state: &dyn Session,
-        input: Arc<dyn ExecutionPlan>,
-        op: InsertOp,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if op != InsertOp::Append {
-            return Err(DataFusionError::Plan(format!(
-                "MQTT table `{}`: only INSERT INTO (append) is supported",
-                self.endpoint.table
-            )));
-        }
-        if self.endpoint.topic.contains(['+', '#']) {
-            return Err(DataFusionError::Plan(format!(
-                "MQTT table `{}`: cannot publish to topic filter `{}` (it has wildcards)",
-                self.endpoint.table, self.endpoint.topic
-            )));
-        }
-        let sink = sink::MqttSink {
-            endpoint: self.endpoint.clone(),
-            schema: Arc::clone(&self.schema),
-            declared: Arc::clone(&self.declared),
-            format: self.read.format,
-            retain: self.retain,
-        };
-        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
-    }
 }
 
 #[cfg(test)]

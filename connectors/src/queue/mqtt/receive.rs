@@ -12,7 +12,7 @@ use datafusion::error::Result;
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS, SubAck, SubscribeReasonCode};
 use tokio::sync::mpsc;
 
-use super::Endpoint;
+use super::Mqtt;
 use super::source::spool_err;
 use super::spool::{Record, SegmentWriter, Spool};
 
@@ -44,7 +44,7 @@ impl Drop for Driver {
 /// first sequence number is `first_seq`, each acknowledged to the broker once on disk. Ends
 /// early when nothing arrives for `idle`.
 pub(super) async fn receive(
-    endpoint: &Endpoint,
+    endpoint: &Mqtt,
     spool: &Spool,
     first_seq: u64,
     want: u64,
@@ -198,7 +198,7 @@ async fn drive(mut events: EventLoop, tx: mpsc::Sender<Incoming>) {
 
 /// Make the spooled messages durable, then acknowledge them to the broker.
 async fn flush(
-    endpoint: &Endpoint,
+    endpoint: &Mqtt,
     client: &AsyncClient,
     writer: &mut SegmentWriter,
     unacked: &mut Vec<rumqttc::Publish>,

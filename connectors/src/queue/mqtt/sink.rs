@@ -4,79 +4,56 @@
 //! The publisher is its own short clean session, so it never disturbs the table's reading
 //! session.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::datasource::sink::DataSink;
-use datafusion::error::Result;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
-use futures::StreamExt;
-use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use datafusion::error::{DataFusionError, Result};
+use rumqttc::{AsyncClient, Event, Outgoing as MqttOutgoing, Packet, QoS};
 use tokio::sync::watch;
 
-use super::Endpoint;
-use crate::queue::decode::Format;
+use super::Mqtt;
+use crate::queue::broker::Outgoing;
 
 /// Publishes the client hands the event loop before it waits for acknowledgements.
 const IN_FLIGHT: u16 = 1000;
 /// A broker that acknowledges nothing for this long fails the statement.
 const STALL: Duration = Duration::from_secs(30);
 
-#[derive(Debug)]
-pub(crate) struct MqttSink {
-    pub(crate) endpoint: Endpoint,
-    pub(crate) schema: SchemaRef,
-    pub(crate) declared: SchemaRef,
-    pub(crate) format: Format,
-    pub(crate) retain: bool,
-}
-
-impl DisplayAs for MqttSink {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "MqttSink(topic={}, qos={})",
-            self.endpoint.topic, self.endpoint.qos as u8
-        )
-    }
-}
-
 /// What the event loop task reports: messages acknowledged so far, or why it stopped.
 type Progress = std::result::Result<u64, String>;
 
-#[async_trait]
-impl DataSink for MqttSink {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
+/// A short clean session with its event loop running beside the publishing, counting
+/// acknowledgements.
+pub(crate) struct Publisher {
+    mqtt: Mqtt,
+    client: AsyncClient,
+    progress: watch::Receiver<Progress>,
+    driver: Option<tokio::task::JoinHandle<()>>,
+    sent: u64,
+    /// Acknowledgements counted by earlier flushes.
+    flushed: u64,
+}
 
-    async fn write_all(
-        &self,
-        mut data: SendableRecordBatchStream,
-        _context: &Arc<TaskContext>,
-    ) -> Result<u64> {
+impl Publisher {
+    pub(super) fn start(mqtt: Mqtt) -> Self {
         let id = format!(
             "flowengine-p{}",
             &uuid::Uuid::new_v4().simple().to_string()[..11]
         );
-        let mut options = self.endpoint.options(&id, true);
+        let mut options = mqtt.options(&id, true);
         options.set_manual_acks(false).set_inflight(IN_FLIGHT);
         let (client, mut events) = AsyncClient::new(options, usize::from(IN_FLIGHT));
-        let (tx, mut progress) = watch::channel::<Progress>(Ok(0));
-        let qos = self.endpoint.qos;
-        // The event loop runs beside the publishing, counting acknowledgements.
+        let (tx, progress) = watch::channel::<Progress>(Ok(0));
+        let qos = mqtt.qos;
         let driver = tokio::spawn(async move {
             let mut acked = 0u64;
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => acked += 1,
-                    Ok(Event::Outgoing(Outgoing::Publish(_))) if qos == QoS::AtMostOnce => {
+                    Ok(Event::Outgoing(MqttOutgoing::Publish(_))) if qos == QoS::AtMostOnce => {
                         acked += 1;
                     }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                    Ok(Event::Outgoing(MqttOutgoing::Disconnect)) => return,
                     Ok(_) => continue,
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
@@ -86,55 +63,70 @@ impl DataSink for MqttSink {
                 let _ = tx.send(Ok(acked));
             }
         });
-        let result = self.publish_all(&client, &mut data, &mut progress).await;
-        let _ = client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
-        result
+        Self {
+            mqtt,
+            client,
+            progress,
+            driver: Some(driver),
+            sent: 0,
+            flushed: 0,
+        }
+    }
+
+    /// Why publishing stopped: the event loop's error, or a closed connection.
+    fn lost(&self) -> DataFusionError {
+        let why = match &*self.progress.borrow() {
+            Err(e) => e.clone(),
+            Ok(_) => "the connection closed".into(),
+        };
+        if self.sent == 0 {
+            self.mqtt.site.unreachable(why)
+        } else {
+            self.mqtt.err("publishing stopped", why)
+        }
     }
 }
 
-impl MqttSink {
-    async fn publish_all(
-        &self,
-        client: &AsyncClient,
-        data: &mut SendableRecordBatchStream,
-        progress: &mut watch::Receiver<Progress>,
-    ) -> Result<u64> {
-        let mut sent = 0u64;
-        let indices: Vec<usize> = (0..self.declared.fields().len()).collect();
-        while let Some(batch) = data.next().await {
-            let batch = batch?.project(&indices)?;
-            for payload in crate::queue::encode::payloads(self.format, &batch)? {
-                self.failed(progress, sent)?;
-                client
-                    .publish(
-                        &self.endpoint.topic,
-                        self.endpoint.qos,
-                        self.retain,
-                        payload,
-                    )
-                    .await
-                    .map_err(|_| self.lost(progress, sent))?;
-                sent += 1;
-            }
+#[async_trait]
+impl crate::queue::broker::Publisher for Publisher {
+    async fn send(&mut self, message: Outgoing<'_>) -> Result<()> {
+        // Fail at once when the connection already broke.
+        if self.progress.borrow().is_err() {
+            return Err(self.lost());
         }
-        // Every message acknowledged, or the statement fails.
+        self.client
+            .publish(
+                &self.mqtt.topic,
+                self.mqtt.qos,
+                self.mqtt.retain,
+                message.payload,
+            )
+            .await
+            .map_err(|_| self.lost())?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<u64> {
         loop {
-            let state = progress.borrow_and_update().clone();
+            let state = self.progress.borrow_and_update().clone();
             let Ok(acked) = state else {
-                return Err(self.lost(progress, sent));
+                return Err(self.lost());
             };
-            if acked >= sent {
-                return Ok(sent);
+            if acked >= self.sent {
+                let newly = acked - self.flushed;
+                self.flushed = acked;
+                return Ok(newly);
             }
-            match tokio::time::timeout(STALL, progress.changed()).await {
+            match tokio::time::timeout(STALL, self.progress.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(self.lost(progress, sent)),
+                Ok(Err(_)) => return Err(self.lost()),
                 Err(_) => {
-                    return Err(self.endpoint.err(
+                    return Err(self.mqtt.err(
                         "publishing",
                         format!(
-                            "the broker acknowledged {acked} of {sent} messages and then nothing for {} s",
+                            "the broker acknowledged {acked} of {} messages and then nothing for {} s",
+                            self.sent,
                             STALL.as_secs()
                         ),
                     ));
@@ -143,33 +135,10 @@ impl MqttSink {
         }
     }
 
-    /// Fail at once when the connection already broke.
-    fn failed(&self, progress: &watch::Receiver<Progress>, sent: u64) -> Result<()> {
-        match &*progress.borrow() {
-            Ok(_) => Ok(()),
-            Err(_) => Err(self.lost(progress, sent)),
+    async fn close(&mut self) {
+        let _ = self.client.disconnect().await;
+        if let Some(driver) = self.driver.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
         }
-    }
-
-    fn lost(
-        &self,
-        progress: &watch::Receiver<Progress>,
-        sent: u64,
-    ) -> datafusion::error::DataFusionError {
-        let why = match &*progress.borrow() {
-            Err(e) => e.clone(),
-            Ok(_) => "the connection closed".into(),
-        };
-        let what = if sent == 0 {
-            "cannot connect"
-        } else {
-            "publishing stopped"
-        };
-        self.endpoint.err(
-            what,
-            format!(
-                "{why} ({sent} messages handed to the broker; acknowledged ones are not rolled back, a retry publishes them again)"
-            ),
-        )
     }
 }

@@ -21,97 +21,123 @@
 mod sink;
 mod source;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
-use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
-use datafusion::datasource::TableType;
-use datafusion::datasource::sink::DataSinkExec;
-use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::error::Result;
+use datafusion::logical_expr::Expr;
+use engine::{ParamKind, ParamSpec, Secret, TableType};
 
-pub(crate) use super::decode::Format;
-pub(crate) use super::options::ReadOptions;
-use super::options::{
-    declared_columns, planner, split_location, take_read_options, take_secret, with_message_columns,
-};
-use crate::http::{options_of, reject_unknown};
+use super::broker::{Broker, Definition, Site};
+use super::decode::Format;
+use super::rows::MessageColumns;
 
-/// Registers `STORED AS NATS`.
-pub(crate) fn register(builder: &mut SessionStateBuilder) {
-    builder
-        .table_factories()
-        .get_or_insert_with(Default::default)
-        .insert("NATS".into(), Arc::new(NatsFactory));
-}
-
-/// Names of the message columns every NATS table has after its declared ones.
-pub(crate) const META_COLUMNS: [&str; 4] = ["_subject", "_sequence", "_timestamp", "_headers"];
-
-/// Where a table's messages live and how to reach them.
-#[derive(Clone)]
-pub(crate) struct Endpoint {
+/// A JetStream subject: where a table's messages live and how to reach them.
+#[derive(Debug, Clone)]
+pub(crate) struct Nats {
     /// `nats://host:port` (no credentials).
-    pub(crate) server: String,
-    pub(crate) subject: String,
-    pub(crate) stream: Option<String>,
+    server: String,
+    subject: String,
+    stream: Option<String>,
     user: Option<String>,
-    password: Option<String>,
-    token: Option<String>,
-    /// The table's name, for messages.
-    pub(crate) table: String,
+    password: Option<Secret>,
+    token: Option<Secret>,
+    site: Site,
 }
 
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("server", &self.server)
-            .field("subject", &self.subject)
-            .field("stream", &self.stream)
-            .finish_non_exhaustive()
+#[async_trait]
+impl Broker for Nats {
+    // A stream that is read, not consumed: executors read their own ranges.
+    const TABLE_TYPE: TableType = TableType::new("NATS").distributable();
+    const LABEL: &'static str = "NATS";
+    const SCHEME: &'static str = "nats";
+    const PATH: &'static str = "subject";
+    const COLUMNS: MessageColumns =
+        MessageColumns::new("_subject", "_sequence", "_timestamp", "_headers").offset_id();
+    const DEFAULT_MAX_MESSAGES: Option<u64> = None;
+    const MESSAGE_IDS: bool = true;
+    const PARAMS: &'static [ParamSpec] = &[
+        ParamSpec {
+            name: "stream / message_id (NATS)",
+            description: "the JetStream stream; the column whose value becomes the Nats-Msg-Id header (duplicates dropped)",
+            kind: ParamKind::Plain,
+        },
+        ParamSpec {
+            name: "token (NATS)",
+            description: "an authentication token instead of user and password (use ${secret:NAME})",
+            kind: ParamKind::Secret,
+        },
+    ];
+
+    type Read = source::Read;
+    type Publisher = sink::Publisher;
+
+    fn define(def: &mut Definition<'_>) -> Result<Self> {
+        Ok(Self {
+            server: format!("nats://{}", def.server),
+            subject: def.path.to_string(),
+            stream: def.options.string("stream")?,
+            user: def.user.clone(),
+            password: def.password.clone(),
+            token: def.options.secret("token")?,
+            site: def.site.clone(),
+        })
+    }
+
+    fn cannot_publish(&self) -> Option<String> {
+        self.subject
+            .contains(['*', '>'])
+            .then(|| format!("cannot publish to the wildcard subject `{}`", self.subject))
+    }
+
+    fn narrows_read(&self, filter: &Expr) -> bool {
+        // `_sequence` bounds pick where the consumer starts.
+        source::start_sequence(std::slice::from_ref(filter)) > 0
+    }
+
+    async fn open_read(&self, scan: super::broker::Scan) -> Result<Self::Read> {
+        source::Read::open(self.clone(), scan).await
+    }
+
+    async fn publisher(&self, _format: Format) -> Result<Self::Publisher> {
+        Ok(sink::Publisher::new(self.clone(), self.jetstream().await?))
+    }
+
+    fn describe(&self) -> String {
+        format!("subject={}", self.subject)
     }
 }
 
-impl Endpoint {
-    pub(crate) fn err(&self, what: &str, e: impl std::fmt::Display) -> DataFusionError {
-        DataFusionError::External(
-            format!("NATS table `{}` ({}): {what}: {e}", self.table, self.server).into(),
-        )
-    }
-
+impl Nats {
     /// A JetStream context on a new connection.
-    pub(crate) async fn jetstream(&self) -> Result<async_nats::jetstream::Context> {
+    async fn jetstream(&self) -> Result<async_nats::jetstream::Context> {
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(10))
             .max_reconnects(Some(5));
         if let (Some(u), Some(p)) = (&self.user, &self.password) {
-            options = options.user_and_password(u.clone(), p.clone());
+            options = options.user_and_password(u.clone(), p.expose().to_string());
         }
         if let Some(t) = &self.token {
-            options = options.token(t.clone());
+            options = options.token(t.expose().to_string());
         }
         let connect = options.connect(self.server.as_str());
         let client = tokio::time::timeout(Duration::from_secs(15), connect)
             .await
-            .map_err(|_| self.err("cannot connect", "timed out after 15 s"))?
-            .map_err(|e| self.err("cannot connect", e))?;
+            .map_err(|_| self.site.unreachable("timed out after 15 s"))?
+            .map_err(|e| self.site.unreachable(e))?;
         Ok(async_nats::jetstream::new(client))
     }
 
     /// The stream holding the table's subject.
-    pub(crate) async fn stream(
+    async fn stream(
         &self,
         js: &async_nats::jetstream::Context,
     ) -> Result<async_nats::jetstream::stream::Stream> {
         let name = match &self.stream {
             Some(s) => s.clone(),
             None => js.stream_by_subject(self.subject.clone()).await.map_err(|e| {
-                self.err(
+                self.site.fail(
+                    crate::error::ErrorKind::NotFound,
                     &format!("no JetStream stream holds subject `{}`", self.subject),
                     format!("{e}; create one (nats stream add) or name it with OPTIONS ('stream' '...')"),
                 )
@@ -119,145 +145,6 @@ impl Endpoint {
         };
         js.get_stream(&name)
             .await
-            .map_err(|e| self.err(&format!("stream `{name}`"), e))
-    }
-}
-
-#[derive(Debug)]
-struct NatsFactory;
-
-#[async_trait]
-impl TableProviderFactory for NatsFactory {
-    async fn create(
-        &self,
-        state: &dyn Session,
-        cmd: &CreateExternalTable,
-    ) -> Result<Arc<dyn TableProvider>> {
-        let plan = planner("NATS", cmd.name.to_string());
-        let (host, subject) = split_location(cmd, "nats", "subject", &plan)?;
-        let declared = declared_columns(cmd, &META_COLUMNS, &plan)?;
-        let mut opts = options_of(cmd);
-        let user = take_secret(state, &mut opts, "user", &plan)?;
-        let password = take_secret(state, &mut opts, "password", &plan)?;
-        let token = take_secret(state, &mut opts, "token", &plan)?;
-        let read = take_read_options(state, &mut opts, &declared, None, &plan)?;
-        let message_id = opts.remove("message_id");
-        if let Some(c) = &message_id
-            && declared.index_of(c).is_err()
-        {
-            return Err(plan(format!("message_id column `{c}` is not declared")));
-        }
-        let endpoint = Endpoint {
-            server: format!("nats://{host}"),
-            subject: subject.to_string(),
-            stream: opts.remove("stream"),
-            user,
-            password,
-            token,
-            table: cmd.name.to_string(),
-        };
-        reject_unknown(&opts, &plan)?;
-        Ok(Arc::new(NatsTable {
-            schema: with_metadata(&declared),
-            declared,
-            endpoint,
-            read,
-            message_id,
-        }))
-    }
-}
-
-/// The declared columns followed by the message columns.
-fn with_metadata(declared: &SchemaRef) -> SchemaRef {
-    with_message_columns(
-        declared,
-        vec![
-            Field::new("_subject", DataType::Utf8, true),
-            Field::new("_sequence", DataType::UInt64, true),
-            Field::new(
-                "_timestamp",
-                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                true,
-            ),
-            Field::new("_headers", DataType::Utf8, true),
-        ],
-    )
-}
-
-/// A JetStream subject as a table.
-#[derive(Debug)]
-pub(crate) struct NatsTable {
-    schema: SchemaRef,
-    declared: SchemaRef,
-    endpoint: Endpoint,
-    read: ReadOptions,
-    message_id: Option<String>,
-}
-
-#[async_trait]
-impl TableProvider for NatsTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> Result<Vec<TableProviderFilterPushDown>> {
-        // `_sequence` bounds pick where the consumer starts; DataFusion still applies them.
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if source::start_sequence(std::slice::from_ref(*f)) > 0 {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let partition = source::NatsPartition {
-            schema: Arc::clone(&self.schema),
-            declared: Arc::clone(&self.declared),
-            endpoint: self.endpoint.clone(),
-            read: self.read.clone(),
-            start: source::start_sequence(filters),
-            limit: limit.map(|l| l as u64),
-        };
-        crate::queue::scan::plan(&self.schema, Arc::new(partition), projection, limit)
-    }
-
-    async fn insert_into(
-        &self,
-        _state: &dyn Session,
-        input: Arc<dyn ExecutionPlan>,
-        op: InsertOp,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if op != InsertOp::Append {
-            return Err(DataFusionError::Plan(format!(
-                "NATS table `{}`: only INSERT INTO (append) is supported; a stream cannot be overwritten",
-                self.endpoint.table
-            )));
-        }
-        let sink = sink::NatsSink::new(
-            self.endpoint.clone(),
-            Arc::clone(&self.schema),
-            Arc::clone(&self.declared),
-            self.read.format,
-            self.message_id.clone(),
-        )?;
-        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+            .map_err(|e| self.site.err(&format!("stream `{name}`"), e))
     }
 }

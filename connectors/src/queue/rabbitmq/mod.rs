@@ -22,117 +22,131 @@
 mod sink;
 mod source;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
-use datafusion::datasource::TableType;
-use datafusion::datasource::sink::DataSinkExec;
-use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{CreateExternalTable, Expr};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::error::Result;
+use engine::{ParamKind, ParamSpec, Secret, TableType};
 
-use super::options::{
-    ReadOptions, declared_columns, planner, split_location, take_parsed, take_read_options,
-    take_secret, with_message_columns,
-};
+use super::broker::{Broker, Definition, Scan, Site};
+use super::decode::Format;
 use super::rows::MessageColumns;
-use crate::http::{options_of, reject_unknown};
-
-/// Registers `STORED AS RABBITMQ`.
-pub(crate) fn register(builder: &mut SessionStateBuilder) {
-    builder
-        .table_factories()
-        .get_or_insert_with(Default::default)
-        .insert("RABBITMQ".into(), Arc::new(RabbitFactory));
-}
-
-pub(crate) const COLUMNS: MessageColumns = MessageColumns {
-    key: "_routing_key",
-    id: "_message_id",
-    timestamp: "_timestamp",
-    headers: "_headers",
-    redelivered: "_redelivered",
-};
 
 /// Default bound of one scan (and of the messages the broker lets it hold unacknowledged).
 const DEFAULT_MAX_MESSAGES: u64 = 10_000;
 
-/// Where a table's queue is and how to reach it.
-#[derive(Clone)]
-pub(crate) struct Endpoint {
-    /// `host:port`.
+/// A RabbitMQ queue: where it is, how to reach it and how `INSERT` publishes.
+#[derive(Debug, Clone)]
+pub(crate) struct RabbitMq {
     host: String,
+    port: u16,
     vhost: String,
     user: Option<String>,
-    password: Option<String>,
-    pub(crate) queue: String,
+    password: Option<Secret>,
+    queue: String,
     /// Declare the queue (durable) when missing; otherwise it must exist.
     declare: bool,
-    pub(crate) table: String,
+    /// Unacknowledged messages a scan may hold (default: its cap, at most 65535).
+    prefetch: Option<u16>,
+    exchange: String,
+    routing_key: String,
+    persistent: bool,
+    site: Site,
 }
 
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("host", &self.host)
-            .field("vhost", &self.vhost)
-            .field("queue", &self.queue)
-            .finish_non_exhaustive()
+#[async_trait]
+impl Broker for RabbitMq {
+    // Reads consume: messages are acknowledged after the run's sinks committed.
+    const TABLE_TYPE: TableType = TableType::new("RABBITMQ").consuming();
+    const LABEL: &'static str = "RabbitMQ";
+    const SCHEME: &'static str = "amqp";
+    const PATH: &'static str = "queue";
+    const COLUMNS: MessageColumns =
+        MessageColumns::new("_routing_key", "_message_id", "_timestamp", "_headers")
+            .redelivered("_redelivered");
+    const DEFAULT_MAX_MESSAGES: Option<u64> = Some(DEFAULT_MAX_MESSAGES);
+    const MESSAGE_IDS: bool = true;
+    const PARAMS: &'static [ParamSpec] = &[ParamSpec {
+        name: "vhost / exchange / routing_key / prefetch / declare / persistent / message_id (RabbitMQ)",
+        description: "virtual host (/); where INSERT publishes (default exchange, to the queue); unacknowledged messages a scan may hold; declare the queue when missing (true); persistent messages (true); the column whose value becomes the message id",
+        kind: ParamKind::Plain,
+    }];
+
+    type Read = source::Read;
+    type Publisher = sink::Publisher;
+
+    fn define(def: &mut Definition<'_>) -> Result<Self> {
+        if def.path.contains('/') {
+            return Err(def.error(format!(
+                "`{}` is not a queue name; give the virtual host with OPTIONS ('vhost' '...')",
+                def.path
+            )));
+        }
+        let (host, port) = def.host_port(5672)?;
+        let prefetch: Option<u16> = def.options.parsed("prefetch")?;
+        if prefetch == Some(0) {
+            return Err(def.error("option `prefetch` must be at least 1"));
+        }
+        Ok(Self {
+            host,
+            port,
+            vhost: def.options.string("vhost")?.unwrap_or_else(|| "/".into()),
+            user: def.user.clone(),
+            password: def.password.clone(),
+            queue: def.path.to_string(),
+            declare: def.options.parsed("declare")?.unwrap_or(true),
+            prefetch,
+            exchange: def.options.string("exchange")?.unwrap_or_default(),
+            routing_key: def
+                .options
+                .string("routing_key")?
+                .unwrap_or_else(|| def.path.to_string()),
+            persistent: def.options.parsed("persistent")?.unwrap_or(true),
+            site: def.site.clone(),
+        })
     }
-}
 
-impl Endpoint {
-    pub(crate) fn err(&self, what: &str, e: impl std::fmt::Display) -> DataFusionError {
-        DataFusionError::External(
-            format!(
-                "RabbitMQ table `{}` (amqp://{}, queue `{}`): {what}: {e}",
-                self.table, self.host, self.queue
-            )
-            .into(),
+    async fn open_read(&self, scan: Scan) -> Result<Self::Read> {
+        source::Read::open(self.clone(), scan).await
+    }
+
+    async fn publisher(&self, format: Format) -> Result<Self::Publisher> {
+        sink::Publisher::open(self.clone(), format).await
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "exchange={:?}, routing_key={}",
+            self.exchange, self.routing_key
         )
     }
+}
 
-    /// `amqp://host:port/queue`, for messages (no credentials).
-    pub(crate) fn display(&self) -> String {
-        format!("amqp://{}/{}", self.host, self.queue)
-    }
-
+impl RabbitMq {
     /// A new connection and channel (the queue declared when asked); the number of messages
     /// ready in the queue.
-    pub(crate) async fn open(&self) -> Result<(lapin::Connection, lapin::Channel, u32)> {
+    async fn open(&self) -> Result<(lapin::Connection, lapin::Channel, u32)> {
         let mut uri = lapin::uri::AMQPUri {
             vhost: self.vhost.clone(),
             ..Default::default()
         };
-        let (host, port) = match self.host.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse().map_err(|_| self.err("bad port in LOCATION", p))?,
-            ),
-            None => (self.host.clone(), 5672),
-        };
-        uri.authority.host = host;
-        uri.authority.port = port;
+        uri.authority.host = self.host.clone();
+        uri.authority.port = self.port;
         if let Some(u) = &self.user {
             uri.authority.userinfo.username = u.clone();
         }
         if let Some(p) = &self.password {
-            uri.authority.userinfo.password = p.clone();
+            uri.authority.userinfo.password = p.expose().to_string();
         }
         let connect = lapin::Connection::connect_uri(uri, lapin::ConnectionProperties::default());
         let connection = tokio::time::timeout(Duration::from_secs(15), connect)
             .await
-            .map_err(|_| self.err("cannot connect", "timed out after 15 s"))?
-            .map_err(|e| self.err("cannot connect", e))?;
+            .map_err(|_| self.site.unreachable("timed out after 15 s"))?
+            .map_err(|e| self.site.unreachable(e))?;
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| self.err("opening a channel", e))?;
+            .map_err(|e| self.site.err("opening a channel", e))?;
         let options = lapin::options::QueueDeclareOptions {
             passive: !self.declare,
             durable: true,
@@ -145,146 +159,7 @@ impl Endpoint {
                 lapin::types::FieldTable::default(),
             )
             .await
-            .map_err(|e| self.err("declaring the queue", e))?;
+            .map_err(|e| self.site.err("declaring the queue", e))?;
         Ok((connection, channel, queue.message_count()))
-    }
-}
-
-#[derive(Debug)]
-struct RabbitFactory;
-
-#[async_trait]
-impl TableProviderFactory for RabbitFactory {
-    async fn create(
-        &self,
-        state: &dyn Session,
-        cmd: &CreateExternalTable,
-    ) -> Result<Arc<dyn TableProvider>> {
-        let plan = planner("RabbitMQ", cmd.name.to_string());
-        let (host, queue) = split_location(cmd, "amqp", "queue", &plan)?;
-        if queue.contains('/') {
-            return Err(plan(format!(
-                "`{queue}` is not a queue name; give the virtual host with OPTIONS ('vhost' '...')"
-            )));
-        }
-        let declared = declared_columns(cmd, &COLUMNS.names(), &plan)?;
-        let mut opts = options_of(cmd);
-        let user = take_secret(state, &mut opts, "user", &plan)?;
-        let password = take_secret(state, &mut opts, "password", &plan)?;
-        let read = take_read_options(
-            state,
-            &mut opts,
-            &declared,
-            Some(DEFAULT_MAX_MESSAGES),
-            &plan,
-        )?;
-        let max = read.max_messages.unwrap_or(DEFAULT_MAX_MESSAGES);
-        let prefetch: u16 = take_parsed(&mut opts, "prefetch", &plan)?
-            .unwrap_or_else(|| max.min(u64::from(u16::MAX)) as u16);
-        if prefetch == 0 {
-            return Err(plan("option `prefetch` must be at least 1".into()));
-        }
-        let write = Publish {
-            exchange: opts.remove("exchange").unwrap_or_default(),
-            routing_key: opts
-                .remove("routing_key")
-                .unwrap_or_else(|| queue.to_string()),
-            persistent: take_parsed(&mut opts, "persistent", &plan)?.unwrap_or(true),
-            message_id: opts.remove("message_id"),
-        };
-        if let Some(c) = &write.message_id
-            && declared.index_of(c).is_err()
-        {
-            return Err(plan(format!("message_id column `{c}` is not declared")));
-        }
-        let endpoint = Endpoint {
-            host: host.to_string(),
-            vhost: opts.remove("vhost").unwrap_or_else(|| "/".into()),
-            user,
-            password,
-            queue: queue.to_string(),
-            declare: take_parsed(&mut opts, "declare", &plan)?.unwrap_or(true),
-            table: cmd.name.to_string(),
-        };
-        reject_unknown(&opts, &plan)?;
-        Ok(Arc::new(RabbitTable {
-            schema: with_message_columns(&declared, COLUMNS.fields()),
-            declared,
-            endpoint,
-            read,
-            prefetch,
-            write,
-        }))
-    }
-}
-
-/// How `INSERT` publishes.
-#[derive(Debug, Clone)]
-pub(crate) struct Publish {
-    pub(crate) exchange: String,
-    pub(crate) routing_key: String,
-    pub(crate) persistent: bool,
-    pub(crate) message_id: Option<String>,
-}
-
-/// A RabbitMQ queue as a table.
-#[derive(Debug)]
-pub(crate) struct RabbitTable {
-    schema: SchemaRef,
-    declared: SchemaRef,
-    endpoint: Endpoint,
-    read: ReadOptions,
-    prefetch: u16,
-    write: Publish,
-}
-
-#[async_trait]
-impl TableProvider for RabbitTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let partition = source::RabbitPartition {
-            schema: Arc::clone(&self.schema),
-            declared: Arc::clone(&self.declared),
-            endpoint: self.endpoint.clone(),
-            read: self.read.clone(),
-            prefetch: self.prefetch,
-            limit: limit.map(|l| l as u64),
-        };
-        crate::queue::scan::plan(&self.schema, Arc::new(partition), projection, limit)
-    }
-
-    async fn insert_into(
-        &self,
-        _state: &dyn Session,
-        input: Arc<dyn ExecutionPlan>,
-        op: InsertOp,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if op != InsertOp::Append {
-            return Err(DataFusionError::Plan(format!(
-                "RabbitMQ table `{}`: only INSERT INTO (append) is supported",
-                self.endpoint.table
-            )));
-        }
-        let sink = sink::RabbitSink::new(
-            self.endpoint.clone(),
-            Arc::clone(&self.schema),
-            Arc::clone(&self.declared),
-            self.read.format,
-            self.write.clone(),
-        )?;
-        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 }

@@ -1,70 +1,24 @@
 //! Bounded, consuming reads of a RabbitMQ queue. Deliveries are not acknowledged here: a scan
-//! that read to its end hands the session's [`AckLedger`] one [`PendingAck`] (its channel and
+//! that read to its end hands the session's [`engine::AckLedger`] one [`PendingAck`](engine::PendingAck) (its channel and
 //! last delivery tag), which acknowledges them all at once when the run commits. A scan dropped
 //! early (an error, a `LIMIT` above a filter) closes its connection instead, and the broker
 //! delivers its messages again.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::Result;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::streaming::PartitionStream;
-use engine::{AckLedger, PendingAck};
+use engine::PendingAck;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use super::Endpoint;
-use crate::queue::options::ReadOptions;
-use crate::queue::rows::{Message, Origin, to_rows};
-use crate::queue::scan::BoundedRead;
-
-/// One scan of a RabbitMQ table.
-#[derive(Debug)]
-pub(crate) struct RabbitPartition {
-    pub(crate) schema: SchemaRef,
-    pub(crate) declared: SchemaRef,
-    pub(crate) endpoint: Endpoint,
-    pub(crate) read: ReadOptions,
-    pub(crate) prefetch: u16,
-    pub(crate) limit: Option<u64>,
-}
-
-impl PartitionStream for RabbitPartition {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let reader = Reader {
-            schema: Arc::clone(&self.schema),
-            declared: Arc::clone(&self.declared),
-            endpoint: self.endpoint.clone(),
-            read: self.read.clone(),
-            prefetch: self.prefetch,
-            cap: crate::queue::scan::cap(self.limit, self.read.max_messages).unwrap_or(u64::MAX),
-            ledger: ctx.session_config().get_extension::<AckLedger>(),
-        };
-        crate::queue::scan::batches(Arc::clone(&self.schema), reader.open())
-    }
-}
-
-struct Reader {
-    schema: SchemaRef,
-    declared: SchemaRef,
-    endpoint: Endpoint,
-    read: ReadOptions,
-    prefetch: u16,
-    cap: u64,
-    ledger: Option<Arc<AckLedger>>,
-}
+use super::RabbitMq;
+use crate::queue::broker::{MessageRead, Scan};
+use crate::queue::rows::Message;
 
 /// An open, consuming read.
-struct Open {
-    reader: Reader,
+pub(crate) struct Read {
+    rabbit: RabbitMq,
+    scan: Scan,
     connection: lapin::Connection,
     channel: lapin::Channel,
     consumer: Option<lapin::Consumer>,
@@ -78,32 +32,37 @@ struct Open {
     ready: u64,
 }
 
-impl Reader {
-    async fn open(self) -> Result<Open> {
-        let (connection, channel, ready) = self.endpoint.open().await?;
-        let target = self.cap.min(u64::from(ready));
+impl Read {
+    pub(super) async fn open(rabbit: RabbitMq, scan: Scan) -> Result<Self> {
+        let (connection, channel, ready) = rabbit.open().await?;
+        let cap = scan.cap.unwrap_or(u64::MAX);
+        let target = cap.min(u64::from(ready));
         let tag = format!("flowengine-{}", uuid::Uuid::new_v4().simple());
+        let prefetch = rabbit
+            .prefetch
+            .unwrap_or_else(|| cap.min(u64::from(u16::MAX)).max(1) as u16);
         let consumer = if target == 0 {
             None
         } else {
             channel
-                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .basic_qos(prefetch, BasicQosOptions::default())
                 .await
-                .map_err(|e| self.endpoint.err("setting the prefetch", e))?;
+                .map_err(|e| rabbit.site.err("setting the prefetch", e))?;
             Some(
                 channel
                     .basic_consume(
-                        self.endpoint.queue.as_str().into(),
+                        rabbit.queue.as_str().into(),
                         tag.as_str().into(),
                         BasicConsumeOptions::default(),
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(|e| self.endpoint.err("consuming", e))?,
+                    .map_err(|e| rabbit.site.err("consuming", e))?,
             )
         };
-        Ok(Open {
-            reader: self,
+        Ok(Self {
+            rabbit,
+            scan,
             connection,
             channel,
             consumer,
@@ -117,73 +76,60 @@ impl Reader {
 }
 
 #[async_trait]
-impl BoundedRead for Open {
-    /// The next batch of decoded rows; `None` at the end of the bounded read. Dropping the read
-    /// early closes its connection: its messages go back.
-    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        loop {
-            let r = &self.reader;
-            let Some(consumer) = self.consumer.as_mut() else {
-                return Ok(None);
-            };
-            let mut messages = Vec::new();
-            let mut done = false;
-            while messages.len() < r.read.batch_size {
-                if self.read_so_far >= self.target {
-                    done = true;
-                    break;
-                }
-                let delivery =
-                    match tokio::time::timeout(r.read.idle_timeout, consumer.next()).await {
-                        // Quiet for idle_timeout (another consumer took the rest): the
-                        // bounded read ends here.
-                        Err(_) | Ok(None) => {
-                            done = true;
-                            break;
-                        }
-                        Ok(Some(d)) => d.map_err(|e| r.endpoint.err("reading messages", e))?,
-                    };
-                self.read_so_far += 1;
-                self.last_tag = Some(delivery.delivery_tag);
-                messages.push(message(delivery));
+impl MessageRead for Read {
+    /// Dropping the read early closes its connection: its messages go back.
+    async fn next(&mut self, max: usize) -> Result<Vec<Message>> {
+        let mut messages = Vec::new();
+        let Some(consumer) = self.consumer.as_mut() else {
+            return Ok(messages);
+        };
+        let mut done = false;
+        while messages.len() < max {
+            if self.read_so_far >= self.target {
+                done = true;
+                break;
             }
-            if done {
-                cancel(&self.channel, &mut self.consumer).await;
-            }
-            if messages.is_empty() {
-                return Ok(None);
-            }
-            // Delivery tags count per channel: the consumer tag makes each scan's dead letters
-            // distinct (they are de-duplicated by source and offset).
-            let source = format!("{} (consumer {})", r.endpoint.display(), self.tag);
-            let origin = Origin {
-                source: &source,
-                schema: &r.schema,
-                declared: &r.declared,
-                read: &r.read,
-            };
-            let rows = to_rows(&origin, &messages).await?;
-            if rows.num_rows() > 0 || done {
-                return Ok(Some(rows));
-            }
+            let delivery =
+                match tokio::time::timeout(self.scan.read.idle_timeout, consumer.next()).await {
+                    // Quiet for idle_timeout (another consumer took the rest): the bounded
+                    // read ends here.
+                    Err(_) | Ok(None) => {
+                        done = true;
+                        break;
+                    }
+                    Ok(Some(d)) => d.map_err(|e| self.rabbit.site.err("reading messages", e))?,
+                };
+            self.read_so_far += 1;
+            self.last_tag = Some(delivery.delivery_tag);
+            messages.push(message(delivery));
         }
+        if done {
+            cancel(&self.channel, &mut self.consumer).await;
+        }
+        Ok(messages)
+    }
+
+    /// Delivery tags count per channel: the consumer tag makes each scan's dead letters
+    /// distinct (they are de-duplicated by source and offset).
+    fn source(&self) -> String {
+        format!("{} (consumer {})", self.rabbit.site.url(), self.tag)
     }
 
     /// The read ended: leave its acknowledgement to the session's run.
     async fn finish(mut self) {
         cancel(&self.channel, &mut self.consumer).await;
-        if let Some(ledger) = &self.reader.ledger {
+        if let Some(ledger) = &self.scan.ledger {
             ledger.note_backlog(
-                &self.reader.endpoint.display(),
+                self.rabbit.site.url(),
                 self.ready.saturating_sub(self.read_so_far),
             );
         }
-        let (Some(last_tag), Some(ledger)) = (self.last_tag, self.reader.ledger.clone()) else {
+        let (Some(last_tag), Some(ledger)) = (self.last_tag, self.scan.ledger.clone()) else {
             return; // nothing read, or no ledger: dropping closes the connection
         };
         ledger
             .push(Box::new(RabbitAck {
-                source: format!("RabbitMQ queue `{}`", self.reader.endpoint.queue),
+                source: format!("RabbitMQ queue `{}`", self.rabbit.queue),
                 messages: self.read_so_far,
                 last_tag,
                 connection: self.connection,

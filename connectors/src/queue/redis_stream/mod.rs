@@ -21,115 +21,136 @@
 mod sink;
 mod source;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
-use datafusion::datasource::TableType;
-use datafusion::datasource::sink::DataSinkExec;
-use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{CreateExternalTable, Expr};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::error::Result;
+use engine::{ParamKind, ParamSpec, Secret, TableType};
+use redis::IntoConnectionInfo;
 
-use super::options::{
-    ReadOptions, declared_columns, planner, split_location, take_parsed, take_read_options,
-    take_secret, with_message_columns,
-};
+use super::broker::{Broker, Definition, Scan, Site};
+use super::decode::Format;
 use super::rows::MessageColumns;
-use crate::http::{options_of, reject_unknown};
 
-/// Registers `STORED AS REDIS_STREAM`.
-pub(crate) fn register(builder: &mut SessionStateBuilder) {
-    builder
-        .table_factories()
-        .get_or_insert_with(Default::default)
-        .insert("REDIS_STREAM".into(), Arc::new(RedisStreamFactory));
-}
-
-pub(crate) const COLUMNS: MessageColumns = MessageColumns {
-    key: "_stream",
-    id: "_id",
-    timestamp: "_timestamp",
-    headers: "_fields",
-    redelivered: "_redelivered",
-};
-
-const DEFAULT_MAX_MESSAGES: u64 = 10_000;
-
-/// Where a table's stream is and how to reach it.
-#[derive(Clone)]
-pub(crate) struct Endpoint {
+/// A Redis stream read through a consumer group: where it is and how to reach it.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisStream {
     host: String,
     port: u16,
     db: i64,
     user: Option<String>,
-    password: Option<String>,
-    pub(crate) key: String,
-    pub(crate) group: String,
-    pub(crate) consumer: String,
+    password: Option<Secret>,
+    key: String,
+    group: String,
+    consumer: String,
     /// Where a new group starts: `0` (the whole stream) or `$` (only new entries).
     start: String,
     /// The entry field holding the payload; `None` with format `fields`.
-    pub(crate) field: Option<String>,
-    pub(crate) table: String,
+    field: Option<String>,
+    /// `XADD MAXLEN ~` trimming.
+    maxlen: Option<usize>,
+    site: Site,
 }
 
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("host", &self.host)
-            .field("key", &self.key)
-            .field("group", &self.group)
-            .finish_non_exhaustive()
+#[async_trait]
+impl Broker for RedisStream {
+    // Reads consume: entries are acknowledged after the run's sinks committed.
+    const TABLE_TYPE: TableType = TableType::new("REDIS_STREAM").consuming();
+    const LABEL: &'static str = "Redis stream";
+    const SCHEME: &'static str = "redis";
+    const PATH: &'static str = "stream";
+    const COLUMNS: MessageColumns =
+        MessageColumns::new("_stream", "_id", "_timestamp", "_fields").redelivered("_redelivered");
+    const DEFAULT_MAX_MESSAGES: Option<u64> = Some(10_000);
+    const PARAMS: &'static [ParamSpec] = &[ParamSpec {
+        name: "group / consumer / start / field / maxlen / db (Redis streams)",
+        description: "consumer group (flowengine) and consumer name (flowengine); where a new group starts ('0' the whole stream, '$' new entries); the entry field holding the payload (data), or format 'fields' for one field per column; XADD MAXLEN ~ trimming; database number (0)",
+        kind: ParamKind::Plain,
+    }];
+
+    type Read = source::Read;
+    type Publisher = sink::Publisher;
+
+    fn define(def: &mut Definition<'_>) -> Result<Self> {
+        let (host, port) = def.host_port(6379)?;
+        let fields = def
+            .options
+            .peek("format")
+            .is_some_and(|f| f.eq_ignore_ascii_case("fields"));
+        if fields {
+            // Each declared column is an entry field: decoded as a JSON object of strings.
+            def.options.set("format", "json");
+        }
+        let field = def
+            .options
+            .string("field")?
+            .unwrap_or_else(|| "data".into());
+        let start = def.options.string("start")?.unwrap_or_else(|| "0".into());
+        if start != "0" && start != "$" {
+            return Err(def.error(format!(
+                "option `start` = `{start}`: expected '0' (the whole stream) or '$' (new entries)"
+            )));
+        }
+        Ok(Self {
+            host,
+            port,
+            db: def.options.parsed("db")?.unwrap_or(0),
+            user: def.user.clone(),
+            password: def.password.clone(),
+            key: def.path.to_string(),
+            group: def
+                .options
+                .string("group")?
+                .unwrap_or_else(|| "flowengine".into()),
+            consumer: def
+                .options
+                .string("consumer")?
+                .unwrap_or_else(|| "flowengine".into()),
+            start,
+            field: (!fields).then_some(field),
+            maxlen: def.options.parsed("maxlen")?,
+            site: def.site.clone(),
+        })
+    }
+
+    async fn open_read(&self, scan: Scan) -> Result<Self::Read> {
+        source::Read::open(self.clone(), scan).await
+    }
+
+    async fn publisher(&self, _format: Format) -> Result<Self::Publisher> {
+        Ok(sink::Publisher::new(self.clone(), self.connect().await?))
+    }
+
+    fn describe(&self) -> String {
+        format!("stream={}", self.key)
     }
 }
 
-impl Endpoint {
-    pub(crate) fn err(&self, what: &str, e: impl std::fmt::Display) -> DataFusionError {
-        DataFusionError::External(
-            format!(
-                "Redis stream table `{}` (redis://{}:{}, stream `{}`): {what}: {e}",
-                self.table, self.host, self.port, self.key
-            )
-            .into(),
-        )
-    }
-
-    pub(crate) fn display(&self) -> String {
-        format!("redis://{}:{}/{}", self.host, self.port, self.key)
-    }
-
-    pub(crate) async fn connect(&self) -> Result<redis::aio::MultiplexedConnection> {
+impl RedisStream {
+    async fn connect(&self) -> Result<redis::aio::MultiplexedConnection> {
         let mut settings = redis::RedisConnectionInfo::default();
         if let Some(u) = &self.user {
             settings = settings.set_username(u);
         }
         if let Some(p) = &self.password {
-            settings = settings.set_password(p);
+            settings = settings.set_password(p.expose());
         }
         let info = redis::ConnectionAddr::Tcp(self.host.clone(), self.port)
             .into_connection_info()
-            .map_err(|e| self.err("bad address", e))?
+            .map_err(|e| self.site.err("bad address", e))?
             .set_redis_settings(settings.set_db(self.db));
-        let client = redis::Client::open(info).map_err(|e| self.err("bad address", e))?;
+        let client = redis::Client::open(info).map_err(|e| self.site.err("bad address", e))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(15)))
             .set_response_timeout(Some(Duration::from_secs(60)));
         client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| self.err("cannot connect", e))
+            .map_err(|e| self.site.unreachable(e))
     }
 
     /// Create the consumer group (and the stream) unless it exists.
-    pub(crate) async fn ensure_group(
-        &self,
-        con: &mut redis::aio::MultiplexedConnection,
-    ) -> Result<()> {
+    async fn ensure_group(&self, con: &mut redis::aio::MultiplexedConnection) -> Result<()> {
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.key)
@@ -141,141 +162,9 @@ impl Endpoint {
         match created {
             Ok(()) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(self.err(&format!("creating consumer group `{}`", self.group), e)),
+            Err(e) => Err(self
+                .site
+                .err(&format!("creating consumer group `{}`", self.group), e)),
         }
-    }
-}
-
-use redis::IntoConnectionInfo;
-
-#[derive(Debug)]
-struct RedisStreamFactory;
-
-#[async_trait]
-impl TableProviderFactory for RedisStreamFactory {
-    async fn create(
-        &self,
-        state: &dyn Session,
-        cmd: &CreateExternalTable,
-    ) -> Result<Arc<dyn TableProvider>> {
-        let plan = planner("Redis stream", cmd.name.to_string());
-        let (host, key) = split_location(cmd, "redis", "stream", &plan)?;
-        let (host, port) = match host.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| plan(format!("bad port `{p}` in LOCATION")))?,
-            ),
-            None => (host, 6379),
-        };
-        let declared = declared_columns(cmd, &COLUMNS.names(), &plan)?;
-        let mut opts = options_of(cmd);
-        let fields = opts
-            .get("format")
-            .is_some_and(|f| f.eq_ignore_ascii_case("fields"));
-        if fields {
-            // Each declared column is an entry field: decoded as a JSON object of strings.
-            opts.insert("format".into(), "json".into());
-        }
-        let user = take_secret(state, &mut opts, "user", &plan)?;
-        let password = take_secret(state, &mut opts, "password", &plan)?;
-        let read = take_read_options(
-            state,
-            &mut opts,
-            &declared,
-            Some(DEFAULT_MAX_MESSAGES),
-            &plan,
-        )?;
-        let field = opts.remove("field").unwrap_or_else(|| "data".into());
-        let start = opts.remove("start").unwrap_or_else(|| "0".into());
-        if start != "0" && start != "$" {
-            return Err(plan(format!(
-                "option `start` = `{start}`: expected '0' (the whole stream) or '$' (new entries)"
-            )));
-        }
-        let endpoint = Endpoint {
-            host: host.to_string(),
-            port,
-            db: take_parsed(&mut opts, "db", &plan)?.unwrap_or(0),
-            user,
-            password,
-            key: key.to_string(),
-            group: opts.remove("group").unwrap_or_else(|| "flowengine".into()),
-            consumer: opts
-                .remove("consumer")
-                .unwrap_or_else(|| "flowengine".into()),
-            start,
-            field: (!fields).then_some(field),
-            table: cmd.name.to_string(),
-        };
-        let maxlen: Option<usize> = take_parsed(&mut opts, "maxlen", &plan)?;
-        reject_unknown(&opts, &plan)?;
-        Ok(Arc::new(RedisStreamTable {
-            schema: with_message_columns(&declared, COLUMNS.fields()),
-            declared,
-            endpoint,
-            read,
-            maxlen,
-        }))
-    }
-}
-
-/// A Redis stream as a table.
-#[derive(Debug)]
-pub(crate) struct RedisStreamTable {
-    schema: SchemaRef,
-    declared: SchemaRef,
-    endpoint: Endpoint,
-    read: ReadOptions,
-    maxlen: Option<usize>,
-}
-
-#[async_trait]
-impl TableProvider for RedisStreamTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let partition = source::StreamPartition {
-            schema: Arc::clone(&self.schema),
-            declared: Arc::clone(&self.declared),
-            endpoint: self.endpoint.clone(),
-            read: self.read.clone(),
-            limit: limit.map(|l| l as u64),
-        };
-        crate::queue::scan::plan(&self.schema, Arc::new(partition), projection, limit)
-    }
-
-    async fn insert_into(
-        &self,
-        _state: &dyn Session,
-        input: Arc<dyn ExecutionPlan>,
-        op: InsertOp,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if op != InsertOp::Append {
-            return Err(DataFusionError::Plan(format!(
-                "Redis stream table `{}`: only INSERT INTO (append) is supported",
-                self.endpoint.table
-            )));
-        }
-        let sink = sink::StreamSink::new(
-            self.endpoint.clone(),
-            Arc::clone(&self.schema),
-            Arc::clone(&self.declared),
-            self.read.format,
-            self.maxlen,
-        );
-        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 }

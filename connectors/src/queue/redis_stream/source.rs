@@ -1,70 +1,29 @@
 //! Bounded, consuming reads of a Redis stream through a consumer group: this consumer's
 //! unacknowledged entries first, then new ones, until none is left or `max_messages`. A scan
-//! that read to its end hands the session's [`AckLedger`] the entry ids, acknowledged (`XACK`)
+//! that read to its end hands the session's [`engine::AckLedger`] the entry ids, acknowledged (`XACK`)
 //! when the run commits; otherwise they stay pending and the next scan reads them again.
 //! In a session that never acknowledges (a peek), the scan reads with `XRANGE` past the group's
 //! last delivered entry instead, so it changes nothing.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::Result;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::streaming::PartitionStream;
-use engine::{AckLedger, PendingAck};
+use engine::PendingAck;
 use redis::Value;
 use redis::streams::{StreamId, StreamReadReply};
 
-use super::Endpoint;
-use crate::queue::options::ReadOptions;
-use crate::queue::rows::{Message, Origin, to_rows};
-use crate::queue::scan::BoundedRead;
+use super::RedisStream;
+use crate::queue::broker::{MessageRead, Scan};
+use crate::queue::rows::Message;
 
 /// Entry ids per `XACK`.
 const ACK_CHUNK: usize = 1000;
 
-/// One scan of a Redis stream table.
-#[derive(Debug)]
-pub(crate) struct StreamPartition {
-    pub(crate) schema: SchemaRef,
-    pub(crate) declared: SchemaRef,
-    pub(crate) endpoint: Endpoint,
-    pub(crate) read: ReadOptions,
-    pub(crate) limit: Option<u64>,
-}
-
-impl PartitionStream for StreamPartition {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let reader = Reader {
-            schema: Arc::clone(&self.schema),
-            declared: Arc::clone(&self.declared),
-            endpoint: self.endpoint.clone(),
-            read: self.read.clone(),
-            cap: crate::queue::scan::cap(self.limit, self.read.max_messages).unwrap_or(u64::MAX),
-            ledger: ctx.session_config().get_extension::<AckLedger>(),
-        };
-        crate::queue::scan::batches(Arc::clone(&self.schema), reader.open())
-    }
-}
-
-struct Reader {
-    schema: SchemaRef,
-    declared: SchemaRef,
-    endpoint: Endpoint,
-    read: ReadOptions,
-    cap: u64,
-    ledger: Option<Arc<AckLedger>>,
-}
-
-struct Open {
-    reader: Reader,
+/// An open read.
+pub(crate) struct Read {
+    redis: RedisStream,
+    scan: Scan,
     con: redis::aio::MultiplexedConnection,
+    cap: u64,
     /// Where the next read starts: an id within this consumer's pending entries, or `>` for
     /// new entries.
     cursor: String,
@@ -75,37 +34,40 @@ struct Open {
     peek: bool,
 }
 
-impl Reader {
-    async fn open(self) -> Result<Open> {
-        let mut con = self.endpoint.connect().await?;
-        let peek = !self.ledger.as_ref().is_some_and(|l| l.is_enabled());
+impl Read {
+    pub(super) async fn open(redis: RedisStream, scan: Scan) -> Result<Self> {
+        let mut con = redis.connect().await?;
+        let peek = !scan.ledger.as_ref().is_some_and(|l| l.is_enabled());
         let cursor = if peek {
             let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
                 redis::cmd("XINFO")
                     .arg("GROUPS")
-                    .arg(&self.endpoint.key)
+                    .arg(&redis.key)
                     .query_async(&mut con)
                     .await;
             let delivered = groups.ok().and_then(|g| {
                 g.groups
                     .into_iter()
-                    .find(|g| g.name == self.endpoint.group)
+                    .find(|g| g.name == redis.group)
                     .map(|g| g.last_delivered_id)
             });
             match delivered {
                 Some(id) => id,
                 // No group yet: what it would start with.
-                None if self.endpoint.start == "$" => "+".into(),
+                None if redis.start == "$" => "+".into(),
                 None => "0-0".into(),
             }
         } else {
-            self.endpoint.ensure_group(&mut con).await?;
+            redis.ensure_group(&mut con).await?;
             "0".into()
         };
-        Ok(Open {
-            done: self.cap == 0 || cursor == "+",
-            reader: self,
+        let cap = scan.cap.unwrap_or(u64::MAX);
+        Ok(Self {
+            done: cap == 0 || cursor == "+",
+            redis,
+            scan,
             con,
+            cap,
             cursor,
             ids: Vec::new(),
             peek,
@@ -114,27 +76,27 @@ impl Reader {
 }
 
 #[async_trait]
-impl BoundedRead for Open {
-    /// The next batch of decoded rows; `None` at the end of the bounded read. Dropping the read
-    /// early leaves the entries it read pending: the next scan reads them again.
-    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+impl MessageRead for Read {
+    /// Dropping the read early leaves the entries it read pending: the next scan reads them
+    /// again.
+    async fn next(&mut self, max: usize) -> Result<Vec<Message>> {
         loop {
             if self.done {
-                return Ok(None);
+                return Ok(Vec::new());
             }
-            let r = &self.reader;
-            let room = r.cap - self.ids.len() as u64;
-            let count = (r.read.batch_size as u64).min(room).max(1);
+            let r = &self.redis;
+            let room = self.cap - self.ids.len() as u64;
+            let count = (max as u64).min(room).max(1);
             let (entries, redelivered) = if self.peek {
                 let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                    .arg(&r.endpoint.key)
+                    .arg(&r.key)
                     .arg(format!("({}", self.cursor))
                     .arg("+")
                     .arg("COUNT")
                     .arg(count)
                     .query_async(&mut self.con)
                     .await
-                    .map_err(|e| r.endpoint.err("reading entries", e))?;
+                    .map_err(|e| r.site.err("reading entries", e))?;
                 if let Some(last) = range.ids.last() {
                     self.cursor = last.id.clone();
                 }
@@ -142,16 +104,16 @@ impl BoundedRead for Open {
             } else {
                 let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
                     .arg("GROUP")
-                    .arg(&r.endpoint.group)
-                    .arg(&r.endpoint.consumer)
+                    .arg(&r.group)
+                    .arg(&r.consumer)
                     .arg("COUNT")
                     .arg(count)
                     .arg("STREAMS")
-                    .arg(&r.endpoint.key)
+                    .arg(&r.key)
                     .arg(&self.cursor)
                     .query_async(&mut self.con)
                     .await
-                    .map_err(|e| r.endpoint.err("reading entries", e))?;
+                    .map_err(|e| r.site.err("reading entries", e))?;
                 let entries: Vec<StreamId> = reply
                     .and_then(|r| r.keys.into_iter().next())
                     .map(|k| k.ids)
@@ -171,32 +133,26 @@ impl BoundedRead for Open {
             };
             if entries.is_empty() {
                 self.done = true;
-                return Ok(None);
+                return Ok(Vec::new());
             }
             let messages: Vec<Message> = entries
                 .iter()
-                .map(|e| message(&r.endpoint, e, redelivered))
+                .map(|e| message(&self.redis, e, redelivered))
                 .collect();
             self.ids.extend(entries.into_iter().map(|e| e.id));
-            if self.ids.len() as u64 >= r.cap {
+            if self.ids.len() as u64 >= self.cap {
                 self.done = true;
             }
-            let source = r.endpoint.display();
-            let origin = Origin {
-                source: &source,
-                schema: &r.schema,
-                declared: &r.declared,
-                read: &r.read,
-            };
-            let rows = to_rows(&origin, &messages).await?;
-            if rows.num_rows() > 0 || self.done {
-                return Ok(Some(rows));
-            }
+            return Ok(messages);
         }
     }
 
+    fn source(&self) -> String {
+        self.redis.site.url().to_string()
+    }
+
     async fn finish(mut self) {
-        let Some(ledger) = self.reader.ledger.clone() else {
+        let Some(ledger) = self.scan.ledger.clone() else {
             return;
         };
         if self.peek {
@@ -205,16 +161,16 @@ impl BoundedRead for Open {
         // The group's lag: entries not yet delivered to it (Redis 7+; unknown before).
         let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
             .arg("GROUPS")
-            .arg(&self.reader.endpoint.key)
+            .arg(&self.redis.key)
             .query_async(&mut self.con)
             .await;
         if let Some(lag) = groups.ok().and_then(|g| {
             g.groups
                 .into_iter()
-                .find(|g| g.name == self.reader.endpoint.group)
+                .find(|g| g.name == self.redis.group)
                 .and_then(|g| g.lag)
         }) {
-            ledger.note_backlog(&self.reader.endpoint.display(), lag as u64);
+            ledger.note_backlog(self.redis.site.url(), lag as u64);
         }
         if self.ids.is_empty() {
             return;
@@ -223,9 +179,9 @@ impl BoundedRead for Open {
             .push(Box::new(StreamAck {
                 source: format!(
                     "Redis stream `{}` (group `{}`)",
-                    self.reader.endpoint.key, self.reader.endpoint.group
+                    self.redis.key, self.redis.group
                 ),
-                endpoint: self.reader.endpoint,
+                redis: self.redis,
                 con: self.con,
                 ids: self.ids,
             }))
@@ -235,7 +191,7 @@ impl BoundedRead for Open {
 
 /// An entry as a message: the payload field (or, with format `fields`, every field as a JSON
 /// object) and the other fields as `_fields`.
-fn message(endpoint: &Endpoint, e: &StreamId, redelivered: bool) -> Message {
+fn message(endpoint: &RedisStream, e: &StreamId, redelivered: bool) -> Message {
     let text = |v: &Value| -> Option<String> {
         match v {
             Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -307,7 +263,7 @@ fn message(endpoint: &Endpoint, e: &StreamId, redelivered: bool) -> Message {
 /// A finished scan's unacknowledged entry ids.
 struct StreamAck {
     source: String,
-    endpoint: Endpoint,
+    redis: RedisStream,
     con: redis::aio::MultiplexedConnection,
     ids: Vec<String>,
 }
@@ -325,8 +281,8 @@ impl PendingAck for StreamAck {
     async fn commit(mut self: Box<Self>) -> Result<(), String> {
         for chunk in self.ids.chunks(ACK_CHUNK) {
             let _: u64 = redis::cmd("XACK")
-                .arg(&self.endpoint.key)
-                .arg(&self.endpoint.group)
+                .arg(&self.redis.key)
+                .arg(&self.redis.group)
                 .arg(chunk)
                 .query_async(&mut self.con)
                 .await
