@@ -221,6 +221,47 @@ fn csv_skip_counts_and_fail_names_file_line_and_reason() {
     assert!(stderr.contains("more than max_bad_records=10"), "{stderr}");
 }
 
+/// Without `on_error`, CSV reads with DataFusion's reader (the fast path), whose error names
+/// neither the file nor, in a byte range that starts mid-file, the file's line. A failed read
+/// is located: the error names the file and line, and keeps what the reader said.
+#[test]
+fn strict_csv_errors_name_the_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("in");
+    std::fs::create_dir(&data).unwrap();
+    for (file, bad) in [("a", None), ("b", Some("20000,n20000,extra")), ("c", None)] {
+        let mut text = String::from("id,name\n");
+        for i in 0..40_000 {
+            match bad {
+                Some(line) if i == 20_000 => text.push_str(line),
+                _ => text.push_str(&format!("{i},n{i}")),
+            }
+            text.push('\n');
+        }
+        std::fs::write(data.join(format!("{file}.csv")), text).unwrap();
+    }
+    let p = write_pipeline(
+        tmp.path(),
+        "strict.sql",
+        &format!(
+            "{PARALLEL}CREATE EXTERNAL TABLE src (id BIGINT, name VARCHAR) STORED AS CSV LOCATION '{}/';\nSELECT count(*) FROM src;\n",
+            data.display()
+        ),
+    );
+    let o = flowengine()
+        .args(["run", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    // Line 1 is the header; row i is on line i + 2.
+    let at = format!("{}:20002:", data.join("b.csv").display());
+    assert!(stderr.contains(&at), "expected {at} in {stderr}");
+    assert!(stderr.contains("the CSV reader said"), "{stderr}");
+    assert!(stderr.contains("'on_error' 'skip'"), "{stderr}");
+    assert!(stderr.contains("strict.sql:"), "{stderr}");
+}
+
 #[test]
 fn json_dead_letters_to_a_table() {
     let tmp = tempfile::tempdir().unwrap();

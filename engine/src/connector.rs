@@ -180,6 +180,11 @@ pub trait Connector: Debug + Send + Sync {
     }
     /// Register this family's factories, formats, stores and functions.
     fn register(&self, builder: SessionStateBuilder) -> DfResult<SessionStateBuilder>;
+    /// What finds where a failed read of this family's tables went wrong, if the errors of its
+    /// readers do not say (see [`crate::failure`]).
+    fn failure_locator(&self) -> Option<Arc<dyn crate::failure::FailureLocator>> {
+        None
+    }
 }
 
 /// The connectors a session is built with, in registration order.
@@ -224,6 +229,16 @@ impl ConnectorRegistry {
                     .table_type(w[2].trim_end_matches(';'))
                     .is_some_and(|t| t.consuming)
         })
+    }
+
+    /// The failure locators the connectors offer.
+    pub fn failure_locators(&self) -> crate::failure::FailureLocators {
+        crate::failure::FailureLocators(
+            self.connectors
+                .iter()
+                .filter_map(|c| c.failure_locator())
+                .collect(),
+        )
     }
 
     /// Run every connector's registration against `builder`.

@@ -13,6 +13,7 @@ pub mod config;
 pub mod connector;
 pub mod encryption;
 pub mod error;
+pub mod failure;
 pub mod file_functions;
 pub mod lineage;
 pub mod optimizer;

@@ -94,6 +94,7 @@ impl Engine {
             .with_extension(Arc::new(secrets))
             // What each connector's options are (paths, URLs, hosts), for the boundary gate.
             .with_extension(Arc::new(crate::connector::DeclaredParams::of(connectors)))
+            .with_extension(Arc::new(connectors.failure_locators()))
             .with_extension(Arc::new(crate::RemoteCallStats::default()))
             .with_extension(Arc::new(crate::AckLedger::default()))
             // Connectors that keep local state (the MQTT spool) find the state directory here.

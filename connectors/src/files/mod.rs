@@ -56,6 +56,10 @@ const PARAMS: &[ParamSpec] = &[
 ];
 
 impl Connector for FilesConnector {
+    fn failure_locator(&self) -> Option<Arc<dyn engine::failure::FailureLocator>> {
+        Some(Arc::new(tolerant::locate::CsvFailureLocator))
+    }
+
     fn name(&self) -> &'static str {
         "files"
     }

@@ -285,7 +285,7 @@ impl Engine {
         prepared: &Prepared,
         mut dry_run: Option<&mut DryRun>,
     ) -> Result<Started> {
-        if let Some(own) = self.start_own(prepared).await {
+        if let Some(own) = self.start_own(prepared, dry_run.is_some()).await {
             return own;
         }
         let fail = |e: DataFusionError| prepared.error(e);
@@ -316,8 +316,9 @@ impl Engine {
                     return Ok(Started::Done);
                 }
                 let physical = df.create_physical_plan().await.map_err(fail)?;
-                let stream =
-                    execute_stream(Arc::clone(&physical), Arc::new(df.task_ctx())).map_err(fail)?;
+                let stream = self
+                    .execute_watched(&physical, Arc::new(df.task_ctx()))
+                    .map_err(fail)?;
                 Ok(Started::Running(Execution {
                     physical,
                     stream,
@@ -377,8 +378,9 @@ impl Engine {
             (Some(_), Some(_)) => self.write_targets(&prepared.logical).map_err(fail)?,
             _ => Vec::new(),
         };
-        let stream =
-            execute_stream(Arc::clone(&physical), Arc::new(df.task_ctx())).map_err(fail)?;
+        let stream = self
+            .execute_watched(&physical, Arc::new(df.task_ctx()))
+            .map_err(fail)?;
         Ok(Started::Running(Execution {
             physical,
             stream,
@@ -386,6 +388,25 @@ impl Engine {
             txn,
             remote_targets,
         }))
+    }
+
+    /// Execute `physical`; a failure of its stream goes past the connectors' failure
+    /// locators first (see [`crate::failure`]).
+    fn execute_watched(
+        &self,
+        physical: &Arc<dyn ExecutionPlan>,
+        task: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        let stream = execute_stream(Arc::clone(physical), Arc::clone(&task))?;
+        Ok(
+            match task
+                .session_config()
+                .get_extension::<crate::failure::FailureLocators>()
+            {
+                Some(locators) => locators.watch(stream, physical, &task),
+                None => stream,
+            },
+        )
     }
 
     /// The locations a `COPY` or an `INSERT` into a file table writes to, with their stores.

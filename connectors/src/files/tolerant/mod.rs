@@ -15,6 +15,7 @@ mod csv_columns;
 pub mod csv_decoder;
 pub mod input;
 pub mod json_decoder;
+pub mod locate;
 pub mod source;
 
 use std::collections::HashMap;

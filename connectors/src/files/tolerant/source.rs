@@ -194,6 +194,25 @@ pub struct TolerantSource {
 }
 
 impl TolerantSource {
+    /// A strict CSV source decoding every column of `table_schema`, to find where a read by
+    /// DataFusion's reader failed (see [`super::locate`]).
+    pub(crate) fn strict_csv(options: CsvOptions, table_schema: TableSchema) -> Result<Self> {
+        let policy = Arc::new(BadRecordPolicy::strict(Arc::new(
+            engine::bad_records::BadRecordLedger::default(),
+        )));
+        Self {
+            kind: Kind::Json,
+            dialect: None,
+            policy,
+            batch_size: 8192,
+            projection: SplitProjection::unprojected(&table_schema),
+            table_schema,
+            metrics: ExecutionPlanMetricsSet::new(),
+            lines: Arc::new(LineIndex::default()),
+        }
+        .with_kind(Kind::Csv(Box::new(options)))
+    }
+
     fn with_kind(mut self, kind: Kind) -> Result<Self> {
         if let Kind::Csv(options) = &kind {
             let null_regex = match options.null_regex.as_deref() {
@@ -216,7 +235,7 @@ impl TolerantSource {
     }
 
     /// A decoder for one file or byte range.
-    fn decoder(&self, starts_file: bool) -> Result<Box<dyn RecordDecoder>> {
+    pub(crate) fn decoder(&self, starts_file: bool) -> Result<Box<dyn RecordDecoder>> {
         let schema = Arc::clone(self.table_schema.file_schema());
         let projection = self.projection.file_indices.clone();
         Ok(match &self.kind {
