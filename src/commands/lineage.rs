@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use engine::lineage;
-use engine::pipeline::{DryRun, Pipeline, incremental, quality};
+use engine::pipeline::{DryRun, Pipeline};
 
 use crate::cli::{GlobalArgs, LineageArgs};
 
@@ -16,17 +16,6 @@ pub(crate) async fn run(global: &GlobalArgs, args: LineageArgs) -> Result<ExitCo
     let mut dry = DryRun::new();
     let mut all = Vec::new();
     for statement in &pipeline.statements {
-        if let Some(view) = incremental::parse(&statement.sql) {
-            let view = view.map_err(|m| anyhow!("{}: {m}", statement.location))?;
-            engine
-                .create_incremental_view(&view, None, None)
-                .await
-                .map_err(|e| anyhow!("{}: {e}", statement.location))?;
-            continue;
-        }
-        if quality::parse(&statement.sql).is_some() {
-            continue;
-        }
         let prepared = engine.prepare(statement).await?;
         if let Some(l) = lineage::of_plan(&prepared.logical) {
             all.push((statement.clone(), l));

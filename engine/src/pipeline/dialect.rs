@@ -184,9 +184,17 @@ impl Engine {
     }
 
     /// [`Engine::start`] for FlowEngine's own statements (`None` for DataFusion's).
-    pub(super) async fn start_own(&self, prepared: &Prepared) -> Option<Result<Started>> {
+    /// Start a FlowEngine statement; in a dry run a check is only planned (its query already
+    /// was, by [`Engine::prepare`]), while an incremental view is created so later statements
+    /// resolve.
+    pub(super) async fn start_own(
+        &self,
+        prepared: &Prepared,
+        dry_run: bool,
+    ) -> Option<Result<Started>> {
         match &prepared.action {
             Action::Sql => None,
+            Action::Check(_) if dry_run => Some(Ok(Started::Planned { physical: None })),
             Action::IncrementalView(view) => Some(
                 self.incremental_range(prepared, view, None, None)
                     .await
