@@ -7,64 +7,18 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::databases::{Backend, MY_URL, PG_URL, unique};
 use common::{flowengine, psql, write_pipeline};
 use predicates::prelude::*;
 
-const PG_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
-const MY_URL: &str = "mysql://root@127.0.0.1:3306/test";
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    )
-}
-
-/// Run SQL with the `mariadb` client (batch mode, no column names).
+/// Run SQL with the `mariadb` client.
 fn mysql(sql: &str) -> String {
-    let o = Command::new("mariadb")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-P",
-            "3306",
-            "-u",
-            "root",
-            "test",
-            "-N",
-            "-B",
-            "-e",
-            sql,
-        ])
-        .output()
-        .expect("mariadb client runs");
-    assert!(
-        o.status.success(),
-        "mariadb failed: {sql}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    // Binary columns print raw bytes: compare them through HEX() instead.
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
+    Backend::mariadb().exec(sql)
 }
 
 fn sqlite(db: &Path, sql: &str) -> String {
-    let o = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3 runs");
-    assert!(
-        o.status.success(),
-        "sqlite3 failed: {sql}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
+    common::databases::sqlite_file(db, sql)
 }
 
 /// Drops the named tables when the test ends, pass or fail.
@@ -87,130 +41,55 @@ fn run_ok(pipeline: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The shared million-row scenario: `source` holds ids 1..=1M with `amount = id % 1000` and
-/// `region = id % 7`; the pipeline joins it with a Parquet dimension, writes the result into
-/// a new database table and returns count and sums.
-fn million_row_pipeline(dir: &Path, create_src: &str, create_dst: &str) -> String {
-    let dim = dir.join("regions.parquet");
-    format!(
+/// A million rows made in the database (`id`, `amount = id % 1000`, `region = id % 7`), joined
+/// with a Parquet dimension by `flowengine run`, written into a new table of the same database,
+/// and checked there with the database's own client.
+fn million_rows_join_parquet_and_write_back(db: &Backend) {
+    let src = db.table("fe_src");
+    let dst = db.table("fe_dst");
+    db.exec(&format!(
+        "CREATE TABLE {src} (id BIGINT PRIMARY KEY, amount INT, region INT);
+         INSERT INTO {src} SELECT n, n % 1000, n % 7 FROM ({}) s;
+         CREATE TABLE {dst} (id BIGINT PRIMARY KEY, amount INT, region_name VARCHAR(20));",
+        db.series(1_000_000)
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let dim = dir.path().join("regions.parquet");
+    let sql = format!(
         "COPY (SELECT column1 AS region, column2 AS region_name FROM (VALUES (0,'north'),(1,'south'),(2,'east'),(3,'west'),(4,'centre'),(5,'islands'),(6,'abroad'))) TO '{dim}';
 CREATE EXTERNAL TABLE regions STORED AS PARQUET LOCATION '{dim}';
-{create_src};
-{create_dst};
+{};
+{};
 INSERT INTO dst SELECT s.id, s.amount, r.region_name FROM src s JOIN regions r ON s.region = r.region;
 SELECT count(*) AS n, sum(amount) AS total, count(DISTINCT region_name) AS regions FROM dst;
 ",
+        db.external("src", &src),
+        db.external("dst", &dst),
         dim = dim.display()
-    )
-}
-
-/// Expected `n,total,regions` of the million-row scenario.
-const MILLION_EXPECTED: &str = "n,total,regions\n1000000,499500000,7";
-
-#[test]
-fn postgres_million_rows_join_parquet_and_write_back() {
-    let src = unique("fe_src");
-    let dst = unique("fe_dst");
-    let (s, d) = (src.clone(), dst.clone());
-    let _cleanup = Cleanup(Box::new(move || {
-        let _ = psql(&format!(
-            "DROP TABLE IF EXISTS {s}; DROP TABLE IF EXISTS {d}"
-        ));
-    }));
-    psql(&format!(
-        "CREATE TABLE {src} AS SELECT g::bigint AS id, (g % 1000)::int AS amount, (g % 7)::int AS region FROM generate_series(1, 1000000) g"
-    ));
-    psql(&format!(
-        "CREATE TABLE {dst} (id bigint PRIMARY KEY, amount int, region_name text)"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let sql = million_row_pipeline(
-        dir.path(),
-        &format!(
-            "CREATE EXTERNAL TABLE src STORED AS POSTGRES LOCATION 'public.{src}' OPTIONS ('connection' '{PG_URL}')"
-        ),
-        &format!(
-            "CREATE EXTERNAL TABLE dst STORED AS POSTGRES LOCATION '{dst}' OPTIONS ('connection' '{PG_URL}')"
-        ),
     );
-    let out = run_ok(&write_pipeline(dir.path(), "pg.sql", &sql));
-    assert_eq!(out.trim(), MILLION_EXPECTED);
+    let out = run_ok(&write_pipeline(dir.path(), "load.sql", &sql));
+    assert_eq!(out.trim(), "n,total,regions\n1000000,499500000,7");
     assert_eq!(
-        psql(&format!(
+        db.exec(&format!(
             "SELECT count(*), sum(amount), min(region_name) FROM {dst}"
         )),
         "1000000|499500000|abroad"
     );
+}
+
+#[test]
+fn postgres_million_rows_join_parquet_and_write_back() {
+    million_rows_join_parquet_and_write_back(&Backend::postgres());
 }
 
 #[test]
 fn mariadb_million_rows_join_parquet_and_write_back() {
-    let src = unique("fe_src");
-    let dst = unique("fe_dst");
-    let (s, d) = (src.clone(), dst.clone());
-    let _cleanup = Cleanup(Box::new(move || {
-        let _ = mysql(&format!(
-            "DROP TABLE IF EXISTS {s}; DROP TABLE IF EXISTS {d}"
-        ));
-    }));
-    // MariaDB's sequence engine generates the rows inside the server.
-    mysql(&format!(
-        "CREATE TABLE {src} (id BIGINT PRIMARY KEY, amount INT, region INT); INSERT INTO {src} SELECT seq, seq % 1000, seq % 7 FROM seq_1_to_1000000"
-    ));
-    mysql(&format!(
-        "CREATE TABLE {dst} (id BIGINT PRIMARY KEY, amount INT, region_name VARCHAR(20))"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let sql = million_row_pipeline(
-        dir.path(),
-        &format!(
-            "CREATE EXTERNAL TABLE src STORED AS MYSQL LOCATION '{src}' OPTIONS ('connection' '{MY_URL}')"
-        ),
-        &format!(
-            "CREATE EXTERNAL TABLE dst STORED AS MYSQL LOCATION '{dst}' OPTIONS ('connection' '{MY_URL}')"
-        ),
-    );
-    let out = run_ok(&write_pipeline(dir.path(), "my.sql", &sql));
-    assert_eq!(out.trim(), MILLION_EXPECTED);
-    assert_eq!(
-        mysql(&format!(
-            "SELECT count(*), sum(amount), min(region_name) FROM {dst}"
-        )),
-        "1000000\t499500000\tabroad"
-    );
+    million_rows_join_parquet_and_write_back(&Backend::mariadb());
 }
 
 #[test]
 fn sqlite_million_rows_join_parquet_and_write_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("shop.db");
-    sqlite(
-        &db,
-        "CREATE TABLE src (id INTEGER PRIMARY KEY, amount INTEGER, region INTEGER);
-         WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 1000000)
-         INSERT INTO src SELECT n, n % 1000, n % 7 FROM g;
-         CREATE TABLE dst (id INTEGER PRIMARY KEY, amount INTEGER, region_name TEXT);",
-    );
-    let sql = million_row_pipeline(
-        dir.path(),
-        &format!(
-            "CREATE EXTERNAL TABLE src STORED AS SQLITE LOCATION 'src' OPTIONS ('path' '{}')",
-            db.display()
-        ),
-        &format!(
-            "CREATE EXTERNAL TABLE dst STORED AS SQLITE LOCATION 'dst' OPTIONS ('path' '{}')",
-            db.display()
-        ),
-    );
-    let out = run_ok(&write_pipeline(dir.path(), "lite.sql", &sql));
-    assert_eq!(out.trim(), MILLION_EXPECTED);
-    assert_eq!(
-        sqlite(
-            &db,
-            "SELECT count(*), sum(amount), min(region_name) FROM dst"
-        ),
-        "1000000|499500000|abroad"
-    );
+    million_rows_join_parquet_and_write_back(&Backend::sqlite());
 }
 
 /// A load that fails part-way leaves the target exactly as it was (one transaction), and an
@@ -501,47 +380,100 @@ fn run_json(pipeline: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Every common PostgreSQL type, read (values and Arrow types) and written back into a table
-/// of the same definition: the database's own text form of each row is unchanged, NULLs included.
-#[test]
-fn postgres_type_mapping_both_ways() {
-    let src = unique("fe_types");
-    let dst = unique("fe_types_out");
-    let en = unique("fe_mood");
-    let (s, d, e) = (src.clone(), dst.clone(), en.clone());
-    let _cleanup = Cleanup(Box::new(move || {
-        let _ = psql(&format!(
-            "DROP TABLE IF EXISTS {s}; DROP TABLE IF EXISTS {d}; DROP TYPE IF EXISTS {e}"
-        ));
-    }));
-    psql(&format!(
-        "CREATE TYPE {en} AS ENUM ('sad', 'ok', 'happy');
-         CREATE TABLE {src} (i2 smallint, i4 int, i8 bigint, n numeric(12,3), f4 real, f8 double precision,
-           t text, vc varchar(10), b boolean, d date, tm time, ts timestamp, tstz timestamptz, iv interval,
-           j json, jb jsonb, u uuid, by bytea, ia int[], ta text[], e {en});
-         INSERT INTO {src} VALUES (-2, 40000, 9000000000, 12345.678, 1.5, 2.25, 'héllo', 'vc', true,
-           '2024-02-29', '13:14:15.123456', '2024-01-02 03:04:05.678901', '2024-01-02 03:04:05+02',
-           '1 year 2 mons 3 days 04:05:06', '{{\"a\":1}}', '{{\"b\": [1, 2]}}',
-           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\xdeadbeef', '{{1,2,3}}', '{{x,y}}', 'happy');
-         INSERT INTO {src} DEFAULT VALUES;
-         CREATE TABLE {dst} (LIKE {src});"
+/// A table of every common type of one database (one row of values, one of NULLs), read by
+/// `flowengine run` and written back into a table of the same definition.
+struct TypeCase<'a> {
+    /// Columns of the source table.
+    columns: &'a str,
+    /// The row of values (the second row is all NULLs).
+    values: &'a str,
+    /// What `flowengine run` selects of the table.
+    select: &'a str,
+    /// The column the rows are ordered by.
+    order: &'a str,
+    /// The first row as `flowengine run --format json` shows it.
+    read: &'a str,
+    /// What to compare of source and copy (`{t}` is the table), in the database's text form.
+    compare: &'a str,
+}
+
+/// Read, then write back: the database's own text of each row is unchanged, NULLs included.
+fn type_round_trip(db: &Backend, case: &TypeCase<'_>) -> tempfile::TempDir {
+    let src = db.table("fe_types");
+    let dst = db.table("fe_types_out");
+    let nulls = match db.kind {
+        common::databases::Kind::Postgres | common::databases::Kind::Sqlite => {
+            format!("INSERT INTO {src} DEFAULT VALUES")
+        }
+        common::databases::Kind::MariaDb => format!("INSERT INTO {src} () VALUES ()"),
+    };
+    db.exec(&format!(
+        "CREATE TABLE {src} ({columns}); INSERT INTO {src} VALUES ({}); {nulls}; CREATE TABLE {dst} ({columns});",
+        case.values,
+        columns = case.columns,
     ));
     let dir = tempfile::tempdir().unwrap();
-    let defs = format!(
-        "CREATE EXTERNAL TABLE t STORED AS POSTGRES LOCATION '{src}' OPTIONS ('connection' '{PG_URL}');
-CREATE EXTERNAL TABLE o STORED AS POSTGRES LOCATION '{dst}' OPTIONS ('connection' '{PG_URL}');
-"
-    );
+    let defs = format!("{};\n{};\n", db.external("t", &src), db.external("o", &dst));
     let read = run_json(&write_pipeline(
         dir.path(),
         "read.sql",
-        &format!("{defs}SELECT * FROM t ORDER BY i2 NULLS LAST;"),
+        &format!(
+            "{defs}SELECT {} FROM t ORDER BY {} NULLS LAST;",
+            case.select, case.order
+        ),
     ));
-    assert_eq!(
-        read.trim(),
-        r#"{"i2":-2,"i4":40000,"i8":9000000000,"n":12345.678,"f4":1.5,"f8":2.25,"t":"héllo","vc":"vc","b":true,"d":"2024-02-29","tm":"13:14:15.123456","ts":"2024-01-02T03:04:05.678901","tstz":"2024-01-02T01:04:05Z","iv":"14 mons 3 days 4 hours 5 mins 6.000000000 secs","j":"{\"a\":1}","jb":"{\"b\": [1, 2]}","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","by":"deadbeef","ia":[1,2,3],"ta":["x","y"],"e":"happy"}
-{}"#
+    assert_eq!(read.trim(), format!("{}\n{{}}", case.read));
+    flowengine()
+        .arg("run")
+        .arg(write_pipeline(
+            dir.path(),
+            "write.sql",
+            &format!("{defs}INSERT INTO o SELECT * FROM t;"),
+        ))
+        .assert()
+        .success();
+    let rows = |t: &str| db.exec(&case.compare.replace("{t}", t));
+    assert_eq!(rows(&dst), rows(&src));
+    // The definitions stay usable for a backend's own further checks.
+    std::fs::write(dir.path().join("defs.sql"), defs).unwrap();
+    dir
+}
+
+/// Every common PostgreSQL type, including an enum, arrays and intervals; their Arrow types too.
+#[test]
+fn postgres_type_mapping_both_ways() {
+    let db = Backend::postgres();
+    let mood = unique("fe_mood");
+    // Dropped after the tables that use it (`db`, declared before, drops its tables later:
+    // CASCADE takes the columns with it).
+    let _mood = Cleanup(Box::new({
+        let mood = mood.clone();
+        move || {
+            let _ = Backend::postgres().try_exec(&format!("DROP TYPE IF EXISTS {mood} CASCADE"));
+        }
+    }));
+    psql(&format!(
+        "CREATE TYPE {mood} AS ENUM ('sad', 'ok', 'happy')"
+    ));
+    let dir = type_round_trip(
+        &db,
+        &TypeCase {
+            columns: &format!(
+                "i2 smallint, i4 int, i8 bigint, n numeric(12,3), f4 real, f8 double precision,
+                 t text, vc varchar(10), b boolean, d date, tm time, ts timestamp, tstz timestamptz,
+                 iv interval, j json, jb jsonb, u uuid, by bytea, ia int[], ta text[], e {mood}"
+            ),
+            values: "-2, 40000, 9000000000, 12345.678, 1.5, 2.25, 'héllo', 'vc', true,
+                '2024-02-29', '13:14:15.123456', '2024-01-02 03:04:05.678901', '2024-01-02 03:04:05+02',
+                '1 year 2 mons 3 days 04:05:06', '{\"a\":1}', '{\"b\": [1, 2]}',
+                'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\xdeadbeef', '{1,2,3}', '{x,y}', 'happy'",
+            select: "*",
+            order: "i2",
+            read: r#"{"i2":-2,"i4":40000,"i8":9000000000,"n":12345.678,"f4":1.5,"f8":2.25,"t":"héllo","vc":"vc","b":true,"d":"2024-02-29","tm":"13:14:15.123456","ts":"2024-01-02T03:04:05.678901","tstz":"2024-01-02T01:04:05Z","iv":"14 mons 3 days 4 hours 5 mins 6.000000000 secs","j":"{\"a\":1}","jb":"{\"b\": [1, 2]}","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","by":"deadbeef","ia":[1,2,3],"ta":["x","y"],"e":"happy"}"#,
+            compare: "SELECT string_agg(x::text, E'\\n' ORDER BY x.i2 NULLS LAST) FROM {t} x",
+        },
     );
+    let defs = std::fs::read_to_string(dir.path().join("defs.sql")).unwrap();
     let types = run_json(&write_pipeline(
         dir.path(),
         "types.sql",
@@ -553,125 +485,43 @@ CREATE EXTERNAL TABLE o STORED AS POSTGRES LOCATION '{dst}' OPTIONS ('connection
         types.trim(),
         r#"{"i2":"Int16","n":"Decimal128(12, 3)","tstz":"Timestamp(ns, \"UTC\")","iv":"Interval(MonthDayNano)","ia":"List(Int32)","e":"Utf8"}"#
     );
-    flowengine()
-        .arg("run")
-        .arg(write_pipeline(
-            dir.path(),
-            "write.sql",
-            &format!("{defs}INSERT INTO o SELECT * FROM t;"),
-        ))
-        .assert()
-        .success();
-    let text = |table: &str| {
-        psql(&format!(
-            "SELECT string_agg(x::text, E'\\n' ORDER BY x.i2 NULLS LAST) FROM {table} x"
-        ))
-    };
-    assert_eq!(text(&dst), text(&src));
 }
 
-/// Every common MySQL/MariaDB type, read and written back; `BOOLEAN` is MySQL's `TINYINT(1)`
-/// and reads as a number.
+/// Every common MySQL/MariaDB type; `BOOLEAN` is MySQL's `TINYINT(1)` and reads as a number.
 #[test]
 fn mariadb_type_mapping_both_ways() {
-    let src = unique("fe_types");
-    let dst = unique("fe_types_out");
-    let (s, d) = (src.clone(), dst.clone());
-    let _cleanup = Cleanup(Box::new(move || {
-        let _ = mysql(&format!(
-            "DROP TABLE IF EXISTS {s}; DROP TABLE IF EXISTS {d}"
-        ));
-    }));
-    mysql(&format!(
-        "CREATE TABLE {src} (i1 TINYINT, i2 SMALLINT, i4 INT, i8 BIGINT, u8 BIGINT UNSIGNED, n DECIMAL(12,3),
-           f4 FLOAT, f8 DOUBLE, vc VARCHAR(20), t TEXT, b BOOLEAN, d DATE, tm TIME, dt DATETIME(6),
-           ts TIMESTAMP NULL, j JSON, bl BLOB, vb VARBINARY(10), e ENUM('sad','ok','happy'));
-         INSERT INTO {src} VALUES (-1, -2, 40000, 9000000000, 18000000000000000000, 12345.678, 1.5, 2.25,
-           'héllo', 'text', true, '2024-02-29', '13:14:15', '2024-01-02 03:04:05.678901',
-           '2024-01-02 03:04:05', '{{\"a\": 1}}', x'DEADBEEF', x'CAFE', 'happy');
-         INSERT INTO {src} () VALUES ();
-         CREATE TABLE {dst} LIKE {src};"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let defs = format!(
-        "CREATE EXTERNAL TABLE t STORED AS MYSQL LOCATION '{src}' OPTIONS ('connection' '{MY_URL}');
-CREATE EXTERNAL TABLE o STORED AS MYSQL LOCATION '{dst}' OPTIONS ('connection' '{MY_URL}');
-"
+    type_round_trip(
+        &Backend::mariadb(),
+        &TypeCase {
+            columns: "i1 TINYINT, i2 SMALLINT, i4 INT, i8 BIGINT, u8 BIGINT UNSIGNED, n DECIMAL(12,3),
+                f4 FLOAT, f8 DOUBLE, vc VARCHAR(20), t TEXT, b BOOLEAN, d DATE, tm TIME, dt DATETIME(6),
+                ts TIMESTAMP NULL, j JSON, bl BLOB, vb VARBINARY(10), e ENUM('sad','ok','happy')",
+            values: "-1, -2, 40000, 9000000000, 18000000000000000000, 12345.678, 1.5, 2.25,
+                'héllo', 'text', true, '2024-02-29', '13:14:15', '2024-01-02 03:04:05.678901',
+                '2024-01-02 03:04:05', '{\"a\": 1}', x'DEADBEEF', x'CAFE', 'happy'",
+            select: "*",
+            order: "i1",
+            read: r#"{"i1":-1,"i2":-2,"i4":40000,"i8":9000000000,"u8":18000000000000000000,"n":12345.678,"f4":1.5,"f8":2.25,"vc":"héllo","t":"text","b":1,"d":"2024-02-29","tm":"13:14:15","dt":"2024-01-02T03:04:05.678901","ts":"2024-01-02T03:04:05","j":"{\"a\": 1}","bl":"deadbeef","vb":"cafe","e":"happy"}"#,
+            compare: "SELECT *, HEX(bl), HEX(vb) FROM {t} ORDER BY i1 IS NULL, i1",
+        },
     );
-    let read = run_json(&write_pipeline(
-        dir.path(),
-        "read.sql",
-        &format!("{defs}SELECT * FROM t ORDER BY i1 NULLS LAST;"),
-    ));
-    assert_eq!(
-        read.trim(),
-        r#"{"i1":-1,"i2":-2,"i4":40000,"i8":9000000000,"u8":18000000000000000000,"n":12345.678,"f4":1.5,"f8":2.25,"vc":"héllo","t":"text","b":1,"d":"2024-02-29","tm":"13:14:15","dt":"2024-01-02T03:04:05.678901","ts":"2024-01-02T03:04:05","j":"{\"a\": 1}","bl":"deadbeef","vb":"cafe","e":"happy"}
-{}"#
-    );
-    flowengine()
-        .arg("run")
-        .arg(write_pipeline(
-            dir.path(),
-            "write.sql",
-            &format!("{defs}INSERT INTO o SELECT * FROM t;"),
-        ))
-        .assert()
-        .success();
-    let rows = |table: &str| {
-        mysql(&format!(
-            "SELECT *, HEX(bl), HEX(vb) FROM {table} ORDER BY i1 IS NULL, i1"
-        ))
-    };
-    assert_eq!(rows(&dst), rows(&src));
 }
 
 /// SQLite's storage classes: integers, reals, text, blobs, booleans; dates and decimals as SQLite
-/// keeps them (text and REAL). Written back, the stored values and their storage classes match.
+/// keeps them (text and REAL). Written back, the values and their storage classes match.
 #[test]
 fn sqlite_type_mapping_both_ways() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("types.db");
-    sqlite(
-        &db,
-        "CREATE TABLE t (i INTEGER, r REAL, s TEXT, bl BLOB, n DECIMAL(10,2), d DATE, dt DATETIME, b BOOLEAN, v VARCHAR(10));
-         INSERT INTO t VALUES (9000000000, 2.5, 'héllo', x'DEADBEEF', 12.34, '2024-02-29', '2024-01-02 03:04:05', 1, 'vc');
-         INSERT INTO t DEFAULT VALUES;
-         CREATE TABLE o (i INTEGER, r REAL, s TEXT, bl BLOB, n DECIMAL(10,2), d DATE, dt DATETIME, b BOOLEAN, v VARCHAR(10));",
+    type_round_trip(
+        &Backend::sqlite(),
+        &TypeCase {
+            columns: "i INTEGER, r REAL, s TEXT, bl BLOB, n DECIMAL(10,2), d DATE, dt DATETIME, b BOOLEAN, v VARCHAR(10)",
+            values: "9000000000, 2.5, 'héllo', x'DEADBEEF', 12.34, '2024-02-29', '2024-01-02 03:04:05', 1, 'vc'",
+            select: "*, CAST(d AS DATE) AS as_date",
+            order: "i",
+            read: r#"{"i":9000000000,"r":2.5,"s":"héllo","bl":"deadbeef","n":12.34,"d":"2024-02-29","dt":"2024-01-02 03:04:05","b":true,"v":"vc","as_date":"2024-02-29"}"#,
+            compare: "SELECT i, r, s, hex(bl), n, d, dt, b, v, typeof(i), typeof(r), typeof(s), typeof(bl), typeof(n), typeof(d) FROM {t} ORDER BY i IS NULL, i",
+        },
     );
-    let defs = format!(
-        "CREATE EXTERNAL TABLE t STORED AS SQLITE LOCATION 't' OPTIONS ('path' '{0}');
-CREATE EXTERNAL TABLE o STORED AS SQLITE LOCATION 'o' OPTIONS ('path' '{0}');
-",
-        db.display()
-    );
-    let read = run_json(&write_pipeline(
-        dir.path(),
-        "read.sql",
-        &format!("{defs}SELECT *, CAST(d AS DATE) AS as_date FROM t ORDER BY i NULLS LAST;"),
-    ));
-    assert_eq!(
-        read.trim(),
-        r#"{"i":9000000000,"r":2.5,"s":"héllo","bl":"deadbeef","n":12.34,"d":"2024-02-29","dt":"2024-01-02 03:04:05","b":true,"v":"vc","as_date":"2024-02-29"}
-{}"#
-    );
-    flowengine()
-        .arg("run")
-        .arg(write_pipeline(
-            dir.path(),
-            "write.sql",
-            &format!("{defs}INSERT INTO o SELECT * FROM t;"),
-        ))
-        .assert()
-        .success();
-    let rows = |table: &str| {
-        sqlite(
-            &db,
-            &format!(
-                "SELECT i, r, s, hex(bl), n, d, dt, b, v, typeof(i), typeof(r), typeof(s), typeof(bl), typeof(n), typeof(d) FROM {table} ORDER BY i IS NULL, i"
-            ),
-        )
-    };
-    assert_eq!(rows("o"), rows("t"));
 }
 
 /// Queries using DataFusion's own functions over a database table run (in DataFusion, with the

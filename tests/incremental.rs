@@ -180,38 +180,9 @@ fn resume_after_the_load_committed_does_not_load_twice() {
 /// column runs in PostgreSQL.
 #[test]
 fn postgres_source_loads_only_new_rows() {
-    let suffix = format!(
-        "{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let src = format!("fe_inc_src_{suffix}");
-    let dst = format!("fe_inc_dst_{suffix}");
-    struct Drop2(String, String);
-    impl Drop for Drop2 {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("psql")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "test",
-                    "-q",
-                    "-c",
-                ])
-                .arg(format!(
-                    "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {}",
-                    self.0, self.1
-                ))
-                .output();
-        }
-    }
-    let _cleanup = Drop2(src.clone(), dst.clone());
+    let db = common::databases::Backend::postgres();
+    let src = db.table("fe_inc_src");
+    let dst = db.table("fe_inc_dst");
     psql(&format!(
         "CREATE TABLE {src} (id int PRIMARY KEY, updated_at timestamp, amount numeric(10,2));
          INSERT INTO {src} SELECT g, timestamp '2024-03-01' + g * interval '1 minute', g / 2.0 FROM generate_series(1, 1000) g;

@@ -3,6 +3,7 @@
 
 pub(crate) mod certs;
 pub(crate) mod cluster;
+pub(crate) mod databases;
 pub(crate) mod flight;
 pub(crate) mod queues;
 pub(crate) mod server;
@@ -107,28 +108,7 @@ pub(crate) fn run_example(name: &str, format: &str, out: &Path) -> (String, Stri
 /// Run SQL with `psql` against the local PostgreSQL (database `test`) and return its unaligned,
 /// tuples-only output.
 pub(crate) fn psql(sql: &str) -> String {
-    let o = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-        ])
-        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        o.status.success(),
-        "psql failed: {sql}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
+    databases::Backend::postgres().exec(sql)
 }
 
 /// The argon2 hash `flowengine user hash-password` prints for `password` (read from stdin).
