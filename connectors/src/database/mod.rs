@@ -50,7 +50,7 @@ pub use options::DbOptions;
 #[derive(Debug, Default)]
 pub struct DatabaseConnector;
 
-const PARAMS: &[ParamSpec] = &[
+pub(crate) const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "connection",
         description: "PostgreSQL/MySQL: URL `postgresql://user:pass@host:port/db` or `mysql://...`; may hold ${secret:NAME}",
@@ -110,6 +110,21 @@ const PARAMS: &[ParamSpec] = &[
         name: "path",
         description: "SQLite: the database file",
         kind: ParamKind::Path,
+    },
+    ParamSpec {
+        name: "sslrootcert",
+        description: "PostgreSQL, MySQL: the CA certificate file that verifies the server",
+        kind: ParamKind::Path,
+    },
+    ParamSpec {
+        name: "unsupported_types",
+        description: "PostgreSQL: a column of a type with no Arrow mapping is read as text (string, the default), or is an error, skipped with a warning (warn) or skipped (ignore)",
+        kind: ParamKind::Plain,
+    },
+    ParamSpec {
+        name: "busy_timeout_ms",
+        description: "SQLite: how long a statement waits for a lock held by another connection (default 5000)",
+        kind: ParamKind::Plain,
     },
 ];
 

@@ -58,6 +58,7 @@ impl DbOptions {
 
     /// The value of `key` with its secrets resolved, marking the key understood.
     pub fn get(&mut self, key: &str) -> Result<Option<String>> {
+        declared(key)?;
         self.used.insert(key.to_string());
         self.values
             .get(key)
@@ -66,6 +67,7 @@ impl DbOptions {
     }
 
     fn expand(&self, key: &str, value: &str) -> Result<String> {
+        declared(key)?;
         self.secrets
             .expand(value)
             .map_err(|e| DataFusionError::Plan(format!("option `{key}`: {e}")))
@@ -191,6 +193,18 @@ impl DbOptions {
     }
 }
 
+/// Options are read only when the family declares them (see [`super::PARAMS`]): the gate,
+/// `flowengine connectors` and the docs then know every one.
+fn declared(key: &str) -> Result<()> {
+    if super::PARAMS.iter().any(|s| s.keys().any(|k| k == key)) {
+        Ok(())
+    } else {
+        Err(DataFusionError::Internal(format!(
+            "database tables read option `{key}` without declaring it in their parameters"
+        )))
+    }
+}
+
 /// Where a database is and who connects.
 pub struct Endpoint {
     pub host: String,
@@ -263,7 +277,7 @@ mod tests {
     fn unknown_keys_are_named() {
         let mut o = opts(&[("conection", "x"), ("pool_size", "3")]);
         assert_eq!(o.number("pool_size", 10u32).unwrap(), 3);
-        assert!(o.get("missing").unwrap().is_none());
+        assert!(o.get("sslmode").unwrap().is_none());
         let err = o.finish("MySQL").unwrap_err().to_string();
         assert!(err.contains("conection"), "{err}");
     }
