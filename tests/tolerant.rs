@@ -260,6 +260,10 @@ fn strict_csv_errors_name_the_file_and_line() {
     assert!(stderr.contains("the CSV reader said"), "{stderr}");
     assert!(stderr.contains("'on_error' 'skip'"), "{stderr}");
     assert!(stderr.contains("strict.sql:"), "{stderr}");
+    assert!(
+        !stderr.contains("Execution error: Execution error"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -43,6 +43,10 @@ impl FailureLocator for CsvFailureLocator {
             csv_scans(plan, &mut scans);
             for (config, source) in scans {
                 if let Some(located) = first_bad_record(&config, &source, task).await {
+                    let located = match located {
+                        DataFusionError::Execution(message) => message,
+                        other => other.to_string(),
+                    };
                     return Some(DataFusionError::Execution(format!(
                         "{located} (the CSV reader said: {error})"
                     )));
