@@ -239,6 +239,7 @@ async fn path_valued_options_pass_the_same_gate() {
     let a = f.allowed.display();
     let outside = f.dir.path().join("outside");
     let o = outside.display();
+    let api = f.api.port;
     for sql in [
         format!(
             "CREATE EXTERNAL TABLE scratch_dl (id INT) STORED AS CSV LOCATION '{a}/ok.csv' \
@@ -252,10 +253,20 @@ async fn path_valued_options_pass_the_same_gate() {
             "CREATE EXTERNAL TABLE scratch_lite (id INT) STORED AS SQLITE LOCATION 'items' \
              OPTIONS ('path' '{o}/evil.sqlite')"
         ),
+        // A database toward an allowed host, but a CA file the server would read from the host.
+        format!(
+            "CREATE EXTERNAL TABLE scratch_pgca STORED AS POSTGRES LOCATION 'public.x' \
+             OPTIONS ('host' '127.0.0.1', 'port' '{api}', 'sslrootcert' '/etc/passwd')"
+        ),
+        format!(
+            "CREATE EXTERNAL TABLE scratch_myca STORED AS MYSQL LOCATION 'x' \
+             OPTIONS ('connection' 'mysql://root@127.0.0.1:{api}/test', 'sslrootcert' '{a}/etc/passwd')"
+        ),
     ] {
         let message = refused(&mut ana, &sql, Code::PermissionDenied).await;
         assert!(message.contains("option"), "{message}");
     }
+    assert_eq!(f.api.hits(), 0, "refused before connecting");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     // A dead-letter file inside the allowed directory is fine.
     query(

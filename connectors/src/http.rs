@@ -15,7 +15,6 @@
 //! counting up from `page_start` until a page has no records). Transient failures (connection
 //! errors, 429, 5xx) are retried with backoff under the endpoint's circuit breaker.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{CreateExternalTable, Expr};
 use datafusion::physical_plan::ExecutionPlan;
 use engine::security::gate::CallerGate;
-use engine::{Connector, ParamKind, ParamSpec, Secret, SecretStore};
+use engine::{Connector, ParamKind, ParamSpec, Secret};
 use serde_json::Value;
 use url::Url;
 
@@ -244,28 +243,6 @@ impl TableProviderFactory for HttpJsonFactory {
         };
         Ok(Arc::new(HttpJsonTable { source, schema }))
     }
-}
-
-/// The session's secret store (or one over the environment).
-pub(crate) fn secrets_of(state: &dyn Session) -> SecretStore {
-    state
-        .config()
-        .get_extension::<SecretStore>()
-        .map(|s| (*s).clone())
-        .unwrap_or_else(SecretStore::from_env)
-}
-
-/// A `CREATE EXTERNAL TABLE`'s options, without DataFusion's `format.` prefix.
-pub(crate) fn options_of(cmd: &CreateExternalTable) -> BTreeMap<String, String> {
-    cmd.options
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.strip_prefix("format.").unwrap_or(k).to_string(),
-                v.clone(),
-            )
-        })
-        .collect()
 }
 
 /// What every HTTP table says about its requests: headers (values may hold secrets), the

@@ -14,9 +14,7 @@ use std::str::FromStr;
 use datafusion::catalog::Session;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::CreateExternalTable;
-use engine::{ParamSpec, Secret};
-
-use crate::http::secrets_of;
+use engine::{ParamSpec, Secret, SecretStore};
 
 /// A table's options, taken one by one.
 pub(crate) struct TableOptions<'a> {
@@ -36,11 +34,22 @@ impl<'a> TableOptions<'a> {
         cmd: &CreateExternalTable,
         declared: Vec<ParamSpec>,
     ) -> Self {
+        Self::from_map(kind, cmd.name.to_string(), state, options_of(cmd), declared)
+    }
+
+    /// Options given as a map (a table's options without the `format.` prefix).
+    pub(crate) fn from_map(
+        kind: &'static str,
+        table: String,
+        state: &'a dyn Session,
+        opts: BTreeMap<String, String>,
+        declared: Vec<ParamSpec>,
+    ) -> Self {
         Self {
             kind,
-            table: cmd.name.to_string(),
+            table,
             state,
-            opts: crate::http::options_of(cmd),
+            opts,
             declared,
         }
     }
@@ -101,9 +110,23 @@ impl<'a> TableOptions<'a> {
         let Some(v) = self.string(key)? else {
             return Ok(None);
         };
+        self.expand(key, &v).map(|s| Some(Secret::new(s)))
+    }
+
+    /// Take `key` as text with its `${secret:NAME}` references expanded: a value that is no
+    /// credential itself but may be kept in the secret store (a user or database name).
+    pub(crate) fn expanded(&mut self, key: &str) -> Result<Option<String>> {
+        let Some(v) = self.string(key)? else {
+            return Ok(None);
+        };
+        self.expand(key, &v).map(Some)
+    }
+
+    /// `value` (of option `key`) with its `${secret:NAME}` references expanded; the error names
+    /// the key and the missing secret, never a value.
+    pub(crate) fn expand(&self, key: &str, value: &str) -> Result<String> {
         secrets_of(self.state)
-            .expand(&v)
-            .map(|s| Some(Secret::new(s)))
+            .expand(value)
             .map_err(|e| self.error(format!("option `{key}`: {e}")))
     }
 
@@ -148,13 +171,10 @@ impl<'a> TableOptions<'a> {
             .filter(|k| k.starts_with(prefix) && k.len() > prefix.len())
             .cloned()
             .collect();
-        let secrets = secrets_of(self.state);
         let mut taken = Vec::new();
         for key in keys {
             let v = self.opts.remove(&key).unwrap_or_default();
-            let value = secrets
-                .expand(&v)
-                .map_err(|e| self.error(format!("option `{key}`: {e}")))?;
+            let value = self.expand(&key, &v)?;
             taken.push((key[prefix.len()..].to_string(), Secret::new(value)));
         }
         Ok(taken)
@@ -182,4 +202,26 @@ impl<'a> TableOptions<'a> {
             known.join(", ")
         )))
     }
+}
+
+/// The secret store of `state` (the environment's when the session has none).
+pub(crate) fn secrets_of(state: &dyn Session) -> SecretStore {
+    state
+        .config()
+        .get_extension::<SecretStore>()
+        .map(|s| (*s).clone())
+        .unwrap_or_else(SecretStore::from_env)
+}
+
+/// A `CREATE EXTERNAL TABLE`'s options, without DataFusion's `format.` prefix.
+pub(crate) fn options_of(cmd: &CreateExternalTable) -> BTreeMap<String, String> {
+    cmd.options
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.strip_prefix("format.").unwrap_or(k).to_string(),
+                v.clone(),
+            )
+        })
+        .collect()
 }

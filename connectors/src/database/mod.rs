@@ -42,9 +42,8 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::CreateExternalTable;
 use engine::{Connector, ParamKind, ParamSpec, TableType};
 
+use crate::options::TableOptions;
 use crate::resilience::Resilience;
-
-pub use options::DbOptions;
 
 /// PostgreSQL, MySQL/MariaDB and SQLite tables.
 #[derive(Debug, Default)]
@@ -181,23 +180,32 @@ impl Connector for DatabaseConnector {
     }
 }
 
-/// One database family: opens (and pools) connections and builds a table provider.
+/// One database family: reads its options, then opens (and pools) connections and builds a
+/// table provider.
 #[async_trait]
 pub(crate) trait Backend: Debug + Send + Sync + 'static {
+    /// What a table's options say, read and checked before anything connects.
+    type Settings: Send + Sync;
+
     /// Display name for messages (`PostgreSQL`).
     fn display_name(&self) -> &'static str;
+
+    /// The table's settings from its options: every option the family understands is taken,
+    /// so what is left over is a misspelling.
+    fn settings(&self, options: &mut TableOptions<'_>) -> Result<Self::Settings>;
 
     /// The provider for `table`, readable and (where the backend can) writable. `declared` is
     /// the `CREATE EXTERNAL TABLE` when it lists columns: the table is created if it is missing.
     async fn open(
         &self,
-        options: &mut DbOptions,
+        settings: &Self::Settings,
         table: TableReference,
         declared: Option<&CreateExternalTable>,
     ) -> Result<Arc<dyn TableProvider>>;
 }
 
-/// `CREATE EXTERNAL TABLE ... STORED AS <backend>`: options resolved, then the backend opens.
+/// `CREATE EXTERNAL TABLE ... STORED AS <backend>`: options read and checked, then the backend
+/// opens.
 #[derive(Debug)]
 pub(crate) struct DbTableFactory<B> {
     backend: B,
@@ -217,26 +225,22 @@ impl<B: Backend> TableProviderFactory for DbTableFactory<B> {
         cmd: &CreateExternalTable,
     ) -> Result<Arc<dyn TableProvider>> {
         let name = self.backend.display_name();
-        let mut options = DbOptions::from_command(state, cmd)?;
+        let mut options = TableOptions::new(name, state, cmd, PARAMS.to_vec());
         let location = match cmd.locations.as_slice() {
             [] => "",
             [one] => one.trim(),
-            _ => {
-                return Err(DataFusionError::Plan(format!(
-                    "{name} table `{}`: LOCATION names one database table",
-                    cmd.name
-                )));
-            }
+            _ => return Err(options.error("LOCATION names one database table")),
         };
         let table = if location.is_empty() {
             TableReference::bare(cmd.name.table())
         } else {
             TableReference::parse_str(location)
         };
+        let settings = self.backend.settings(&mut options)?;
+        options.finish()?;
         let declared = (!cmd.schema.fields().is_empty()).then_some(cmd);
-        let provider = self
-            .backend
-            .open(&mut options, table.clone(), declared)
+        self.backend
+            .open(&settings, table.clone(), declared)
             .await
             .map_err(|e| {
                 DataFusionError::Plan(format!(
@@ -244,9 +248,7 @@ impl<B: Backend> TableProviderFactory for DbTableFactory<B> {
                     cmd.name,
                     strip_external(&e)
                 ))
-            })?;
-        options.finish(name)?;
-        Ok(provider)
+            })
     }
 }
 

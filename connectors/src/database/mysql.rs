@@ -17,11 +17,11 @@ use datafusion_table_providers::util::secrets::to_secret_map;
 use tokio::sync::Mutex;
 
 use super::deadline::with_executor_deadline;
-use super::options::{DbOptions, Endpoint};
+use super::options::{self as opt, Conflict, Endpoint};
 use super::plain::PlainRead;
-use super::postgres::on_conflict;
 use super::{Backend, create_declared, external, federated, pool_key};
-use crate::resilience::Resilience;
+use crate::options::TableOptions;
+use crate::resilience::{Resilience, RetryPolicy};
 
 /// Connection parameters of the providers crate.
 type Params = HashMap<String, String>;
@@ -43,23 +43,50 @@ impl MysqlBackend {
     }
 }
 
+/// A MySQL table's options.
+pub(crate) struct MySqlSettings {
+    /// The providers crate's connection parameters (they hold the password).
+    params: Params,
+    timeout: Duration,
+    policy: RetryPolicy,
+    on_conflict: Option<Conflict>,
+    statement_timeout: Option<Duration>,
+}
+
 #[async_trait]
 impl Backend for MysqlBackend {
+    type Settings = MySqlSettings;
+
     fn display_name(&self) -> &'static str {
         "MySQL"
     }
 
+    fn settings(&self, options: &mut TableOptions<'_>) -> Result<MySqlSettings> {
+        Ok(MySqlSettings {
+            params: pool_params(options)?,
+            timeout: opt::connect_timeout(options)?,
+            policy: opt::retry_policy(options)?,
+            on_conflict: opt::on_conflict(options)?,
+            statement_timeout: opt::statement_timeout(options)?,
+        })
+    }
+
     async fn open(
         &self,
-        options: &mut DbOptions,
+        settings: &MySqlSettings,
         table: TableReference,
         declared: Option<&CreateExternalTable>,
     ) -> Result<Arc<dyn TableProvider>> {
-        let params = pool_params(options)?;
+        let MySqlSettings {
+            params,
+            timeout,
+            policy,
+            on_conflict,
+            statement_timeout,
+        } = settings;
+        let (params, timeout, statement_timeout) = (params.clone(), *timeout, *statement_timeout);
+        let on_conflict = on_conflict.as_ref().map(|c| c.rule.clone());
         let prefer_tls = params.get("sslmode").is_some_and(|m| m == "preferred");
-        let timeout = options.connect_timeout()?;
-        let policy = options.retry_policy()?;
-        let on_conflict = on_conflict(options)?;
         let key = pool_key(&params, ());
         let (pool, params) = {
             let mut pools = self.pools.lock().await;
@@ -89,7 +116,7 @@ impl Backend for MysqlBackend {
                     let mut effective = params.clone();
                     let first = self
                         .resilience
-                        .call(&endpoint, "connecting to MySQL", &policy, || {
+                        .call(&endpoint, "connecting to MySQL", policy, || {
                             connect(params.clone())
                         })
                         .await;
@@ -101,7 +128,7 @@ impl Backend for MysqlBackend {
                             tracing::info!("MySQL server offers no TLS; connecting without it");
                             effective.insert("sslmode".into(), "disabled".into());
                             self.resilience
-                                .call(&endpoint, "connecting to MySQL", &policy, || {
+                                .call(&endpoint, "connecting to MySQL", policy, || {
                                     connect(effective.clone())
                                 })
                                 .await?
@@ -114,7 +141,6 @@ impl Backend for MysqlBackend {
                 }
             }
         };
-        let statement_timeout = statement_timeout(options)?;
         let factory = MySQLTableFactory::new(Arc::clone(&pool));
         match factory.table_provider(table.clone()).await {
             Ok(read) => {
@@ -134,8 +160,8 @@ impl Backend for MysqlBackend {
                 // The table is missing and the statement says what it holds: create it.
                 Some(cmd) => {
                     let mut params = params;
-                    if let Some(c) = options.get("on_conflict")? {
-                        params.insert("on_conflict".into(), c);
+                    if let Some(c) = &settings.on_conflict {
+                        params.insert("on_conflict".into(), c.text.clone());
                     }
                     create_declared(
                         &MySQLTableProviderFactory::new(),
@@ -145,7 +171,7 @@ impl Backend for MysqlBackend {
                         e,
                     )
                     .await?;
-                    self.open(options, table, None).await
+                    self.open(settings, table, None).await
                 }
                 None => Err(external(e)),
             },
@@ -153,57 +179,33 @@ impl Backend for MysqlBackend {
     }
 }
 
-/// `statement_timeout` (milliseconds), enforced by FlowEngine ([`super::deadline`]).
-fn statement_timeout(options: &mut DbOptions) -> Result<Option<Duration>> {
-    let Some(ms) = options.get("statement_timeout")? else {
-        return Ok(None);
-    };
-    match ms.trim().parse::<u64>() {
-        Ok(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
-        _ => Err(DataFusionError::Plan(format!(
-            "option `statement_timeout`: `{ms}` is not a positive number of milliseconds"
-        ))),
-    }
-}
-
 /// The providers crate's connection parameters (`host`, `user`, `pass`, `db`, `tcp_port`).
-fn pool_params(options: &mut DbOptions) -> Result<HashMap<String, String>> {
+fn pool_params(options: &mut TableOptions<'_>) -> Result<Params> {
+    let ep = opt::endpoint(options, 3306)?;
+    let sslmode = opt::sslmode(options, &ep, Some("ssl-mode"), "preferred")?;
     let Endpoint {
         host,
         port,
         user,
         password,
         database,
-        params,
-    } = options.endpoint(3306)?;
+        ..
+    } = ep;
     let mut out = HashMap::new();
     out.insert("host".into(), host);
     out.insert("tcp_port".into(), port.to_string());
     out.insert("user".into(), user.unwrap_or_else(|| "root".into()));
     if let Some(p) = password {
-        out.insert("pass".into(), p);
+        out.insert("pass".into(), p.expose().to_string());
     }
     if let Some(d) = database {
         out.insert("db".into(), d);
     }
-    let sslmode = match options.get("sslmode")? {
-        Some(m) => m,
-        None => params
-            .get("sslmode")
-            .or_else(|| params.get("ssl-mode"))
-            .cloned()
-            .unwrap_or_else(|| "preferred".into()),
-    };
     out.insert("sslmode".into(), sslmode.to_ascii_lowercase());
-    if let Some(cert) = options.get("sslrootcert")? {
+    if let Some(cert) = options.expanded("sslrootcert")? {
         out.insert("sslrootcert".into(), cert);
     }
-    let pool_size: usize = options.number("pool_size", 10)?;
-    if pool_size == 0 {
-        return Err(DataFusionError::Plan(
-            "option `pool_size` must be at least 1".into(),
-        ));
-    }
+    let pool_size = opt::pool_size(options)?;
     out.insert("pool_min".into(), "0".into());
     out.insert("pool_max".into(), pool_size.to_string());
     Ok(out)

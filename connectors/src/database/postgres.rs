@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::catalog::TableProvider;
@@ -19,12 +20,13 @@ use datafusion_table_providers::util::on_conflict::OnConflict;
 use datafusion_table_providers::util::secrets::to_secret_map;
 use tokio::sync::Mutex;
 
-use super::options::{DbOptions, Endpoint};
+use super::options::{self as opt, Conflict, Endpoint};
 use super::pg_binary::CopyOutPool;
 use super::pg_copy::PgCopyWriter;
 use super::plain::PlainRead;
 use super::{Backend, create_declared, external, federated, pool_key};
-use crate::resilience::Resilience;
+use crate::options::TableOptions;
+use crate::resilience::{Resilience, RetryPolicy};
 
 /// Pools shared by every table of one database (same endpoint and settings).
 #[derive(Debug)]
@@ -42,24 +44,50 @@ impl PostgresBackend {
     }
 }
 
+/// A PostgreSQL table's options.
+pub(crate) struct PgSettings {
+    /// The providers crate's connection parameters (they hold the password).
+    params: HashMap<String, String>,
+    timeout: Duration,
+    policy: RetryPolicy,
+    on_conflict: Option<Conflict>,
+    unsupported: UnsupportedTypeAction,
+}
+
 #[async_trait]
 impl Backend for PostgresBackend {
+    type Settings = PgSettings;
+
     fn display_name(&self) -> &'static str {
         "PostgreSQL"
     }
 
+    fn settings(&self, options: &mut TableOptions<'_>) -> Result<PgSettings> {
+        Ok(PgSettings {
+            params: pool_params(options)?,
+            timeout: opt::connect_timeout(options)?,
+            policy: opt::retry_policy(options)?,
+            on_conflict: opt::on_conflict(options)?,
+            unsupported: unsupported_types(options)?,
+        })
+    }
+
     async fn open(
         &self,
-        options: &mut DbOptions,
+        settings: &PgSettings,
         table: TableReference,
         declared: Option<&CreateExternalTable>,
     ) -> Result<Arc<dyn TableProvider>> {
-        let params = pool_params(options)?;
-        let timeout = options.connect_timeout()?;
-        let policy = options.retry_policy()?;
-        let on_conflict = on_conflict(options)?;
-        let unsupported = unsupported_types(options)?;
-        let key = pool_key(&params, unsupported);
+        let PgSettings {
+            params,
+            timeout,
+            policy,
+            on_conflict,
+            unsupported,
+        } = settings;
+        let (timeout, unsupported) = (*timeout, *unsupported);
+        let on_conflict: Option<OnConflict> = on_conflict.as_ref().map(|c| c.rule.clone());
+        let key = pool_key(params, unsupported);
         let pool = {
             let mut pools = self.pools.lock().await;
             match pools.get(&key) {
@@ -72,7 +100,7 @@ impl Backend for PostgresBackend {
                     );
                     let pool = self
                         .resilience
-                        .call(&endpoint, "connecting to PostgreSQL", &policy, || {
+                        .call(&endpoint, "connecting to PostgreSQL", policy, || {
                             let secret = to_secret_map(params.clone());
                             let endpoint = endpoint.clone();
                             async move {
@@ -109,9 +137,9 @@ impl Backend for PostgresBackend {
             Err(e) => match declared {
                 // The table is missing and the statement says what it holds: create it.
                 Some(cmd) if table.schema().is_none() => {
-                    let mut params = params;
-                    if let Some(c) = options.get("on_conflict")? {
-                        params.insert("on_conflict".into(), c);
+                    let mut params = params.clone();
+                    if let Some(c) = &settings.on_conflict {
+                        params.insert("on_conflict".into(), c.text.clone());
                     }
                     create_declared(
                         &PostgresTableProviderFactory::new(),
@@ -121,7 +149,7 @@ impl Backend for PostgresBackend {
                         e,
                     )
                     .await?;
-                    self.open(options, table, None).await
+                    self.open(settings, table, None).await
                 }
                 _ => Err(external(e)),
             },
@@ -148,80 +176,52 @@ async fn read_provider(
 }
 
 /// The providers crate's connection parameters (`host`, `user`, `pass`, `db`, ...).
-fn pool_params(options: &mut DbOptions) -> Result<HashMap<String, String>> {
+fn pool_params(options: &mut TableOptions<'_>) -> Result<HashMap<String, String>> {
+    let ep = opt::endpoint(options, 5432)?;
+    let sslmode = opt::sslmode(options, &ep, None, "prefer")?;
     let Endpoint {
         host,
         port,
         user,
         password,
         database,
-        params,
-    } = options.endpoint(5432)?;
+        ..
+    } = ep;
     let mut out = HashMap::new();
     out.insert("host".into(), host);
     out.insert("port".into(), port.to_string());
     out.insert("user".into(), user.unwrap_or_else(|| "postgres".into()));
     if let Some(p) = password {
-        out.insert("pass".into(), p);
+        out.insert("pass".into(), p.expose().to_string());
     }
     if let Some(d) = database {
         out.insert("db".into(), d);
     }
-    let sslmode = match options.get("sslmode")? {
-        Some(m) => m,
-        None => params
-            .get("sslmode")
-            .cloned()
-            .unwrap_or_else(|| "prefer".into()),
-    };
     out.insert("sslmode".into(), sslmode);
-    if let Some(cert) = options.get("sslrootcert")? {
+    if let Some(cert) = options.expanded("sslrootcert")? {
         out.insert("sslrootcert".into(), cert);
     }
-    let pool_size: u32 = options.number("pool_size", 10)?;
-    if pool_size == 0 {
-        return Err(DataFusionError::Plan(
-            "option `pool_size` must be at least 1".into(),
-        ));
-    }
+    let pool_size = opt::pool_size(options)?;
     out.insert("connection_pool_size".into(), pool_size.to_string());
     let mut session = vec!["-c application_name=flowengine".to_string()];
-    if let Some(ms) = options.get("statement_timeout")? {
-        let ms: u64 = ms.trim().parse().map_err(|_| {
-            DataFusionError::Plan(format!(
-                "option `statement_timeout`: `{ms}` is not a number of milliseconds"
-            ))
-        })?;
-        session.push(format!("-c statement_timeout={ms}"));
+    if let Some(t) = opt::statement_timeout(options)? {
+        session.push(format!("-c statement_timeout={}", t.as_millis()));
     }
     out.insert("options".into(), session.join(" "));
     Ok(out)
 }
 
-pub(super) fn on_conflict(options: &mut DbOptions) -> Result<Option<OnConflict>> {
-    options
-        .get("on_conflict")?
-        .map(|s| {
-            OnConflict::try_from(s.as_str()).map_err(|e| {
-                DataFusionError::Plan(format!(
-                    "option `on_conflict` `{s}`: {e} (use upsert:col, upsert:(a,b) or do_nothing:col)"
-                ))
-            })
-        })
-        .transpose()
-}
-
 /// `unsupported_types`: what to do with a column whose database type has no Arrow mapping
 /// (jsonb, geometry, ...): `string` (default: read it as text), `error`, `warn` (skip the column
 /// with a warning) or `ignore` (skip it).
-pub(super) fn unsupported_types(options: &mut DbOptions) -> Result<UnsupportedTypeAction> {
-    Ok(match options.get("unsupported_types")?.as_deref() {
+fn unsupported_types(options: &mut TableOptions<'_>) -> Result<UnsupportedTypeAction> {
+    Ok(match options.expanded("unsupported_types")?.as_deref() {
         None | Some("string") => UnsupportedTypeAction::String,
         Some("error") => UnsupportedTypeAction::Error,
         Some("warn") => UnsupportedTypeAction::Warn,
         Some("ignore") => UnsupportedTypeAction::Ignore,
         Some(other) => {
-            return Err(DataFusionError::Plan(format!(
+            return Err(options.error(format!(
                 "option `unsupported_types` `{other}`: expected string, error, warn or ignore"
             )));
         }

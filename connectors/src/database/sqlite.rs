@@ -18,10 +18,10 @@ use datafusion_table_providers::sqlite::{
     DynSqliteConnectionPool, Sqlite, SqliteTableFactory, SqliteTableProviderFactory,
 };
 
-use super::options::DbOptions;
+use super::options::{self as opt, Conflict};
 use super::plain::{CastingWriter, sqlite_storage_type};
-use super::postgres::on_conflict;
 use super::{Backend, create_declared, external, federated};
+use crate::options::TableOptions;
 
 /// SQLite connections, one per database file, kept by the providers crate's factory.
 #[derive(Debug)]
@@ -38,23 +38,41 @@ impl Default for SqliteBackend {
     }
 }
 
+/// A SQLite table's options.
+pub(crate) struct SqliteSettings {
+    path: String,
+    busy_ms: u64,
+    on_conflict: Option<Conflict>,
+}
+
 #[async_trait]
 impl Backend for SqliteBackend {
+    type Settings = SqliteSettings;
+
     fn display_name(&self) -> &'static str {
         "SQLite"
     }
 
+    fn settings(&self, options: &mut TableOptions<'_>) -> Result<SqliteSettings> {
+        let path = options
+            .expanded("path")?
+            .ok_or_else(|| options.error("option `path` (the SQLite database file) is required"))?;
+        Ok(SqliteSettings {
+            path,
+            busy_ms: opt::number(options, "busy_timeout_ms")?.unwrap_or(5000),
+            on_conflict: opt::on_conflict(options)?,
+        })
+    }
+
     async fn open(
         &self,
-        options: &mut DbOptions,
+        settings: &SqliteSettings,
         table: TableReference,
         declared: Option<&CreateExternalTable>,
     ) -> Result<Arc<dyn TableProvider>> {
-        let path = options.get("path")?.ok_or_else(|| {
-            DataFusionError::Plan("option `path` (the SQLite database file) is required".into())
-        })?;
-        let busy_ms: u64 = options.number("busy_timeout_ms", 5000)?;
-        let on_conflict = on_conflict(options)?;
+        let path = settings.path.clone();
+        let busy_ms = settings.busy_ms;
+        let on_conflict = settings.on_conflict.as_ref().map(|c| c.rule.clone());
         let file = std::path::Path::new(&path);
         if !file.exists() {
             if declared.is_none() {
@@ -104,11 +122,11 @@ impl Backend for SqliteBackend {
                     params.insert("busy_timeout".into(), format!("{busy_ms}ms"));
                     // The providers crate's factory defaults to an in-memory database.
                     params.insert("mode".into(), "file".into());
-                    if let Some(c) = options.get("on_conflict")? {
-                        params.insert("on_conflict".into(), c);
+                    if let Some(c) = &settings.on_conflict {
+                        params.insert("on_conflict".into(), c.text.clone());
                     }
                     create_declared(&self.instances, cmd, table.clone(), params, e).await?;
-                    self.open(options, table, None).await
+                    self.open(settings, table, None).await
                 }
                 _ => Err(external(e)),
             },
