@@ -73,7 +73,7 @@ impl FlowEngineDb {
                         return Err(err(prepared.error(e)));
                     }
                     let class = execution.class;
-                    execution.finish().await.map_err(err)?;
+                    execution.finish(None).await.map_err(err)?;
                     if class == StatementClass::Write {
                         DBOutput::StatementComplete(rows_affected(&batches).unwrap_or(0))
                     } else {

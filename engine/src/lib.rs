@@ -14,6 +14,7 @@ pub mod connector;
 pub mod encryption;
 pub mod error;
 pub mod failure;
+pub mod faults;
 pub mod file_functions;
 pub mod lineage;
 pub mod optimizer;

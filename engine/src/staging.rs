@@ -8,6 +8,12 @@
 //! statement created. A process killed mid-write leaves only `.<name>.flowengine-<id>.inprogress`
 //! files, which no reader takes for output (listing tables filter by extension).
 //!
+//! A commit of several files is made durable before its first rename: [`WriteTxn::files`]
+//! lists them, the runtime records that list in the state store (a
+//! [`crate::state::CommitRecord`]), and only then renames. A process killed half-way through
+//! the renames leaves a recorded commit that `--resume` finishes with [`roll_forward`] (the
+//! statement is not run again); a process killed before the record leaves only staged files.
+//!
 //! On a Ballista cluster the executors write. The statement's transaction id travels to them
 //! in the session setting `flowengine_staging.txn` ([`StagingOptions`]); each executor stages
 //! under that id with a [`WriteTxn::detached`] transaction, and the client, once the job has
@@ -85,10 +91,21 @@ impl datafusion::common::config::ExtensionOptions for StagingOptions {
 #[derive(Debug, Clone)]
 struct Staged {
     store: Arc<dyn ObjectStore>,
+    /// The store's root URL (`file:///`, `s3://bucket/`), to find it again after a crash.
+    root: String,
     staged: Path,
     target: Path,
     /// On the local file system (`/<staged>`).
     local: bool,
+}
+
+/// The root of the store `url` is in: `scheme://authority/`.
+pub fn store_root(url: &Url) -> String {
+    format!(
+        "{}://{}/",
+        url.scheme(),
+        &url[url::Position::BeforeHost..url::Position::AfterPort]
+    )
 }
 
 /// Remove a local staged file and the partial-upload parts object_store keeps next to it
@@ -164,9 +181,10 @@ impl WriteTxn {
     pub async fn adopt(
         &self,
         store: Arc<dyn ObjectStore>,
+        root: &Url,
         prefix: &Path,
-        local: bool,
     ) -> object_store::Result<usize> {
+        let local = root.scheme() == "file";
         use futures::TryStreamExt;
         let suffix = format!("{STAGING_MARKER}{}.inprogress", self.id);
         let parent = {
@@ -199,12 +217,13 @@ impl WriteTxn {
             let mut parts: Vec<_> = meta.location.parts().collect();
             parts.pop();
             parts.push(target_name.into());
-            self.record(
-                Arc::clone(&store),
-                meta.location.clone(),
-                Path::from_iter(parts),
+            self.record(Staged {
+                store: Arc::clone(&store),
+                root: store_root(root),
+                staged: meta.location.clone(),
+                target: Path::from_iter(parts),
                 local,
-            );
+            });
             adopted += 1;
         }
         Ok(adopted)
@@ -225,16 +244,24 @@ impl WriteTxn {
         Path::from_iter(parts)
     }
 
-    fn record(&self, store: Arc<dyn ObjectStore>, staged: Path, target: Path, local: bool) {
+    fn record(&self, staged: Staged) {
         let mut state = self.lock();
-        if !state.staged.iter().any(|s| s.staged == staged) {
-            state.staged.push(Staged {
-                store,
-                staged,
-                target,
-                local,
-            });
+        if !state.staged.iter().any(|s| s.staged == staged.staged) {
+            state.staged.push(staged);
         }
+    }
+
+    /// The files a commit would move: store, staged and final path.
+    pub fn files(&self) -> Vec<crate::state::CommitFile> {
+        self.lock()
+            .staged
+            .iter()
+            .map(|s| crate::state::CommitFile {
+                store: s.root.clone(),
+                staged: s.staged.to_string(),
+                target: s.target.to_string(),
+            })
+            .collect()
     }
 
     fn record_created_dirs(&self, dirs: Vec<PathBuf>) {
@@ -254,6 +281,7 @@ impl WriteTxn {
             std::mem::take(&mut state.staged)
         };
         let n = staged.len();
+        crate::faults::point("commit.before_renames", 0);
         for (i, s) in staged.iter().enumerate() {
             if let Err(e) = s.store.rename(&s.staged, &s.target).await {
                 for rest in &staged[i..] {
@@ -261,6 +289,7 @@ impl WriteTxn {
                 }
                 return Err(e);
             }
+            crate::faults::point("commit.rename", i + 1);
         }
         Ok(n)
     }
@@ -315,13 +344,21 @@ impl Drop for WriteTxn {
 pub struct StagingObjectStore {
     inner: Arc<dyn ObjectStore>,
     txn: Arc<WriteTxn>,
+    /// The store's root URL.
+    root: String,
     /// `file://` store: paths map to `/<path>` and directory creation is tracked.
     local: bool,
 }
 
 impl StagingObjectStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, txn: Arc<WriteTxn>, local: bool) -> Self {
-        Self { inner, txn, local }
+    /// Stage the writes to `inner`, the store of `url`, in `txn`.
+    pub fn new(inner: Arc<dyn ObjectStore>, txn: Arc<WriteTxn>, url: &Url) -> Self {
+        Self {
+            inner,
+            txn,
+            root: store_root(url),
+            local: url.scheme() == "file",
+        }
     }
 
     async fn stage(&self, target: &Path) -> Path {
@@ -337,12 +374,13 @@ impl StagingObjectStore {
             }
             self.txn.record_created_dirs(created);
         }
-        self.txn.record(
-            Arc::clone(&self.inner),
-            staged.clone(),
-            target.clone(),
-            self.local,
-        );
+        self.txn.record(Staged {
+            store: Arc::clone(&self.inner),
+            root: self.root.clone(),
+            staged: staged.clone(),
+            target: target.clone(),
+            local: self.local,
+        });
         staged
     }
 }
@@ -463,9 +501,56 @@ impl ObjectStoreRegistry for StagingRegistry {
         Ok(Arc::new(StagingObjectStore::new(
             inner,
             Arc::clone(&self.txn),
-            url.scheme() == "file",
+            url,
         )))
     }
+}
+
+/// What finishing an interrupted commit did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RolledForward {
+    /// Files renamed into place now.
+    pub renamed: usize,
+    /// Files the interrupted commit had already renamed.
+    pub already: usize,
+}
+
+/// Finish a commit a killed process recorded but did not complete: every file still under its
+/// staged name is renamed into place; one already in place is left. A file found under
+/// neither name is an error (something removed it), and nothing is written again.
+pub async fn roll_forward(
+    registry: &dyn ObjectStoreRegistry,
+    files: &[crate::state::CommitFile],
+) -> DfResult<RolledForward> {
+    use datafusion::error::DataFusionError;
+    let mut done = RolledForward::default();
+    for f in files {
+        let url = Url::parse(&f.store).map_err(|e| {
+            DataFusionError::Execution(format!("commit record names store `{}`: {e}", f.store))
+        })?;
+        let store = registry.get_store(&url)?;
+        let (staged, target) = (Path::from(f.staged.as_str()), Path::from(f.target.as_str()));
+        match store.head(&staged).await {
+            Ok(_) => {
+                store.rename(&staged, &target).await.map_err(|e| {
+                    DataFusionError::ObjectStore(Box::new(e))
+                        .context(format!("finishing the commit of {}{}", f.store, f.target))
+                })?;
+                done.renamed += 1;
+            }
+            Err(object_store::Error::NotFound { .. }) => match store.head(&target).await {
+                Ok(_) => done.already += 1,
+                Err(e) => {
+                    return Err(DataFusionError::Execution(format!(
+                        "cannot finish the interrupted commit: {}{} is neither staged nor in place ({e})",
+                        f.store, f.target
+                    )));
+                }
+            },
+            Err(e) => return Err(DataFusionError::ObjectStore(Box::new(e))),
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -478,10 +563,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         let fs: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let file_url = Url::parse("file:///").unwrap();
         let target = Path::from_absolute_path(root.join("a/b/out.csv")).unwrap();
 
         let txn = Arc::new(WriteTxn::new());
-        let store = StagingObjectStore::new(Arc::clone(&fs), Arc::clone(&txn), true);
+        let store = StagingObjectStore::new(Arc::clone(&fs), Arc::clone(&txn), &file_url);
         store.put(&target, "x\n".into()).await.unwrap();
         assert!(
             !root.join("a/b/out.csv").exists(),
@@ -494,11 +580,61 @@ mod tests {
         );
 
         let txn = Arc::new(WriteTxn::new());
-        let store = StagingObjectStore::new(Arc::clone(&fs), Arc::clone(&txn), true);
+        let store = StagingObjectStore::new(Arc::clone(&fs), Arc::clone(&txn), &file_url);
         let t2 = Path::from_absolute_path(root.join("c/d/out.csv")).unwrap();
         store.put(&t2, "y\n".into()).await.unwrap();
         txn.rollback().await;
         assert!(!root.join("c").exists(), "created directories removed");
         assert!(root.join("a/b/out.csv").exists(), "earlier data untouched");
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_commit_is_rolled_forward_once() {
+        use datafusion::execution::object_store::DefaultObjectStoreRegistry;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let fs: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let file_url = Url::parse("file:///").unwrap();
+        let txn = Arc::new(WriteTxn::new());
+        let store = StagingObjectStore::new(Arc::clone(&fs), Arc::clone(&txn), &file_url);
+        for p in 0..3 {
+            let target = Path::from_absolute_path(root.join(format!("t/p={p}/data.csv"))).unwrap();
+            store.put(&target, format!("{p}\n").into()).await.unwrap();
+        }
+        let files = txn.files();
+        assert_eq!(files.len(), 3);
+        assert!(files.iter().all(|f| f.store == "file:///"));
+        // A crash after the first rename: one file in place, two staged.
+        let first = &files[0];
+        fs.rename(
+            &Path::from(first.staged.as_str()),
+            &Path::from(first.target.as_str()),
+        )
+        .await
+        .unwrap();
+        std::mem::forget(txn);
+        let registry = DefaultObjectStoreRegistry::new();
+        let done = roll_forward(&registry, &files).await.unwrap();
+        assert_eq!(
+            done,
+            RolledForward {
+                renamed: 2,
+                already: 1
+            }
+        );
+        for p in 0..3 {
+            let text = std::fs::read_to_string(root.join(format!("t/p={p}/data.csv"))).unwrap();
+            assert_eq!(text, format!("{p}\n"));
+        }
+        // Again (a crash during the roll-forward): nothing left to do, nothing written twice.
+        let again = roll_forward(&registry, &files).await.unwrap();
+        assert_eq!(again.already, 3);
+        // A file under neither name is an error, not a silent loss.
+        std::fs::remove_file(root.join("t/p=1/data.csv")).unwrap();
+        let err = roll_forward(&registry, &files)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("neither staged nor in place"), "{err}");
     }
 }

@@ -237,7 +237,7 @@ async fn run(
                 }
             }
         }
-        exec.finish().await.map_err(engine_status)?;
+        exec.finish(None).await.map_err(engine_status)?;
     }
     Ok(())
 }

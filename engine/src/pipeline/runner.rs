@@ -124,11 +124,21 @@ pub struct Execution {
     remote_targets: Vec<RemoteTarget>,
 }
 
+/// Where a statement's commit is recorded before its files are renamed into place.
+#[derive(Clone, Copy)]
+pub struct CommitLog<'a> {
+    pub store: &'a dyn crate::state::StateStore,
+    pub run_id: &'a str,
+    /// The statement (1-based).
+    pub index: usize,
+}
+
 /// A write target of a statement run on a cluster, whose executors stage objects there.
 struct RemoteTarget {
     store: Arc<dyn object_store::ObjectStore>,
+    /// The store's URL (`file:///`, `s3://bucket/`).
+    root: url::Url,
     prefix: object_store::path::Path,
-    local: bool,
 }
 
 /// Take over what cluster executors staged for a statement into its transaction.
@@ -138,7 +148,7 @@ async fn adopt_remote(
 ) -> std::result::Result<(), object_store::Error> {
     if let Some(txn) = txn {
         for target in targets {
-            txn.adopt(Arc::clone(&target.store), &target.prefix, target.local)
+            txn.adopt(Arc::clone(&target.store), &target.root, &target.prefix)
                 .await?;
         }
     }
@@ -161,8 +171,11 @@ impl Execution {
         }
     }
 
-    /// Commit staged writes after the stream was drained without error.
-    pub async fn finish(self) -> Result<()> {
+    /// Commit staged writes after the stream was drained without error. With a `log`, a commit
+    /// of files is recorded there before the first is renamed into place, so a crash half-way
+    /// leaves a commit `--resume` finishes rather than one it would write again; a failure to
+    /// record it rolls the write back.
+    pub async fn finish(self, log: Option<CommitLog<'_>>) -> Result<()> {
         let Execution {
             txn,
             remote_targets,
@@ -178,6 +191,27 @@ impl Execution {
             ));
         }
         if let Some(txn) = txn {
+            let files = txn.files();
+            if let Some(log) = log
+                && !files.is_empty()
+            {
+                let record = crate::state::CommitRecord {
+                    run_id: log.run_id.to_string(),
+                    index: log.index,
+                    files,
+                    recorded_at: crate::state::now(),
+                };
+                if let Err(e) = log.store.record_commit(&record).await {
+                    txn.rollback().await;
+                    return Err(EngineError::Commit {
+                        run_id: log.run_id.to_string(),
+                        message: format!(
+                            "statement {}: its files were not committed because the commit could not be recorded: {e}",
+                            log.index
+                        ),
+                    });
+                }
+            }
             txn.commit().await.map_err(|e| {
                 EngineError::from(
                     DataFusionError::ObjectStore(Box::new(e))
@@ -429,8 +463,8 @@ impl Engine {
             .map(|url| {
                 Ok(RemoteTarget {
                     store: runtime.object_store(url.object_store())?,
+                    root: AsRef::<url::Url>::as_ref(&url.object_store()).clone(),
                     prefix: url.prefix().clone(),
-                    local: url.scheme() == "file",
                 })
             })
             .collect()

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    CheckRecord, RunRecord, RunStatus, StateError, StateStore, StepRecord, WatermarkRecord,
+    CheckRecord, CommitRecord, RunRecord, RunStatus, StateError, StateStore, StepRecord,
+    WatermarkRecord,
 };
 
 const FILE: &str = "state.jsonl";
@@ -22,6 +23,7 @@ enum Event {
     Step(StepRecord),
     Watermark(WatermarkRecord),
     Check(CheckRecord),
+    Commit(CommitRecord),
     RunFinished {
         run_id: String,
         status: RunStatus,
@@ -35,6 +37,7 @@ struct Replayed {
     steps: Vec<StepRecord>,
     marks: Vec<WatermarkRecord>,
     checks: Vec<CheckRecord>,
+    commits: Vec<CommitRecord>,
 }
 
 #[derive(Debug)]
@@ -70,10 +73,16 @@ impl FileStateStore {
         line.push('\n');
         let mut f = tokio::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&self.path)
             .await
             .map_err(|e| self.io(e))?;
+        if ends_torn(&mut f).await.map_err(|e| self.io(e))? {
+            // A crash tore the last line: end it, so this event starts a line of its own
+            // (replay then skips the torn one instead of reading it glued to this one).
+            line.insert(0, '\n');
+        }
         f.write_all(line.as_bytes()).await.map_err(|e| self.io(e))?;
         f.sync_data().await.map_err(|e| self.io(e))?;
         Ok(())
@@ -90,6 +99,7 @@ impl FileStateStore {
         let mut steps = Vec::new();
         let mut marks = Vec::new();
         let mut checks = Vec::new();
+        let mut commits = Vec::new();
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
             if line.trim().is_empty() {
@@ -97,8 +107,9 @@ impl FileStateStore {
             }
             let event: Event = match serde_json::from_str(line) {
                 Ok(e) => e,
-                // A torn last line (crash while appending) is ignored; anything else is damage.
-                Err(_) if i + 1 == lines.len() => continue,
+                // A torn line (a crash while appending; the next append ends it) is ignored;
+                // anything else is damage.
+                Err(_) if i + 1 == lines.len() || is_torn(line) => continue,
                 Err(e) => {
                     return Err(StateError::Corrupt {
                         location: format!("{}:{}", self.path.display(), i + 1),
@@ -114,6 +125,7 @@ impl FileStateStore {
                 Event::Step(step) => steps.push(step),
                 Event::Watermark(w) => marks.push(w),
                 Event::Check(c) => checks.push(c),
+                Event::Commit(c) => commits.push(c),
                 Event::RunFinished {
                     run_id,
                     status,
@@ -133,8 +145,28 @@ impl FileStateStore {
             steps,
             marks,
             checks,
+            commits,
         })
     }
+}
+
+/// Whether the file's last byte is not a newline (a line torn by a crash).
+async fn ends_torn(f: &mut tokio::fs::File) -> std::io::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let len = f.metadata().await?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    f.seek(std::io::SeekFrom::Start(len - 1)).await?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last).await?;
+    Ok(last[0] != b'\n')
+}
+
+/// A line a crash cut short: the start of an event that is not valid JSON (every event is one
+/// object on one line, so a complete one always parses).
+fn is_torn(line: &str) -> bool {
+    line.starts_with("{\"event\":") && serde_json::from_str::<serde_json::Value>(line).is_err()
 }
 
 #[async_trait::async_trait]
@@ -185,6 +217,15 @@ impl StateStore for FileStateStore {
 
     async fn checks(&self) -> Result<Vec<CheckRecord>, StateError> {
         Ok(self.replay().await?.checks)
+    }
+
+    async fn record_commit(&self, commit: &CommitRecord) -> Result<(), StateError> {
+        self.append(&Event::Commit(commit.clone())).await
+    }
+
+    async fn commits(&self, run_id: &str) -> Result<Vec<CommitRecord>, StateError> {
+        let commits = self.replay().await?.commits;
+        Ok(commits.into_iter().filter(|c| c.run_id == run_id).collect())
     }
 
     async fn watermarks(&self, pipeline: Option<&str>) -> Result<Vec<WatermarkRecord>, StateError> {
@@ -251,6 +292,11 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let runs = store.runs(None).await.unwrap();
         assert_eq!(runs.len(), 1);
+        // The next event after a torn line starts a line of its own; both replay.
+        store.begin_run(&run("b")).await.unwrap();
+        let runs = store.runs(None).await.unwrap();
+        assert_eq!(runs.len(), 2, "{:?}", std::fs::read_to_string(&path));
+        let runs = &runs[..1];
         assert_eq!(runs[0].status, RunStatus::Failed);
         assert_eq!(runs[0].error.as_deref(), Some("boom"));
         assert_eq!(store.steps("a").await.unwrap()[0].rows, Some(3));

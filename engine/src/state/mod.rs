@@ -128,6 +128,26 @@ pub struct CheckRecord {
     pub recorded_at: String,
 }
 
+/// The files one statement commits, recorded before the first of them is renamed into place:
+/// a run killed half-way through the renames is finished by `--resume` (the renames are rolled
+/// forward), never written again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub run_id: String,
+    /// The statement (1-based).
+    pub index: usize,
+    pub files: Vec<CommitFile>,
+    pub recorded_at: String,
+}
+
+/// One file of a commit: its store (`file:///`, `s3://bucket`), staged and final path in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitFile {
+    pub store: String,
+    pub staged: String,
+    pub target: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state store {location}: {source}")]
@@ -159,6 +179,11 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Watermark records, oldest first; only those of `pipeline` when given.
     async fn watermarks(&self, pipeline: Option<&str>) -> Result<Vec<WatermarkRecord>, StateError>;
     async fn record_check(&self, check: &CheckRecord) -> Result<(), StateError>;
+    /// Record a statement's commit before its files are renamed into place; the record must be
+    /// durable when this returns.
+    async fn record_commit(&self, commit: &CommitRecord) -> Result<(), StateError>;
+    /// The commits a run recorded, in order.
+    async fn commits(&self, run_id: &str) -> Result<Vec<CommitRecord>, StateError>;
     /// Quality check results, oldest first.
     async fn checks(&self) -> Result<Vec<CheckRecord>, StateError>;
     /// A human-readable location (for messages).

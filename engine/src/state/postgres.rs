@@ -1,5 +1,5 @@
 //! The shared state store: tables in PostgreSQL (`flowengine_runs`, `flowengine_steps`,
-//! `flowengine_watermarks`, `flowengine_quality_results`),
+//! `flowengine_watermarks`, `flowengine_quality_results`, `flowengine_commits`),
 //! created on first use, so several machines running the same pipelines see one history.
 //! The connection URL may hold a password: it is never printed ([`PostgresStateStore::location`]
 //! shows host and database only).
@@ -8,8 +8,8 @@ use tokio::sync::OnceCell;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    CheckRecord, RunRecord, RunStatus, StateError, StateStore, StepRecord, StepStatus,
-    WatermarkRecord,
+    CheckRecord, CommitRecord, RunRecord, RunStatus, StateError, StateStore, StepRecord,
+    StepStatus, WatermarkRecord,
 };
 
 const SCHEMA: &str = "
@@ -63,6 +63,14 @@ CREATE TABLE IF NOT EXISTS flowengine_quality_results (
     recorded_at TEXT NOT NULL,
     seq BIGSERIAL PRIMARY KEY
 );
+CREATE TABLE IF NOT EXISTS flowengine_commits (
+    run_id TEXT NOT NULL,
+    step BIGINT NOT NULL,
+    files TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    seq BIGSERIAL PRIMARY KEY
+);
+CREATE INDEX IF NOT EXISTS flowengine_commits_run ON flowengine_commits (run_id);
 ";
 
 #[derive(Debug)]
@@ -298,6 +306,43 @@ impl StateStore for PostgresStateStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    async fn record_commit(&self, c: &CommitRecord) -> Result<(), StateError> {
+        let files = serde_json::to_string(&c.files).map_err(|e| self.err(e))?;
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO flowengine_commits (run_id, step, files, recorded_at) \
+                 VALUES ($1,$2,$3,$4)",
+                &[&c.run_id, &(c.index as i64), &files, &c.recorded_at],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn commits(&self, run_id: &str) -> Result<Vec<CommitRecord>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT run_id, step, files, recorded_at FROM flowengine_commits \
+                 WHERE run_id = $1 ORDER BY seq",
+                &[&run_id],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(CommitRecord {
+                    run_id: r.get(0),
+                    index: r.get::<_, i64>(1) as usize,
+                    files: serde_json::from_str(r.get::<_, &str>(2)).map_err(|e| self.err(e))?,
+                    recorded_at: r.get(3),
+                })
+            })
+            .collect()
     }
 
     async fn checks(&self) -> Result<Vec<CheckRecord>, StateError> {

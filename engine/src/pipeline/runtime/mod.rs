@@ -200,10 +200,14 @@ async fn run_traced(
         store.begin_run(&run_record).await?;
         if let Some(r) = &resume {
             observer.notice(&format!(
-                "resuming run {} of {}: {} committed write(s) will be skipped",
+                "resuming run {} of {}: {} committed write(s) will be skipped{}",
                 r.run_id,
                 pipeline.file,
-                r.committed.len()
+                r.writes,
+                match r.interrupted.len() {
+                    0 => String::new(),
+                    n => format!(", {n} interrupted commit(s) finished"),
+                }
             ));
         }
     }
@@ -225,6 +229,7 @@ async fn run_traced(
         .get_extension::<crate::SecretStore>()
         .map(|s| (*s).clone())
         .unwrap_or_else(crate::SecretStore::from_env);
+    context.journal = store.clone().map(|s| (s, run_id.clone()));
     context.lineage = crate::lineage::sink::LineageSink::from_config(
         engine.config(),
         &secrets,
@@ -251,7 +256,7 @@ async fn run_traced(
                 ));
             }
             recorder
-                .step(step_record(
+                .step_or_warn(step_record(
                     &run_id,
                     statement,
                     "CHECK".into(),
@@ -268,10 +273,44 @@ async fn run_traced(
             });
             continue;
         }
-        let committed_by = resume
+        // A commit a killed run recorded but did not finish: finish it; the write is then
+        // committed by that run and not executed again.
+        let finished = match resume
             .as_ref()
-            .and_then(|r| r.committed.get(&statement.index))
-            .map(String::as_str);
+            .and_then(|r| r.interrupted.get(&statement.index))
+        {
+            Some(commit) => {
+                let runtime = engine.context().runtime_env();
+                let done = crate::staging::roll_forward(
+                    runtime.object_store_registry.as_ref(),
+                    &commit.files,
+                )
+                .await
+                .map_err(|e| {
+                    EngineError::from(e.context(format!(
+                        "finishing the commit run {} began for statement {} at {}",
+                        commit.run_id, statement.index, statement.location
+                    )))
+                })?;
+                observer.notice(&format!(
+                    "[{}/{}] {}  finished the interrupted commit of run {}: {} file(s) renamed into place, {} already there",
+                    statement.index,
+                    total,
+                    statement.location,
+                    commit.run_id,
+                    done.renamed,
+                    done.already
+                ));
+                Some(commit.run_id.as_str())
+            }
+            None => None,
+        };
+        let committed_by = finished.or_else(|| {
+            resume
+                .as_ref()
+                .and_then(|r| r.committed.get(&statement.index))
+                .map(String::as_str)
+        });
         let opts = StatementOptions {
             explain: request.explain,
             output: if last {
@@ -332,7 +371,10 @@ async fn run_traced(
                 } else {
                     StepStatus::Succeeded
                 };
-                recorder
+                if wrote && !report.skipped {
+                    crate::faults::point("step.before_record", statement.index);
+                }
+                let recorded = recorder
                     .step(step_record(
                         &run_id,
                         statement,
@@ -344,6 +386,23 @@ async fn run_traced(
                         committed_by.map(String::from),
                     ))
                     .await;
+                if let Err(e) = recorded {
+                    // Unrecorded, a committed write would be written again by `--resume`.
+                    acks.release_all().await;
+                    let message = format!(
+                        "statement {} at {} ran, but its step could not be recorded in {}: {e}",
+                        statement.index,
+                        statement.location,
+                        store.as_ref().map(|s| s.location()).unwrap_or_default()
+                    );
+                    recorder
+                        .finish(RunStatus::Failed, Some(message.clone()))
+                        .await;
+                    return Err(EngineError::Commit { run_id, message });
+                }
+                if wrote && !report.skipped {
+                    crate::faults::point("step.after_record", statement.index);
+                }
                 if last_incremental == Some(position) {
                     let advanced = read.iter().any(|(_, r)| r.upto != r.after);
                     if !advanced && acks.staged_messages() == 0 {
@@ -358,7 +417,7 @@ async fn run_traced(
                 acks.release_all().await;
                 let message = e.to_string();
                 recorder
-                    .step(step_record(
+                    .step_or_warn(step_record(
                         &run_id,
                         statement,
                         leading_keyword(&statement.sql),
@@ -388,6 +447,7 @@ async fn run_traced(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     if !request.dry_run {
+        crate::faults::point("run.before_watermarks", 0);
         for (view, range) in &read {
             recorder.watermark(view, range, true).await;
         }

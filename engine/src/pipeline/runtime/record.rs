@@ -12,7 +12,7 @@ use crate::error::{EngineError, Result};
 use crate::pipeline::incremental::{IncrementalRange, IncrementalView};
 use crate::pipeline::quality::{Check, CheckOutcome};
 use crate::state::{
-    self, RunRecord, RunStatus, StateStore, StepRecord, StepStatus, WatermarkRecord,
+    self, CommitRecord, RunRecord, RunStatus, StateStore, StepRecord, StepStatus, WatermarkRecord,
 };
 
 /// The committed watermark of each incremental view of `pipeline`, and the high marks of the run
@@ -40,6 +40,16 @@ pub(super) async fn load_watermarks(
 pub(super) struct ResumePoint {
     pub(super) run_id: String,
     pub(super) committed: HashMap<usize, String>,
+    /// Commits of files a run recorded but was killed before finishing, by statement number:
+    /// the resumed run finishes them instead of writing again.
+    pub(super) interrupted: HashMap<usize, CommitRecord>,
+    /// How many of the committed statements are writes (the ones a resumed run skips).
+    pub(super) writes: usize,
+}
+
+/// Whether a step of this kind wrote to a sink (a resumed run skips it rather than replaying it).
+fn is_write(kind: &str) -> bool {
+    matches!(kind, "COPY" | "UPDATE" | "DELETE" | "TRUNCATE") || kind.starts_with("INSERT")
 }
 
 pub(super) async fn resume_point(
@@ -74,23 +84,47 @@ pub(super) async fn resume_point(
             &hash[..12.min(hash.len())]
         )));
     }
+    // The last run and the runs it resumed, newest first: a resumed run killed before it
+    // reached a statement did not record it skipped, but an earlier run committed it.
+    let mut chain = vec![last];
+    while let Some(from) = chain.last().and_then(|r| r.resumed_from.as_deref()) {
+        match runs.iter().find(|r| r.run_id == from) {
+            Some(run) if !chain.iter().any(|c| c.run_id == run.run_id) => chain.push(run),
+            _ => break,
+        }
+    }
     let mut committed = HashMap::new();
-    for step in store.steps(&last.run_id).await? {
-        match step.status {
-            StepStatus::Succeeded => {
-                committed.insert(step.index, last.run_id.clone());
+    let mut writes = 0;
+    let mut interrupted = HashMap::new();
+    for run in &chain {
+        for step in store.steps(&run.run_id).await? {
+            let by = match step.status {
+                StepStatus::Succeeded => run.run_id.clone(),
+                StepStatus::Skipped => match step.committed_by {
+                    Some(by) => by,
+                    None => continue,
+                },
+                StepStatus::Failed => continue,
+            };
+            if let std::collections::hash_map::Entry::Vacant(e) = committed.entry(step.index) {
+                e.insert(by);
+                writes += usize::from(is_write(&step.kind));
             }
-            StepStatus::Skipped => {
-                if let Some(by) = step.committed_by {
-                    committed.insert(step.index, by);
-                }
+        }
+    }
+    // A commit recorded without its step: the run died between the record and the step.
+    for run in &chain {
+        for commit in store.commits(&run.run_id).await? {
+            if !committed.contains_key(&commit.index) {
+                interrupted.entry(commit.index).or_insert(commit);
             }
-            StepStatus::Failed => {}
         }
     }
     Ok(ResumePoint {
         run_id: last.run_id.clone(),
         committed,
+        interrupted,
+        writes,
     })
 }
 
@@ -147,7 +181,7 @@ impl Recorder<'_> {
         };
         store.begin_run(&d.run).await?;
         for step in d.steps {
-            self.step(step).await;
+            store.record_step(&step).await?;
         }
         for mark in d.marks {
             if let Err(e) = store.record_watermark(&mark).await {
@@ -206,7 +240,9 @@ impl Recorder<'_> {
         }
     }
 
-    pub(super) async fn step(&self, step: StepRecord) {
+    /// Record a step. A failure is the caller's to handle: a committed write whose step is
+    /// not recorded would be written again by `--resume`.
+    pub(super) async fn step(&self, step: StepRecord) -> Result<()> {
         if let Some(d) = self
             .deferred
             .lock()
@@ -214,12 +250,20 @@ impl Recorder<'_> {
             .as_mut()
         {
             d.steps.push(step);
-            return;
+            return Ok(());
         }
-        if let Some(store) = &self.store
-            && let Err(e) = store.record_step(&step).await
-        {
-            self.warn(format!("could not record step {}: {e}", step.index));
+        if let Some(store) = &self.store {
+            store.record_step(&step).await?;
+        }
+        Ok(())
+    }
+
+    /// Record a step that changed nothing (a failure, a deferred check): a failure to record it
+    /// is reported and the run goes on.
+    pub(super) async fn step_or_warn(&self, step: StepRecord) {
+        let index = step.index;
+        if let Err(e) = self.step(step).await {
+            self.warn(format!("could not record step {index}: {e}"));
         }
     }
 

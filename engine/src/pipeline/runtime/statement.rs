@@ -17,7 +17,7 @@ use crate::lineage::sink::LineageSink;
 use crate::pipeline::fused_checks::FusedChecks;
 use crate::pipeline::incremental::{IncrementalRange, IncrementalView};
 use crate::pipeline::quality::{Check, CheckOutcome, Severity};
-use crate::pipeline::runner::rows_affected;
+use crate::pipeline::runner::{CommitLog, rows_affected};
 use crate::pipeline::{
     Action, DryRun, Execution, PipelineStatement, Prepared, Started, StatementClass,
 };
@@ -94,6 +94,8 @@ pub struct RunContext {
     pub resumed: std::collections::HashMap<String, Option<String>>,
     /// What this run's incremental views read, in order.
     pub read: std::sync::Mutex<Vec<(IncrementalView, IncrementalRange)>>,
+    /// Where this run records its commits of files before renaming them into place.
+    pub journal: Option<(std::sync::Arc<dyn crate::state::StateStore>, String)>,
 }
 
 /// What a statement did, for the run's state record.
@@ -440,7 +442,15 @@ async fn drive(
         execution.abort().await;
         return Ok(("no rows: nothing written".into(), 0));
     }
-    execution.finish().await?;
+    let log = opts
+        .run
+        .and_then(|r| r.journal.as_ref())
+        .map(|(store, run_id)| CommitLog {
+            store: store.as_ref(),
+            run_id,
+            index: prepared.statement.index,
+        });
+    execution.finish(log).await?;
     if is_write {
         let n = rows_affected(&write_batches).unwrap_or(0);
         return Ok((format!("{} rows written", group(n)), n));
