@@ -1,7 +1,8 @@
 //! Exactly-once file writes across crashes. A run is aborted (as a kill would: no cleanup) at
 //! each named point of its commits (`FLOWENGINE_FAULT`, see `engine/src/faults.rs`), resumed,
 //! and loaded once more; what it leaves must equal what clean runs leave: the same rows, the
-//! same files, and no staging file. On a local directory and on S3 (moto).
+//! same files, and no staging file (a dead run's leftovers are removed where the next run
+//! writes). On a local directory and on S3 (moto).
 
 mod common;
 
@@ -179,6 +180,17 @@ fn two_loads(dir: &Path, t: &Target, fault: Option<&str>) -> (String, usize) {
         let (ok, log) = run(&l, t, None, true);
         assert!(ok, "{fault}: resume failed:\n{log}");
         assert!(log.contains("resuming run"), "{fault}:\n{log}");
+        if fault.starts_with("commit.before_record") {
+            assert!(
+                log.contains("that dead runs left behind"),
+                "{fault}:\n{log}"
+            );
+        } else if fault.starts_with("commit.") || fault.starts_with("step.before_record") {
+            assert!(
+                log.contains("finished the interrupted commit"),
+                "{fault}:\n{log}"
+            );
+        }
     } else {
         let (ok, log) = run(&l, t, None, false);
         assert!(ok, "{log}");
@@ -195,6 +207,9 @@ fn two_loads(dir: &Path, t: &Target, fault: Option<&str>) -> (String, usize) {
 }
 
 const FAULTS: &[&str] = &[
+    // Killed while writing: staged files, no commit; resume writes again and removes them.
+    "commit.before_record:3",
+    "commit.before_record:5",
     // Statement 3's commit: recorded, then killed before, during and after its renames.
     "commit.before_renames",
     "commit.rename:1",

@@ -4,6 +4,8 @@
 //! point is a no-op.
 //!
 //! Points:
+//! - `commit.before_record:<statement>`: the statement's files are staged, the commit not yet
+//!   recorded (a kill while writing);
 //! - `commit.rename:<n>`: after the `n`-th staged file of a statement was renamed into place;
 //! - `commit.before_renames`: after the commit was recorded, before the first rename;
 //! - `step.before_record`: after a statement committed, before its step was recorded;

@@ -13,6 +13,8 @@
 //! [`crate::state::CommitRecord`]), and only then renames. A process killed half-way through
 //! the renames leaves a recorded commit that `--resume` finishes with [`roll_forward`] (the
 //! statement is not run again); a process killed before the record leaves only staged files.
+//! A recorded run's transaction ([`WriteTxn::owned_by`]) puts the run id in its staged names,
+//! so a later run of the pipeline can [`sweep`] the leftovers of runs it proves dead.
 //!
 //! On a Ballista cluster the executors write. The statement's transaction id travels to them
 //! in the session setting `flowengine_staging.txn` ([`StagingOptions`]); each executor stages
@@ -158,6 +160,18 @@ impl WriteTxn {
         }
     }
 
+    /// A transaction of the recorded run `run_id`: its staged names carry the run's id, so a
+    /// later run can tell the leftovers of a dead run (see [`sweep`]).
+    pub fn owned_by(run_id: &str) -> Self {
+        Self {
+            id: format!(
+                "{run_id}-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..6]
+            ),
+            state: Mutex::new(TxnState::default()),
+        }
+    }
+
     /// A cluster node's view of the client's transaction `id`: it stages writes under the
     /// client's id and never commits, rolls back or cleans up; the client does.
     pub fn detached(id: &str) -> Self {
@@ -185,24 +199,8 @@ impl WriteTxn {
         prefix: &Path,
     ) -> object_store::Result<usize> {
         let local = root.scheme() == "file";
-        use futures::TryStreamExt;
         let suffix = format!("{STAGING_MARKER}{}.inprogress", self.id);
-        let parent = {
-            let mut parts: Vec<_> = prefix.parts().collect();
-            parts.pop();
-            Path::from_iter(parts)
-        };
-        let mut found: Vec<ObjectMeta> = match store.list_with_delimiter(Some(&parent)).await {
-            Ok(listed) => listed.objects,
-            Err(object_store::Error::NotFound { .. }) => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        let below: Vec<ObjectMeta> = match store.list(Some(prefix)).try_collect().await {
-            Ok(objects) => objects,
-            Err(object_store::Error::NotFound { .. }) => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        found.extend(below);
+        let found = list_near(store.as_ref(), prefix).await?;
         let mut adopted = 0;
         for meta in found {
             let Some(name) = meta.location.filename() else {
@@ -506,6 +504,139 @@ impl ObjectStoreRegistry for StagingRegistry {
     }
 }
 
+/// The objects at `prefix` (a file or a directory) and anywhere below it: where a write to
+/// `prefix` stages its files.
+async fn list_near(
+    store: &dyn ObjectStore,
+    prefix: &Path,
+) -> object_store::Result<Vec<ObjectMeta>> {
+    use futures::TryStreamExt;
+    let parent = {
+        let mut parts: Vec<_> = prefix.parts().collect();
+        parts.pop();
+        Path::from_iter(parts)
+    };
+    let mut found: Vec<ObjectMeta> = match store.list_with_delimiter(Some(&parent)).await {
+        Ok(listed) => listed.objects,
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let below: Vec<ObjectMeta> = match store.list(Some(prefix)).try_collect().await {
+        Ok(objects) => objects,
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    found.extend(below);
+    Ok(found)
+}
+
+/// The run whose transaction staged the object named `name`
+/// (`.<file>.flowengine-<run>-<n>.inprogress`, or a part `...inprogress#<k>`), when a
+/// recorded run staged it.
+pub fn staged_by_run(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix('.')?;
+    let at = rest.rfind(STAGING_MARKER)?;
+    let id = &rest[at + STAGING_MARKER.len()..];
+    let id = match id.split_once(".inprogress") {
+        Some((id, tail)) if tail.is_empty() || tail.starts_with('#') => id,
+        _ => return None,
+    };
+    id.split_once('-').map(|(run, _)| run)
+}
+
+/// What a [`sweep`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Delete the staged leftovers at or below `prefix` of `store` (the store of `root`) whose run
+/// `dead` says is dead (its process is gone, so the files can never be committed), except those
+/// in `keep` (the staged files of recorded commits, which `--resume` finishes). On a local
+/// disk the directory is walked, so the `#<n>` parts of an interrupted upload (which listing
+/// hides) go too.
+pub async fn sweep(
+    store: &dyn ObjectStore,
+    root: &Url,
+    prefix: &Path,
+    dead: &(dyn Fn(&str) -> bool + Sync),
+    keep: &std::collections::HashSet<String>,
+) -> object_store::Result<Swept> {
+    let mut swept = Swept::default();
+    if root.scheme() == "file" {
+        let leftovers = {
+            let target = PathBuf::from(format!("/{prefix}"));
+            tokio::task::spawn_blocking(move || local_staged(&target))
+                .await
+                .unwrap_or_default()
+        };
+        for (path, size) in leftovers {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let Some(run) = staged_by_run(name) else {
+                continue;
+            };
+            let location = path.to_string_lossy().trim_start_matches('/').to_string();
+            if !dead(run) || keep.contains(&location) {
+                continue;
+            }
+            if tokio::fs::remove_file(&path).await.is_ok() {
+                swept.files += 1;
+                swept.bytes += size;
+            }
+        }
+        return Ok(swept);
+    }
+    for meta in list_near(store, prefix).await? {
+        let Some(run) = meta.location.filename().and_then(staged_by_run) else {
+            continue;
+        };
+        if !dead(run) || keep.contains(meta.location.as_ref()) {
+            continue;
+        }
+        match store.delete(&meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                swept.files += 1;
+                swept.bytes += meta.size;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(swept)
+}
+
+/// Staged files (by name) beside `target` and anywhere below it, with their sizes.
+fn local_staged(target: &std::path::Path) -> Vec<(PathBuf, u64)> {
+    fn walk(dir: &std::path::Path, deep: bool, out: &mut Vec<(PathBuf, u64)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            let path = e.path();
+            if kind.is_dir() {
+                if deep {
+                    walk(&path, true, out);
+                }
+            } else if kind.is_file()
+                && e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.contains(STAGING_MARKER))
+            {
+                out.push((path, e.metadata().map(|m| m.len()).unwrap_or(0)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(parent) = target.parent() {
+        walk(parent, false, &mut out);
+    }
+    if target.is_dir() {
+        walk(target, true, &mut out);
+    }
+    out
+}
+
 /// What finishing an interrupted commit did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RolledForward {
@@ -636,5 +767,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("neither staged nor in place"), "{err}");
+    }
+
+    #[test]
+    fn staged_names_tell_their_run() {
+        let txn = WriteTxn::owned_by("3fa2c1d9e0ab");
+        let staged = txn.staging_path(&Path::from("out/p=1/part-0.parquet"));
+        let name = staged.filename().unwrap();
+        assert_eq!(staged_by_run(name), Some("3fa2c1d9e0ab"));
+        assert_eq!(staged_by_run(&format!("{name}#3")), Some("3fa2c1d9e0ab"));
+        // Unowned (sql, serve) transactions and ordinary files name no run.
+        let plain = WriteTxn::new().staging_path(&Path::from("out/a.csv"));
+        assert_eq!(staged_by_run(plain.filename().unwrap()), None);
+        assert_eq!(staged_by_run("part-0.parquet"), None);
+        assert_eq!(staged_by_run(".a.flowengine-x-1.inprogress.bak"), None);
     }
 }

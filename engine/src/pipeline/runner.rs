@@ -195,6 +195,7 @@ impl Execution {
             if let Some(log) = log
                 && !files.is_empty()
             {
+                crate::faults::point("commit.before_record", log.index);
                 let record = crate::state::CommitRecord {
                     run_id: log.run_id.to_string(),
                     index: log.index,
@@ -317,7 +318,18 @@ impl Engine {
     pub async fn start(
         &self,
         prepared: &Prepared,
+        dry_run: Option<&mut DryRun>,
+    ) -> Result<Started> {
+        self.start_in_run(prepared, dry_run, None).await
+    }
+
+    /// [`Engine::start`] for a statement of the recorded run `run_id`: the files it stages
+    /// carry the run's id (see [`crate::staging::sweep`]).
+    pub async fn start_in_run(
+        &self,
+        prepared: &Prepared,
         mut dry_run: Option<&mut DryRun>,
+        run_id: Option<&str>,
     ) -> Result<Started> {
         if let Some(own) = self.start_own(prepared, dry_run.is_some()).await {
             return own;
@@ -378,8 +390,12 @@ impl Engine {
                 })
             }
             StatementClass::Write | StatementClass::Query | StatementClass::Check => {
-                let txn =
-                    (prepared.class == StatementClass::Write).then(|| Arc::new(WriteTxn::new()));
+                let txn = (prepared.class == StatementClass::Write).then(|| {
+                    Arc::new(match run_id {
+                        Some(run) => WriteTxn::owned_by(run),
+                        None => WriteTxn::new(),
+                    })
+                });
                 let ctx = match &txn {
                     // Never fall back to unstaged writes: a write without its staging is an error.
                     Some(txn) => self.staged_context(txn).map_err(fail)?,
@@ -441,6 +457,36 @@ impl Engine {
                 None => stream,
             },
         )
+    }
+
+    /// Delete the staged leftovers of dead runs where `prepared` (a write) is about to write:
+    /// files staged there by a run `dead` says is dead, except those in `keep`.
+    pub async fn sweep_leftovers(
+        &self,
+        prepared: &Prepared,
+        dead: &(dyn Fn(&str) -> bool + Sync),
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<crate::staging::Swept> {
+        let mut total = crate::staging::Swept::default();
+        if prepared.class != StatementClass::Write {
+            return Ok(total);
+        }
+        let targets = self
+            .write_targets(&prepared.logical)
+            .map_err(|e| prepared.error(e))?;
+        for t in targets {
+            let swept = crate::staging::sweep(t.store.as_ref(), &t.root, &t.prefix, dead, keep)
+                .await
+                .map_err(|e| {
+                    prepared.error(
+                        DataFusionError::ObjectStore(Box::new(e))
+                            .context("removing staged files of dead runs"),
+                    )
+                })?;
+            total.files += swept.files;
+            total.bytes += swept.bytes;
+        }
+        Ok(total)
     }
 
     /// The locations a `COPY` or an `INSERT` into a file table writes to, with their stores.

@@ -11,6 +11,7 @@
 //! write's scan when they can be ([`crate::pipeline::fused_checks`]).
 
 pub mod follow;
+mod liveness;
 pub mod observer;
 mod record;
 pub mod statement;
@@ -230,6 +231,22 @@ async fn run_traced(
         .map(|s| (*s).clone())
         .unwrap_or_else(crate::SecretStore::from_env);
     context.journal = store.clone().map(|s| (s, run_id.clone()));
+    // This run's lock says it is alive; the runs whose locks are free are dead, and what they
+    // staged and never committed is removed where this run writes.
+    let locks = engine.config().effective_state_dir().join("locks");
+    let _lock = match &store {
+        Some(store) => {
+            let lock = liveness::RunLock::acquire(&locks, &run_id)
+                .map_err(|e| {
+                    tracing::warn!(target: "flowengine::pipeline", "no run lock ({e}): this run's leftovers will not be cleaned up by later runs");
+                })
+                .ok();
+            context.dead =
+                Some(liveness::dead_runs(store.as_ref(), &canonical, &run_id, &locks).await?);
+            lock
+        }
+        None => None,
+    };
     context.lineage = crate::lineage::sink::LineageSink::from_config(
         engine.config(),
         &secrets,

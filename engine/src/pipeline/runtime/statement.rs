@@ -96,6 +96,9 @@ pub struct RunContext {
     pub read: std::sync::Mutex<Vec<(IncrementalView, IncrementalRange)>>,
     /// Where this run records its commits of files before renaming them into place.
     pub journal: Option<(std::sync::Arc<dyn crate::state::StateStore>, String)>,
+    /// Earlier runs of the pipeline that are provably dead: their staged leftovers are removed
+    /// where this run writes.
+    pub dead: Option<super::liveness::DeadRuns>,
 }
 
 /// What a statement did, for the run's state record.
@@ -362,7 +365,30 @@ async fn run_planned(
         }));
     }
     let executes = dry_run.is_none();
-    let (detail, rows) = match engine.start(&prepared, dry_run).await? {
+    let run_id = opts
+        .run
+        .and_then(|r| r.journal.as_ref())
+        .map(|(_, id)| id.as_str());
+    if executes
+        && prepared.class == StatementClass::Write
+        && let Some(dead) = opts.run.and_then(|r| r.dead.as_ref())
+        && !dead.runs.is_empty()
+    {
+        let swept = engine
+            .sweep_leftovers(&prepared, &|run| dead.runs.contains(run), &dead.keep)
+            .await?;
+        if swept.files > 0 {
+            observer.notice(&format!(
+                "[{}/{}] {}  removed {} staged file(s) ({} bytes) that dead runs left behind",
+                statement.index,
+                opts.total,
+                statement.location,
+                swept.files,
+                group(swept.bytes)
+            ));
+        }
+    }
+    let (detail, rows) = match engine.start_in_run(&prepared, dry_run, run_id).await? {
         Started::Done => ("ok".to_string(), None),
         Started::Planned { .. } => ("planned (dry run)".to_string(), None),
         Started::Running(execution) => {
