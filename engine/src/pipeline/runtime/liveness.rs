@@ -77,7 +77,13 @@ pub(super) async fn dead_runs(
         if !is_dead {
             continue;
         }
-        if run.status != RunStatus::Succeeded {
+        // A succeeded run finished every commit; of the others, only those that recorded a
+        // commit need their steps read (most recorded none).
+        let commits = match run.status {
+            RunStatus::Succeeded => Vec::new(),
+            _ => store.commits(&run.run_id).await?,
+        };
+        if !commits.is_empty() {
             let finished: HashSet<usize> = store
                 .steps(&run.run_id)
                 .await?
@@ -85,7 +91,7 @@ pub(super) async fn dead_runs(
                 .filter(|s| s.status != crate::state::StepStatus::Failed)
                 .map(|s| s.index)
                 .collect();
-            for commit in store.commits(&run.run_id).await? {
+            for commit in commits {
                 if !finished.contains(&commit.index) {
                     dead.keep.extend(commit.files.into_iter().map(|f| f.staged));
                 }
